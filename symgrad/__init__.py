@@ -1,0 +1,75 @@
+"""symgrad: a symbol-to-symbol differentiation compiler.
+
+A formula becomes a networkx graph; ``build_grad`` appends derivative nodes to that same graph (so
+second derivatives are just more graph); ``optimize`` prunes, de-duplicates and folds it;
+``compile`` runs it — natively through LLVM or with the numpy reference interpreter.
+
+>>> import symgrad as sg
+>>> f = sg.parse("(2*w2*(w1*x + b1) - label)**2")
+>>> w1, b1, w2 = (f.graph.inputs[n] for n in ("w1", "b1", "w2"))
+>>> fn = sg.compile([f, *sg.build_grad(f, [w1, b1, w2])], backend="numpy")
+>>> [float(v) for v in fn(x=1.0, label=500.0, w1=10.0, b1=1.0, w2=20.0)]
+[3600.0, -4800.0, -4800.0, -2640.0]
+"""
+
+from symgrad.errors import (
+    ArgumentError,
+    GradError,
+    GraphError,
+    LoweringError,
+    ParseError,
+    ShapeError,
+    SymgradError,
+)
+from symgrad.grad import build_grad, hessian, hvp, jacobian
+from symgrad.graph import FUNCTIONS as _FUNCTIONS
+from symgrad.graph import Expr, Graph
+from symgrad.interp import evaluate
+from symgrad.llvm.kernel import CompiledFunction, compile
+from symgrad.optimize import optimize
+from symgrad.parse import parse  # after the submodule import, so sg.parse is the function
+
+__version__ = "0.1.0"
+
+# sg.sin, sg.exp, sg.where, sg.max, sg.lt, ... : one function per op of the registry.
+globals().update(_FUNCTIONS)
+
+
+def __getattr__(name):
+    # DOT export and the SymPy bridge load on first use: importing sympy costs ~0.3 s.
+    lazy = {
+        "to_dot": "symgrad.dot",
+        "from_sympy": "symgrad.sympy_bridge",
+        "to_sympy": "symgrad.sympy_bridge",
+    }
+    if name in lazy:
+        import importlib
+
+        return getattr(importlib.import_module(lazy[name]), name)
+    raise AttributeError(f"module 'symgrad' has no attribute {name!r}")
+
+
+__all__ = [
+    "ArgumentError",
+    "CompiledFunction",
+    "Expr",
+    "Graph",
+    "GradError",
+    "GraphError",
+    "LoweringError",
+    "ParseError",
+    "ShapeError",
+    "SymgradError",
+    "build_grad",
+    "compile",
+    "evaluate",
+    "from_sympy",
+    "hessian",
+    "hvp",
+    "jacobian",
+    "optimize",
+    "parse",
+    "to_dot",
+    "to_sympy",
+    *_FUNCTIONS,
+]

@@ -1,0 +1,155 @@
+"""The ``symgrad`` command: gradients, Hessians, DOT and IR of a formula from a shell.
+
+    symgrad grad "(2*w2*(w1*x + b1) - label)**2" --wrt w1,b1,w2 \\
+        --at x=1,label=500,w1=10,b1=1,w2=20 [--hessian] [--dot FILE] [--ir] [--asm]
+    symgrad demo [--dot FILE]
+
+Bad arguments print one line ``symgrad: error: ...`` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+import symgrad as sg
+from symgrad.errors import ParseError, SymgradError
+
+DEMO_FORMULA = "(2*w2*(w1*x + b1) - label)**2"
+DEMO_POINT = {"x": 1.0, "label": 500.0, "w1": 10.0, "b1": 1.0, "w2": 20.0}
+DEMO_PARAMS = ("w1", "b1", "w2")
+DEMO_LR = 0.005
+
+
+class UsageError(SymgradError):
+    """A command-line argument that cannot be used (reported on one line, exit status 2)."""
+
+
+def _fmt(v) -> str:
+    return f"{float(v):.10g}"
+
+
+def _parse_point(text: str) -> dict[str, float]:
+    point = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--at: expected name=value, got {item!r}")
+        try:
+            point[name.strip()] = float(value)
+        except ValueError:
+            raise UsageError(
+                f"--at: value of {name.strip()!r} is not a number: {value!r}"
+            ) from None
+    return point
+
+
+def _wrt(f: sg.Expr, names: str | None) -> list[sg.Expr]:
+    inputs = f.graph.inputs
+    if names is None:
+        return list(inputs.values())
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in inputs]
+    if unknown:
+        raise UsageError(f"--wrt: {', '.join(unknown)} not in the expression ({', '.join(inputs)})")
+    return [inputs[n] for n in chosen]
+
+
+def _write_dot(path: str, outputs) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(sg.to_dot(outputs))
+    except OSError as err:
+        raise UsageError(f"--dot: cannot write {path}: {err.strerror}") from None
+
+
+def cmd_grad(args) -> int:
+    f = sg.parse(args.expr)
+    wrt = _wrt(f, args.wrt)
+    grads = sg.build_grad(f, wrt)
+    outputs = [f, grads] + ([sg.hessian(f, wrt)] if args.hessian else [])
+    point = _parse_point(args.at or "")
+    fn = sg.compile(outputs)
+    missing = [n for n in fn.inputs if n not in point]
+    if missing:
+        raise UsageError(f"--at: no value for {', '.join(missing)}")
+    results = fn(**{n: point[n] for n in fn.inputs})
+    print(f"f = {_fmt(results[0])}")
+    for w, d in zip(wrt, np.atleast_1d(results[1])):
+        print(f"df/d{w.name} = {_fmt(d)}")
+    if args.hessian:
+        print("hessian =")
+        for row in results[2]:
+            print("  [" + ", ".join(_fmt(v) for v in row) + "]")
+    if args.dot:
+        _write_dot(args.dot, [f, grads])
+    if args.ir:
+        print(fn.llvm_ir)
+    if args.asm:
+        print(fn.asm)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Seed 000's OneFlow example: loss, gradients, one SGD step, the derivative graph as DOT."""
+    f = sg.parse(DEMO_FORMULA)
+    params = [f.graph.inputs[n] for n in DEMO_PARAMS]
+    grads = sg.build_grad(f, params)
+    fn = sg.compile([f, grads])
+    loss, grad = fn(**DEMO_POINT)
+    print(f"loss = (2*w2*(w1*x + b1) - label)**2 at {_point_text(DEMO_POINT)}")
+    print(f"loss = {_fmt(loss)}")
+    for name, d in zip(DEMO_PARAMS, grad):
+        print(f"{name}.grad = {_fmt(d)}")
+    print(f"after one SGD step (lr = {DEMO_LR}):")
+    for name, d in zip(DEMO_PARAMS, grad):
+        print(f"{name} = {_fmt(DEMO_POINT[name] - DEMO_LR * d)}")
+    _write_dot(args.dot, [f, grads])
+    print(f"derivative graph ({len(f.graph)} nodes) written to {args.dot}")
+    return 0
+
+
+def _point_text(point: dict[str, float]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and status 2, as for every other bad argument
+        print(f"symgrad: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="symgrad", description="Exact derivatives of formulas, compiled.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    grad = sub.add_parser("grad", help="value and derivatives of a formula at a point")
+    grad.add_argument("expr", help='the formula, e.g. "sin(x)*y"')
+    grad.add_argument("--wrt", help="comma-separated inputs to differentiate by (default: all)")
+    grad.add_argument("--at", help="the point, e.g. x=1,y=2")
+    grad.add_argument("--hessian", action="store_true", help="print the Hessian too")
+    grad.add_argument("--dot", metavar="FILE", help="write the derivative graph as DOT")
+    grad.add_argument("--ir", action="store_true", help="print the LLVM IR")
+    grad.add_argument("--asm", action="store_true", help="print the host assembly")
+    grad.set_defaults(run=cmd_grad)
+    demo = sub.add_parser("demo", help="seed 000's backpropagation example, end to end")
+    demo.add_argument("--dot", metavar="FILE", default="symgrad-demo.dot", help="DOT output")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ParseError as err:
+        print(f"symgrad: error: {err.message} at column {err.column}", file=sys.stderr)
+        return 2
+    except SymgradError as err:
+        print(f"symgrad: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""DOT export: ``to_dot`` writes a graph, or the part of it some outputs reach, as Graphviz text.
+
+The text is deterministic: nodes are named by their ids (``n12``) and written in id order, so the
+same graph always gives the same bytes and golden tests stay easy. Inputs are green ellipses,
+constants plain grey boxes, outputs have a double border and an ``outK`` label, and the nodes of
+a k-th derivative are filled with the colour of order k (a legend lists the orders present).
+Edges into an op whose operand order matters carry the operand position; a node that fills
+several positions (``x*x``: a DiGraph keeps one edge) lists them all, as in ``0,1``.
+"""
+
+from __future__ import annotations
+
+from symgrad.errors import GraphError
+from symgrad.graph import Expr, Graph
+from symgrad.ops import OPS
+
+# Fill of the nodes of the k-th derivative: ORDER_COLOURS[(k - 1) % len(ORDER_COLOURS)].
+ORDER_COLOURS = ("#fdae6b", "#9ecae1", "#bcbddc", "#fc9272", "#a1d99b", "#fdd0a2")
+INPUT_STYLE = "shape=ellipse, style=filled, fillcolor=palegreen"
+CONST_STYLE = "shape=box, style=filled, fillcolor=gray90"
+RANKDIRS = ("TB", "LR", "BT", "RL")
+
+
+def to_dot(outputs_or_graph, *, name: str = "symgrad", rankdir: str = "TB") -> str:
+    """DOT text of a ``Graph`` (every node; its sinks are the outputs), of one ``Expr``, or of a
+    (nested) list of ``Expr`` (only the nodes they reach; outputs numbered in list order).
+
+    >>> g = Graph(); x = g.input("x")
+    >>> print(to_dot(x - 2.0), end="")
+    digraph "symgrad" {
+      // symgrad: 3 nodes, 1 output
+      graph [rankdir=TB, forcelabels=true];
+      n0 [label="x", tooltip="0: input", shape=ellipse, style=filled, fillcolor=palegreen];
+      n1 [label="2", tooltip="1: const 2.0", shape=box, style=filled, fillcolor=gray90];
+      n2 [label="-", tooltip="2: sub", peripheries=2, xlabel="out0"];
+      n0 -> n2 [label="0"];
+      n1 -> n2 [label="1"];
+    }
+    """
+    if rankdir not in RANKDIRS:
+        raise GraphError(f"to_dot: rankdir must be one of {', '.join(RANKDIRS)}, not {rankdir!r}")
+    graph, ids, outputs = _select(outputs_or_graph)
+    out_labels: dict[int, list[str]] = {}
+    for k, i in enumerate(outputs):
+        out_labels.setdefault(i, []).append(f"out{k}")
+    lines = [
+        f"digraph {_quote(name)} {{",
+        f"  // symgrad: {len(ids)} nodes, {len(outputs)} output{'s' * (len(outputs) != 1)}",
+        f"  graph [rankdir={rankdir}, forcelabels=true];",
+    ]
+    for i in ids:
+        lines.append(f"  n{i} [{_node_attrs(graph, i, out_labels.get(i))}];")
+        lines.extend(_edge_lines(graph, i))
+    lines.extend(_legend(sorted({graph.node(i)["order"] for i in ids} - {0})))
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _select(obj) -> tuple[Graph, list[int], list[int]]:
+    """(graph, node ids to draw in id order, output ids in order) for what ``to_dot`` was given."""
+    if isinstance(obj, Graph):
+        ids = sorted(obj.nx.nodes)
+        return obj, ids, [i for i in ids if obj.nx.out_degree(i) == 0]
+    exprs = _flatten(obj)
+    if not exprs:
+        raise GraphError("to_dot: no outputs given")
+    graph = exprs[0].graph
+    if any(e.graph is not graph for e in exprs):
+        raise GraphError("to_dot: the outputs belong to different graphs")
+    outputs = [e.id for e in exprs]
+    return graph, _reachable(graph, outputs), outputs
+
+
+def _flatten(obj) -> list[Expr]:
+    """The ``Expr`` leaves of a nested list, in order (an explicit stack, no recursion)."""
+    found, stack = [], [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Expr):
+            found.append(item)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(reversed(item))
+        else:
+            raise GraphError(
+                f"to_dot: expected a Graph, an Expr or a list of Expr, got {type(item).__name__}"
+            )
+    return found
+
+
+def _reachable(graph: Graph, roots: list[int]) -> list[int]:
+    """Ids of the nodes ``roots`` depend on (themselves included), in id order."""
+    seen, stack = set(roots), list(roots)
+    while stack:
+        for a in graph.node(stack.pop())["args"]:
+            if a not in seen:
+                seen.add(a)
+                stack.append(a)
+    return sorted(seen)
+
+
+def _node_attrs(graph: Graph, i: int, outs: list[str] | None) -> str:
+    node = graph.node(i)
+    op, order = node["op"], node["order"]
+    if op == "input":
+        label, style = graph.attr(i, "name"), INPUT_STYLE
+    elif op == "const":
+        label, style = _short(graph.attr(i, "value")), CONST_STYLE
+    else:
+        label, style = OPS[op].label, ""
+    tip = f"{i}: {op}" + (f" {graph.attr(i, 'value')!r}" if op == "const" else "")
+    tip += f", derivative order {order}" if order else ""
+    parts = [f"label={_quote(label, *_shape_line(node['shape']))}", f"tooltip={_quote(tip)}"]
+    parts += [style] if style else []
+    if order:
+        colour = _quote(ORDER_COLOURS[(order - 1) % len(ORDER_COLOURS)])
+        # Leaves keep the fill of their kind and show the order in their border.
+        fill = f"style=filled, fillcolor={colour}"
+        parts.append(f"color={colour}, penwidth=2" if style else fill)
+    if outs:
+        parts.append(f"peripheries=2, xlabel={_quote(','.join(outs))}")
+    return ", ".join(parts)
+
+
+def _shape_line(shape: tuple) -> list[str]:
+    return [] if shape == () else [str(shape)]
+
+
+def _edge_lines(graph: Graph, i: int) -> list[str]:
+    """``a -> i`` for each distinct operand, in operand order, labelled with its positions."""
+    args = graph.node(i)["args"]
+    opdef = OPS[graph.node(i)["op"]]
+    positions: dict[int, list[str]] = {}
+    for pos, a in enumerate(args):
+        positions.setdefault(a, []).append(str(pos))
+    lines = []
+    for a, pos in positions.items():
+        labelled = len(pos) > 1 or (len(args) > 1 and not opdef.commutative)
+        attrs = f" [label={_quote(','.join(pos))}]" if labelled else ""
+        lines.append(f"  n{a} -> n{i}{attrs};")
+    return lines
+
+
+def _legend(orders: list[int]) -> list[str]:
+    """A boxed key from fill colour to derivative order, for the orders present."""
+    if not orders:
+        return []
+    lines = ["  subgraph cluster_legend {", '    label="derivative order";']
+    for k in orders:
+        colour = _quote(ORDER_COLOURS[(k - 1) % len(ORDER_COLOURS)])
+        lines.append(
+            f'    legend{k} [label="order {k}", shape=box, style=filled, fillcolor={colour}];'
+        )
+    lines.append("  }")
+    return lines
+
+
+def _short(v: float) -> str:
+    """A short label for a constant: 2.0 -> '2', 0.5 -> '0.5', -1e-08, nan, inf, -0.0 -> '-0'."""
+    text = repr(v)
+    text = text[:-2] if text.endswith(".0") else text
+    return text if len(text) <= 10 else f"{v:.6g}"
+
+
+def _quote(*lines: str) -> str:
+    """A DOT double-quoted string: each line escaped, joined by DOT's ``\\n`` line break."""
+    escaped = (
+        s.replace("\\", "\\\\").replace('"', '\\"').replace("\r\n", "\n").replace("\r", "\n")
+        for s in lines
+    )
+    return '"' + "\\n".join(s.replace("\n", "\\n") for s in escaped) + '"'

@@ -1,0 +1,165 @@
+"""Stage 2: reverse-mode differentiation that appends derivative nodes to the same graph.
+
+``build_grad(y, wrt)`` visits only the nodes on a path from a ``wrt`` node to ``y``, in reverse id
+order (ids are a topological order, so no recursion). Cotangent contributions are kept in a list
+per node and summed once, when the node is reached; a missing entry is the symbolic zero, so no
+zero node is ever built. Each op's VJP rule (in ``ops.py``) builds graph nodes, which is why a
+gradient can be differentiated again: ``hessian`` and ``hvp`` are just ``build_grad`` applied to
+gradient nodes. New nodes carry ``role="grad"`` and ``order`` = one more than the highest order
+among the nodes differentiated.
+"""
+
+from __future__ import annotations
+
+from symgrad.errors import GradError, SymgradError
+from symgrad.graph import Expr, Graph, paused_gc
+from symgrad.ops import OPS
+
+
+def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
+    """Gradient of the scalar ``y`` with respect to each of ``wrt``, as nodes of ``y.graph``.
+
+    A ``wrt`` that ``y`` does not depend on gets the constant 0. ``seed`` (an Expr or number)
+    multiplies the output adjoint, giving a vector-Jacobian product.
+
+    >>> g = Graph(); x = g.input("x"); [d] = build_grad(x * x, [x]); d.op
+    'add'
+    """
+    graph = _check_output(y, "y")
+    wrt = _check_wrt(graph, wrt)
+    with graph.atomic(), paused_gc():
+        active = _active_nodes(graph, y.id, {w.id for w in wrt})
+        order = 1 + max((graph.node(i)["order"] for i in active), default=0)
+        with graph.stamped("grad", order):
+            ct = _backward(graph, y, active, _seed(graph, seed))
+            # The constant is hash-consed: every unconnected wrt shares one zero node.
+            return [ct[w.id] if w.id in ct else graph.const(0.0) for w in wrt]
+
+
+def jacobian(ys, wrt) -> list[list[Expr]]:
+    """``J[i][j]`` = d ys[i] / d wrt[j], one ``build_grad`` per output."""
+    if isinstance(ys, Expr):
+        ys = [ys]
+    return [build_grad(y, wrt) for y in _as_list(ys, "ys")]
+
+
+def hessian(y: Expr, wrt) -> list[list[Expr]]:
+    """``H[i][j]`` = d² y / d wrt[i] d wrt[j]: the Jacobian of the gradient."""
+    grads = build_grad(y, wrt)
+    return [build_grad(gi, wrt) for gi in grads]
+
+
+def hvp(y: Expr, wrt, v) -> list[Expr]:
+    """Hessian-vector product H·v as graph nodes, at the cost of two gradients.
+
+    d/dx (∇y · v) = H v, so it is the gradient of one scalar: no Hessian is ever built.
+    """
+    wrt = list(wrt) if not isinstance(wrt, Expr) else [wrt]
+    v = _as_list(v, "v")
+    if len(v) != len(wrt):
+        raise GradError(f"hvp: v has {len(v)} entries but wrt has {len(wrt)}")
+    graph = _check_output(y, "y")
+    with graph.atomic():
+        grads = build_grad(y, wrt)
+        total = None
+        for i, (gi, vi) in enumerate(zip(grads, v)):
+            vi = _coerce(graph, vi, f"v[{i}]")
+            term = gi * vi
+            total = term if total is None else total + term
+        return build_grad(total, wrt)
+
+
+def _backward(graph: Graph, y: Expr, active: list[int], seed: Expr) -> dict[int, Expr]:
+    """Walk ``active`` in reverse id order, summing each node's contributions once."""
+    pending: dict[int, list[Expr]] = {y.id: [seed]}
+    done: dict[int, Expr] = {}
+    active_set = frozenset(active)
+    for i in reversed(active):
+        parts = pending.pop(i, None)
+        if parts is None:
+            continue  # symbolic zero: nothing flows into this node
+        g = _sum(parts)
+        done[i] = g
+        node = graph.node(i)
+        if not node["args"]:
+            continue
+        _propagate(graph, i, node, g, pending, active_set)
+    return done
+
+
+def _propagate(graph, i, node, g, pending, active_set) -> None:
+    opdef = OPS[node["op"]]
+    out = Expr(graph, i)
+    args = tuple(Expr(graph, a) for a in node["args"])
+    for pos, (a, rule) in enumerate(zip(node["args"], opdef.vjp)):
+        if rule is None or a not in active_set:
+            continue
+        try:
+            contribution = rule(g, out, *args)
+        except SymgradError as err:
+            raise GradError(f"{node['op']} (node {i}), operand {pos}: {err}") from err
+        pending.setdefault(a, []).append(contribution)
+
+
+def _sum(parts: list[Expr]) -> Expr:
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def _active_nodes(graph: Graph, y: int, wrt: set[int]) -> list[int]:
+    """Ids on a path from a ``wrt`` node to ``y``, ascending."""
+    ancestors = {y}
+    stack = [y]
+    while stack:
+        for a in graph.node(stack.pop())["args"]:
+            if a not in ancestors:
+                ancestors.add(a)
+                stack.append(a)
+    active: list[int] = []
+    reached: set[int] = set()
+    for i in sorted(ancestors):
+        if i in wrt or any(a in reached for a in graph.node(i)["args"]):
+            reached.add(i)
+            active.append(i)
+    return active
+
+
+def _check_output(y, what: str) -> Graph:
+    if not isinstance(y, Expr):
+        raise GradError(f"{what} must be an Expr, got {type(y).__name__}")
+    if y.shape != ():
+        raise GradError(f"{what} must be a scalar, got shape {y.shape}: pass a seed or reduce it")
+    return y.graph
+
+
+def _check_wrt(graph: Graph, wrt) -> list[Expr]:
+    wrt = [wrt] if isinstance(wrt, Expr) else _as_list(wrt, "wrt")
+    for k, w in enumerate(wrt):
+        if not isinstance(w, Expr):
+            raise GradError(f"wrt[{k}] must be an Expr, got {type(w).__name__}")
+        if w.graph is not graph:
+            raise GradError(f"wrt[{k}] belongs to another graph than y")
+    return wrt
+
+
+def _seed(graph: Graph, seed) -> Expr:
+    return graph.const(1.0) if seed is None else _coerce(graph, seed, "seed")
+
+
+def _coerce(graph: Graph, v, what: str) -> Expr:
+    if isinstance(v, Expr):
+        if v.graph is not graph:
+            raise GradError(f"{what} belongs to another graph than y")
+        return v
+    try:
+        return graph.const(v)
+    except SymgradError:
+        raise GradError(f"{what} must be an Expr or a number, got {type(v).__name__}") from None
+
+
+def _as_list(v, what: str) -> list:
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    raise GradError(f"{what} must be a list of Expr, got {type(v).__name__}")

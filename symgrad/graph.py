@@ -1,0 +1,304 @@
+"""The graph: a ``Graph`` owning a networkx.DiGraph, hash-consed node creation, ``Expr`` handles.
+
+A node's identity is its key ``(op, args, attrs)``: ``args`` is the tuple of operand ids (operand
+order lives here, never in edge order — a DiGraph collapses the two edges of ``x*x``) and
+``attrs`` a sorted tuple of ``(name, value)`` pairs. Creating a node whose key exists returns the
+existing id, so an identical subexpression is never built twice (CSE at construction);
+commutative ops sort their operands first. Ids grow with creation, so id order is a topological
+order and no code needs to recurse over a graph.
+
+Each node of ``g.nx`` carries the attributes ``op``, ``args``, ``attrs``, ``shape``, ``role``
+(``"primal"`` or ``"grad"``) and ``order`` (0 for primal nodes, k for nodes a k-th derivative
+added).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import numbers
+import re
+from contextlib import contextmanager
+
+import networkx as nx
+import numpy as np
+
+from symgrad.errors import GraphError, SymgradError
+from symgrad.ops import OPS
+
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+DEFAULT_MAX_NODES = 10_000_000
+
+
+def _key_value(v):
+    # Floats key by their bits: 0.0 and -0.0 are different values, and NaN equals itself.
+    return float(v).hex() if isinstance(v, float) else v
+
+
+@contextmanager
+def paused_gc():
+    """Pause the cyclic garbage collector around a pass that creates ~10^5 nodes.
+
+    Node data are plain dicts and tuples without cycles; the collector's generation scans over
+    a graph that keeps growing were ~40% of the time of build_grad and optimize on big graphs.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class Graph:
+    """A computational graph. ``g.nx`` is the networkx.DiGraph holding the nodes.
+
+    >>> g = Graph(); x = g.input("x"); (x * x).op
+    'mul'
+    """
+
+    def __init__(self, max_nodes: int = DEFAULT_MAX_NODES):
+        self.nx = nx.DiGraph()
+        self.max_nodes = max_nodes
+        self._ids: dict[tuple, int] = {}
+        self._keys: list[tuple] = []  # key of each id, to undo a failed call
+        self._inputs: dict[str, int] = {}
+        self._stamp = ("primal", 0)
+
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    def __repr__(self) -> str:
+        return f"<symgrad.Graph: {len(self)} nodes, inputs {list(self._inputs)}>"
+
+    @property
+    def inputs(self) -> dict[str, Expr]:
+        """Input name -> ``Expr``, in creation order."""
+        return {name: Expr(self, i) for name, i in self._inputs.items()}
+
+    def node(self, i: int) -> dict:
+        """The attribute dict of node ``i`` (op, args, attrs, shape, role, order)."""
+        return self.nx._node[i]
+
+    def input(self, name: str) -> Expr:
+        """The input called ``name``, created on first use."""
+        if not isinstance(name, str) or not NAME_RE.match(name) or name.startswith("__"):
+            raise GraphError(
+                f"input name {name!r} is not a name: use letters, digits and '_', not starting "
+                "with a digit or '__'"
+            )
+        if name in self._inputs:
+            return Expr(self, self._inputs[name])
+        e = Expr(self, self._add("input", (), (("name", name),), ()))
+        self._inputs[name] = e.id
+        return e
+
+    def const(self, value) -> Expr:
+        """A constant node holding the float ``value``."""
+        return Expr(self, self.const_id(value))
+
+    def const_id(self, value) -> int:
+        """Id of the constant node holding ``value``, created if new."""
+        if type(value) is not float:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+                raise GraphError(f"constant must be a real number, got {type(value).__name__}")
+            value = float(value)
+        # Keyed by the float's bits: 0.0 and -0.0 are different constants, NaN equals itself.
+        key = ("const", value.hex())
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        return self._new(key, "const", (), (("value", value),), ())
+
+    def apply(self, op: str, *operands, **attrs) -> Expr:
+        """Node ``op(*operands)``; numbers among ``operands`` become constants."""
+        opdef = OPS.get(op)
+        if opdef is None or opdef.arity == 0:
+            raise GraphError(f"unknown op {op!r}")
+        if len(operands) != opdef.arity:
+            raise GraphError(f"{op} takes {opdef.arity} operands, got {len(operands)}")
+        ids = tuple(
+            v.id if type(v) is Expr and v.graph is self else self._operand_id(op, pos, v)
+            for pos, v in enumerate(operands)
+        )
+        return Expr(self, self.node_id(op, ids, tuple(sorted(attrs.items())) if attrs else ()))
+
+    def node_id(self, op: str, ids: tuple[int, ...], attrs: tuple = ()) -> int:
+        """Id of the node ``op`` over operand ids ``ids`` (checked operands), created if new."""
+        opdef = OPS[op]
+        if opdef.commutative:
+            ids = tuple(sorted(ids))
+        nodes = self.nx._node
+        shapes = tuple(nodes[i]["shape"] for i in ids)
+        # Scalar operands are the common case: skip numpy's broadcasting machinery.
+        shape = () if not any(shapes) else opdef.infer_shape(shapes)
+        return self._add(op, ids, attrs, shape)
+
+    def _operand_id(self, op: str, pos: int, v) -> int:
+        if isinstance(v, Expr):
+            if v.graph is not self:
+                raise GraphError(f"{op}: operand {pos} belongs to another graph")
+            return v.id
+        if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)):
+            return self.const_id(v)
+        raise GraphError(f"{op}: operand {pos} is a {type(v).__name__}, not an Expr or a number")
+
+    def _add(self, op: str, args: tuple, attrs: tuple, shape: tuple) -> int:
+        key = (op, args, tuple((k, _key_value(v)) for k, v in attrs)) if attrs else (op, args)
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        return self._new(key, op, args, attrs, shape)
+
+    def _new(self, key: tuple, op: str, args: tuple, attrs: tuple, shape: tuple) -> int:
+        i = len(self._keys)
+        if i >= self.max_nodes:
+            raise GraphError(
+                f"graph would exceed max_nodes={self.max_nodes}: raise Graph(max_nodes=...)"
+            )
+        role, order = self._stamp
+        data = {"op": op, "args": args, "attrs": attrs, "shape": shape, "role": role}
+        data["order"] = order
+        self._link(i, data)
+        self._ids[key] = i
+        self._keys.append(key)
+        return i
+
+    def _link(self, i: int, data: dict) -> None:
+        # What DiGraph.add_node and add_edge do, written into its dicts directly: node creation
+        # is the hot path of every stage, and the public calls cost ~3 us each in checks.
+        g = self.nx
+        g._node[i] = data
+        g._succ[i] = {}
+        pred = g._pred[i] = {}
+        for a in data["args"]:
+            if a not in pred:
+                pred[a] = g._succ[a][i] = {}
+        cache = getattr(g, "__networkx_cache__", None)
+        if cache:
+            cache.clear()
+
+    @contextmanager
+    def atomic(self):
+        """Undo every node created inside if the block raises: a failed call changes nothing."""
+        start = len(self._keys)
+        try:
+            yield
+        except BaseException:
+            self._truncate(start)
+            raise
+
+    def _truncate(self, n: int) -> None:
+        for key in self._keys[n:]:
+            del self._ids[key]
+        self.nx.remove_nodes_from(range(n, len(self._keys)))
+        del self._keys[n:]
+        self._inputs = {name: i for name, i in self._inputs.items() if i < n}
+
+    @contextmanager
+    def stamped(self, role: str, order: int):
+        """Nodes created inside get ``role`` and ``order`` (``build_grad`` marks its nodes)."""
+        saved, self._stamp = self._stamp, (role, order)
+        try:
+            yield
+        finally:
+            self._stamp = saved
+
+    def attr(self, i: int, name: str):
+        """Attribute ``name`` of node ``i`` (``"value"`` of a const, ``"name"`` of an input)."""
+        return dict(self.node(i)["attrs"]).get(name)
+
+
+def _binary(op: str, reflected: bool = False):
+    def method(self, other):
+        return self.graph.apply(op, other, self) if reflected else self.graph.apply(op, self, other)
+
+    method.__name__ = f"__{'r' if reflected else ''}{op}__"
+    return method
+
+
+class Expr:
+    """A handle on one node: ``(graph, id)``, with Python's arithmetic operators.
+
+    ``==`` and ``hash`` compare handles (so Exprs work as dict keys); build comparison nodes
+    with ``<``, ``<=``, ``>``, ``>=`` or ``sg.eq`` / ``sg.ne``.
+    """
+
+    __slots__ = ("graph", "id")
+    __array_ufunc__ = None  # numpy defers to our reflected operators: 2.0 * x stays an Expr
+
+    def __init__(self, graph: Graph, id: int):
+        self.graph = graph
+        self.id = id
+
+    @property
+    def op(self) -> str:
+        return self.graph.node(self.id)["op"]
+
+    @property
+    def args(self) -> tuple[Expr, ...]:
+        return tuple(Expr(self.graph, a) for a in self.graph.node(self.id)["args"])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.graph.node(self.id)["shape"]
+
+    @property
+    def name(self) -> str | None:
+        """The input's name, or None for any other node."""
+        return self.graph.attr(self.id, "name")
+
+    @property
+    def value(self) -> float | None:
+        """The constant's value, or None for any other node."""
+        return self.graph.attr(self.id, "value")
+
+    def __repr__(self) -> str:
+        extra = f" {self.name}" if self.op == "input" else ""
+        extra += f" {self.value!r}" if self.op == "const" else ""
+        return f"<Expr {self.id}: {self.op}{extra}>"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Expr) and other.graph is self.graph and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash((id(self.graph), self.id))
+
+    def __bool__(self):
+        raise SymgradError(
+            "an Expr has no truth value: use sg.where(cond, a, b) for a branch in the graph"
+        )
+
+    __add__, __radd__ = _binary("add"), _binary("add", True)
+    __sub__, __rsub__ = _binary("sub"), _binary("sub", True)
+    __mul__, __rmul__ = _binary("mul"), _binary("mul", True)
+    __truediv__, __rtruediv__ = _binary("div"), _binary("div", True)
+    __pow__, __rpow__ = _binary("pow"), _binary("pow", True)
+    __lt__, __le__ = _binary("lt"), _binary("le")
+    __gt__, __ge__ = _binary("gt"), _binary("ge")
+
+    def __neg__(self) -> Expr:
+        return self.graph.apply("neg", self)
+
+    def __pos__(self) -> Expr:
+        return self
+
+
+def _function(op: str):
+    """``sg.<op>``: applies ``op`` in the graph of the first Expr operand."""
+
+    def fn(*operands) -> Expr:
+        for v in operands:
+            if isinstance(v, Expr):
+                return v.graph.apply(op, *operands)
+        raise GraphError(f"{op}: needs at least one Expr operand (numbers alone have no graph)")
+
+    fn.__name__ = fn.__qualname__ = op
+    fn.__doc__ = f"``{op}`` of the operands, as a graph node."
+    return fn
+
+
+# sg.sin, sg.where, sg.lt, ... one per non-leaf op of the registry.
+FUNCTIONS = {name: _function(name) for name, op in OPS.items() if op.arity}
+PI, E = math.pi, math.e

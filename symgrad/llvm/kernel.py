@@ -1,0 +1,191 @@
+"""``CompiledFunction``: the call contract of a compiled graph, whatever backend runs it.
+
+It owns argument checking (keywords or positionals, names checked, values converted to float64
+arrays that must broadcast together), the output layout (an ``Expr`` gives an array of the batch
+shape, a list of n gives batch + (n,), a list of lists batch + (n, m)) and the backend's executor:
+``"numpy"`` runs the reference interpreter, ``"llvm"`` native code. Nothing here imports llvmlite
+at module level, so the numpy backend never pays for it.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from symgrad.errors import ArgumentError, GraphError
+from symgrad.graph import Expr
+from symgrad.interp import Program
+
+BACKENDS = ("llvm", "numpy")
+
+
+def flatten_outputs(outputs) -> tuple[list[Expr], list[tuple[int, ...]]]:
+    """Flat list of output Exprs and, per item of ``outputs``, its shape (), (n,) or (n, m)."""
+    if isinstance(outputs, Expr) or not isinstance(outputs, (list, tuple)):
+        outputs = [outputs]
+    flat: list[Expr] = []
+    layout: list[tuple[int, ...]] = []
+    for k, item in enumerate(outputs):
+        if isinstance(item, Expr):
+            flat.append(item)
+            layout.append(())
+        elif isinstance(item, (list, tuple)) and all(isinstance(r, (list, tuple)) for r in item):
+            rows = [list(r) for r in item]
+            width = len(rows[0]) if rows else 0
+            if any(len(r) != width for r in rows):
+                raise GraphError(f"outputs[{k}]: rows of a matrix output differ in length")
+            flat.extend(_check_exprs(sum(rows, []), f"outputs[{k}]"))
+            layout.append((len(rows), width))
+        elif isinstance(item, (list, tuple)):
+            flat.extend(_check_exprs(list(item), f"outputs[{k}]"))
+            layout.append((len(item),))
+        else:
+            raise GraphError(f"outputs[{k}] is a {type(item).__name__}, not an Expr or a list")
+    if flat and any(e.graph is not flat[0].graph for e in flat):
+        raise GraphError("outputs belong to different graphs")
+    if not flat:
+        raise GraphError("no outputs to compile")
+    return flat, layout
+
+
+def _check_exprs(items: list, where: str) -> list[Expr]:
+    for j, e in enumerate(items):
+        if not isinstance(e, Expr):
+            raise GraphError(f"{where}[{j}] is a {type(e).__name__}, not an Expr")
+    return items
+
+
+class CompiledFunction:
+    """A callable over the graph's inputs returning a tuple of float64 arrays.
+
+    ``fn.inputs`` lists the argument names in order; call with positionals, keywords or both.
+    """
+
+    def __init__(self, outputs, inputs=None, backend: str = "numpy", **options):
+        if backend not in BACKENDS:
+            raise ArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        flat, self.layout = flatten_outputs(outputs)
+        self.graph = flat[0].graph
+        self.backend = backend
+        self.options = options
+        self.program = Program.of(self.graph, [e.id for e in flat])
+        self.inputs = _argument_names(self.graph, self.program.inputs, inputs)
+        self._slots = {name: k for k, name in enumerate(self.inputs)}
+        self._native = None
+        if backend == "llvm":
+            from symgrad.llvm.jit import NativeKernels
+
+            self._native = NativeKernels(self.program, self.inputs, **options)
+
+    def __repr__(self) -> str:
+        return f"<CompiledFunction {self.backend}: ({', '.join(self.inputs)}) -> {self.layout}>"
+
+    @property
+    def llvm_ir(self) -> str:
+        """The LLVM module text (llvm backend only)."""
+        if self._native is None:
+            raise ArgumentError("llvm_ir: this function was compiled with backend='numpy'")
+        return self._native.llvm_ir
+
+    def __call__(self, *args, **kwargs):
+        values = self._bind(args, kwargs)
+        arrays, batch = _broadcast(values, self.inputs)
+        if self._native is not None:
+            flat = self._native.run(arrays, batch)
+        else:
+            flat = self.program.run(dict(zip(self.inputs, arrays)))
+        return self._assemble(flat, batch)
+
+    def _bind(self, args: tuple, kwargs: dict) -> list:
+        if len(args) > len(self.inputs):
+            raise ArgumentError(
+                f"takes {len(self.inputs)} arguments ({', '.join(self.inputs)}), got {len(args)}"
+            )
+        values = list(args) + [None] * (len(self.inputs) - len(args))
+        for name, v in kwargs.items():
+            slot = self._slots.get(name)
+            if slot is None:
+                raise ArgumentError(
+                    f"unknown argument {name!r}; arguments are: {', '.join(self.inputs)}"
+                )
+            if slot < len(args):
+                raise ArgumentError(f"argument {name!r} given both by position and by name")
+            values[slot] = v
+        missing = [n for n, v in zip(self.inputs, values) if v is None]
+        if missing:
+            raise ArgumentError(f"missing argument {', '.join(map(repr, missing))}")
+        return values
+
+    def _assemble(self, flat: list[np.ndarray], batch: tuple[int, ...]) -> tuple:
+        out, k = [], 0
+        for shape in self.layout:
+            size = int(np.prod(shape)) if shape else 1
+            if not shape:
+                out.append(np.broadcast_to(flat[k], batch).astype(np.float64, copy=True))
+            else:
+                block = np.empty(batch + shape, np.float64)
+                view = block.reshape(batch + (size,))
+                for j in range(size):
+                    view[..., j] = flat[k + j]
+                out.append(block)
+            k += size
+        return tuple(out)
+
+
+def _argument_names(graph, reachable: tuple[str, ...], inputs) -> tuple[str, ...]:
+    if inputs is None:
+        return reachable
+    if isinstance(inputs, (str, Expr)) or not isinstance(inputs, (list, tuple)):
+        raise ArgumentError("inputs must be a list of input Exprs or names")
+    names = []
+    for k, item in enumerate(inputs):
+        if isinstance(item, Expr) and item.graph is graph and item.op == "input":
+            names.append(item.name)
+        elif isinstance(item, str) and item in graph.inputs:
+            names.append(item)
+        else:
+            raise ArgumentError(f"inputs[{k}] = {item!r} is not an input of this graph")
+    if len(set(names)) != len(names):
+        raise ArgumentError("inputs lists a name twice")
+    absent = [n for n in reachable if n not in names]
+    if absent:
+        raise ArgumentError(f"inputs misses {', '.join(map(repr, absent))}, which outputs use")
+    return tuple(names)
+
+
+def _broadcast(values: list, names: tuple[str, ...]) -> tuple[list[np.ndarray], tuple]:
+    arrays = [_as_array(v, name) for v, name in zip(values, names)]
+    try:
+        batch = np.broadcast_shapes(*(a.shape for a in arrays)) if arrays else ()
+    except ValueError:
+        shapes = ", ".join(f"{n}: {a.shape}" for n, a in zip(names, arrays))
+        raise ArgumentError(f"argument shapes do not broadcast together ({shapes})") from None
+    return arrays, tuple(batch)
+
+
+def _as_array(v, name: str) -> np.ndarray:
+    if isinstance(v, float):
+        return np.asarray(v)
+    if isinstance(v, (bool, np.bool_, str, bytes)) or (
+        not isinstance(v, (numbers.Real, np.ndarray, list, tuple))
+    ):
+        raise ArgumentError(f"argument {name!r}: expected a real number or array, got {v!r:.60}")
+    try:
+        arr = np.asarray(v)
+    except ValueError as err:
+        raise ArgumentError(f"argument {name!r}: not an array of numbers ({err})") from None
+    if arr.dtype.kind not in "fiu":
+        raise ArgumentError(f"argument {name!r}: expected real numbers, got dtype {arr.dtype}")
+    return arr.astype(np.float64, copy=False)
+
+
+def compile(outputs, inputs=None, backend: str = "numpy", **options) -> CompiledFunction:
+    """Compile ``outputs`` (an Expr, a list, or a list of lists of Exprs) into a callable.
+
+    >>> import symgrad as sg
+    >>> g = sg.Graph(); x = g.input("x")
+    >>> sg.compile([x * x, [x + 1, x - 1]], backend="numpy")(3.0)
+    (array(9.), array([4., 2.]))
+    """
+    return CompiledFunction(outputs, inputs=inputs, backend=backend, **options)

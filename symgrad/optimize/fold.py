@@ -1,0 +1,184 @@
+"""Pass: constant folding and IEEE-honest algebraic identities.
+
+A rule applies only where it gives the same float64 result for every input, nan, inf and -0.0
+included — so ``x*1 -> x`` and ``x**0 -> 1`` (pow(nan, 0) is 1), never ``x*0 -> 0`` or
+``x-x -> 0`` (both wrong for inf and nan). One deliberate exception, as customary: ``x+0 -> x``
+differs only in the sign of a zero result (-0.0 + 0 is +0.0).
+
+Rules are named ``local_<pattern>`` functions, tried in the order of ``RULES``; each returns a
+replacement ``Expr`` or None. Invariant of ``fold``: same values; no node unreachable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from symgrad.graph import Expr, Graph
+from symgrad.ops import OPS
+from symgrad.optimize.prune import rebuild
+
+
+def _const(e: Expr, value: float | None = None) -> bool:
+    """Is ``e`` a constant (equal to ``value``, bit-for-bit on the sign of zero, if given)?"""
+    if e.op != "const":
+        return False
+    if value is None:
+        return True
+    v = e.value
+    return v == value and np.signbit(v) == np.signbit(value)
+
+
+def local_constant(g, op, args, attrs):
+    # Case for f(c1, c2) -> c: every operand constant, computed once with numpy (fold() has
+    # silenced numpy's floating-point warnings for the whole pass).
+    for a in args:
+        if a.op != "const":
+            return None
+    return g.const(float(OPS[op].numpy(*(np.float64(a.value) for a in args), **attrs)))
+
+
+def local_mul_one(g, op, args, attrs):
+    # Case for x*1 -> x and x*-1 -> -x (commutative: the constant may be either operand).
+    if op != "mul":
+        return None
+    for a, b in (args, args[::-1]):
+        if _const(b, 1.0):
+            return a
+        if _const(b, -1.0):
+            return g.apply("neg", a)
+    return None
+
+
+def local_div_one(g, op, args, attrs):
+    # Case for x/1 -> x and x/-1 -> -x.
+    if op == "div" and _const(args[1], 1.0):
+        return args[0]
+    if op == "div" and _const(args[1], -1.0):
+        return g.apply("neg", args[0])
+    return None
+
+
+def local_add_zero(g, op, args, attrs):
+    # Case for x+0 -> x, 0+x -> x, x-0 -> x (x - (+0) is exact, -0.0 - 0.0 = -0.0).
+    if op == "add":
+        for a, b in (args, args[::-1]):
+            if _const(b) and b.value == 0.0:
+                return a
+    if op == "sub" and _const(args[1]) and args[1].value == 0.0 and not np.signbit(args[1].value):
+        return args[0]
+    return None
+
+
+def local_neg_neg(g, op, args, attrs):
+    # Case for --x -> x.
+    if op == "neg" and args[0].op == "neg":
+        return args[0].args[0]
+    return None
+
+
+def local_add_neg(g, op, args, attrs):
+    # Case for x + -y -> x - y and x - -y -> x + y (exact: negation only flips a sign bit).
+    if op == "add":
+        a, b = args
+        if b.op == "neg":
+            return g.apply("sub", a, b.args[0])
+        if a.op == "neg":
+            return g.apply("sub", b, a.args[0])
+    if op == "sub" and args[1].op == "neg":
+        return g.apply("add", args[0], args[1].args[0])
+    return None
+
+
+def local_mul_neg_neg(g, op, args, attrs):
+    # Case for (-x)*(-y) -> x*y and (-x)/(-y) -> x/y.
+    if op in ("mul", "div") and args[0].op == "neg" and args[1].op == "neg":
+        return g.apply(op, args[0].args[0], args[1].args[0])
+    return None
+
+
+def local_pow_small(g, op, args, attrs):
+    # Case for x**1 -> x, x**0 -> 1 (pow(nan, 0) = 1 too) and x**2 -> x*x (one rounding each).
+    if op != "pow" or not _const(args[1]):
+        return None
+    b = args[1].value
+    if b == 1.0:
+        return args[0]
+    if b == 0.0:
+        return g.const(1.0)
+    if b == 2.0:
+        return g.apply("mul", args[0], args[0])
+    return None
+
+
+def local_where_same(g, op, args, attrs):
+    # Case for where(c, a, a) -> a, and where(const, a, b) -> the chosen branch.
+    if op != "where":
+        return None
+    c, a, b = args
+    if a.id == b.id:
+        return a
+    if _const(c):
+        return a if c.value != 0.0 else b
+    return None
+
+
+def local_strict_self(g, op, args, attrs):
+    # Case for x < x -> 0 and x > x -> 0: false for every x, nan included.
+    if op in ("lt", "gt") and args[0].id == args[1].id:
+        return g.const(0.0)
+    return None
+
+
+# The rules, in the order they are tried, by the op they look at; constants fold first for all.
+RULES = {
+    "mul": (local_mul_one, local_mul_neg_neg),
+    "div": (local_div_one, local_mul_neg_neg),
+    "add": (local_add_zero, local_add_neg),
+    "sub": (local_add_zero, local_add_neg),
+    "neg": (local_neg_neg,),
+    "pow": (local_pow_small,),
+    "where": (local_where_same,),
+    "lt": (local_strict_self,),
+    "gt": (local_strict_self,),
+}
+
+
+MAX_DEPTH = 8  # the cap on rewrites of rewrites; the rules above chain at most three deep
+
+
+class _Folding:
+    """The new graph as the rules see it: ``apply`` folds a replacement before building it.
+
+    So every node of the result has had every rule tried on its final operands, and one pass of
+    ``fold`` is a fixed point: running it again changes nothing.
+    """
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.depth = 0
+
+    def const(self, value: float) -> Expr:
+        return self.graph.const(value)
+
+    def apply(self, op: str, *args: Expr) -> Expr:
+        found = self.rewrite(op, args, {})
+        return found if found is not None else self.graph.apply(op, *args)
+
+    def rewrite(self, op: str, args: tuple[Expr, ...], attrs: dict) -> Expr | None:
+        if self.depth >= MAX_DEPTH:
+            return None
+        self.depth += 1
+        try:
+            for rule in (local_constant, *RULES.get(op, ())):
+                found = rule(self, op, args, attrs)
+                if found is not None:
+                    return found
+            return None
+        finally:
+            self.depth -= 1
+
+
+def fold(outputs):
+    """Outputs with constants folded and exact identities applied, in a fresh graph."""
+    with np.errstate(all="ignore"):
+        return rebuild(outputs, lambda new: _Folding(new).rewrite)

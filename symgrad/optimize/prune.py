@@ -1,0 +1,60 @@
+"""Pass: prune. Copies the nodes the outputs depend on into a fresh graph, and nothing else.
+
+``rebuild`` is the one walk every pass shares: reachable ids in ascending order (a topological
+order), each node re-created in a new graph through hash-consing, optionally through a rewrite
+rule. Invariant of ``prune``: same values; no node unreachable from an output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from symgrad.graph import Expr, Graph, paused_gc
+from symgrad.interp import reachable
+from symgrad.llvm.kernel import flatten_outputs
+
+# A rewrite rule sees the op, the already-mapped operands and the attrs, and returns a
+# replacement Expr or None to build the node as it is. A pass hands ``rebuild`` a factory that
+# makes the rule for the new graph.
+Rule = Callable[[str, tuple[Expr, ...], dict], "Expr | None"]
+
+
+def rebuild(outputs, make_rule: Callable[[Graph], Rule] | None = None):
+    """``outputs`` (Expr, list or list of lists) re-created in a fresh graph, through a rule."""
+    flat, _ = flatten_outputs(outputs)
+    old = flat[0].graph
+    new = Graph(max_nodes=old.max_nodes)
+    rule = make_rule(new) if make_rule else None
+    mapped: dict[int, int] = {}
+    with paused_gc():
+        for i in reachable(old, [e.id for e in flat]):
+            node = old.node(i)
+            new._stamp = (node["role"], node["order"])  # the copy keeps its primal/grad role
+            mapped[i] = _copy(new, node, mapped, rule)
+    new._stamp = ("primal", 0)
+    return _restructure(outputs, new, mapped)
+
+
+def _copy(new: Graph, node: dict, mapped: dict[int, int], rule: Rule | None) -> int:
+    op, attrs = node["op"], node["attrs"]
+    if op == "input":
+        return new.input(attrs[0][1]).id
+    if op == "const":
+        return new.const_id(attrs[0][1])
+    ids = tuple(mapped[a] for a in node["args"])
+    if rule is not None:
+        replacement = rule(op, tuple(Expr(new, j) for j in ids), dict(attrs))
+        if replacement is not None:
+            return replacement.id
+    return new.node_id(op, ids, attrs)
+
+
+def _restructure(outputs, new: Graph, mapped: dict[int, int]):
+    if isinstance(outputs, Expr):
+        return Expr(new, mapped[outputs.id])
+    return [_restructure(item, new, mapped) for item in outputs]
+
+
+def prune(outputs):
+    """Only what the outputs depend on, in a fresh graph (same values)."""
+    return rebuild(outputs)
