@@ -34,15 +34,28 @@ def _fmt(v) -> str:
 def _parse_point(text: str) -> dict[str, float]:
     point = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
+        name, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or not name:
             raise UsageError(f"--at: expected name=value, got {item!r}")
+        if name in point:
+            raise UsageError(f"--at: {name} is given twice")
         try:
-            point[name.strip()] = float(value)
+            point[name] = float(value)
         except ValueError:
-            raise UsageError(
-                f"--at: value of {name.strip()!r} is not a number: {value!r}"
-            ) from None
+            raise UsageError(f"--at: value of {name!r} is not a number: {value!r}") from None
+    return point
+
+
+def _values(fn, point: dict[str, float]) -> dict[str, float]:
+    """The arguments of ``fn`` from ``--at``: every input needs a value, and no other name."""
+    missing = [n for n in fn.inputs if n not in point]
+    if missing:
+        raise UsageError(f"--at: no value for {', '.join(missing)}")
+    unknown = [n for n in point if n not in fn.inputs]
+    if unknown:
+        raise UsageError(
+            f"--at: {', '.join(unknown)} not in the expression ({', '.join(fn.inputs)})"
+        )
     return point
 
 
@@ -51,6 +64,8 @@ def _wrt(f: sg.Expr, names: str | None) -> list[sg.Expr]:
     if names is None:
         return list(inputs.values())
     chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:
+        raise UsageError(f"--wrt: no input named in {names!r}")
     unknown = [n for n in chosen if n not in inputs]
     if unknown:
         raise UsageError(f"--wrt: {', '.join(unknown)} not in the expression ({', '.join(inputs)})")
@@ -62,7 +77,7 @@ def _write_dot(path: str, outputs) -> None:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(sg.to_dot(outputs))
     except OSError as err:
-        raise UsageError(f"--dot: cannot write {path}: {err.strerror}") from None
+        raise UsageError(f"--dot: cannot write {path!r}: {err.strerror}") from None
 
 
 def cmd_grad(args) -> int:
@@ -72,10 +87,9 @@ def cmd_grad(args) -> int:
     outputs = [f, grads] + ([sg.hessian(f, wrt)] if args.hessian else [])
     point = _parse_point(args.at or "")
     fn = sg.compile(outputs)
-    missing = [n for n in fn.inputs if n not in point]
-    if missing:
-        raise UsageError(f"--at: no value for {', '.join(missing)}")
-    results = fn(**{n: point[n] for n in fn.inputs})
+    results = fn(**_values(fn, point))
+    if args.dot is not None:  # before printing, so a bad path prints nothing but the error
+        _write_dot(args.dot, [f, grads])
     print(f"f = {_fmt(results[0])}")
     for w, d in zip(wrt, np.atleast_1d(results[1])):
         print(f"df/d{w.name} = {_fmt(d)}")
@@ -83,8 +97,6 @@ def cmd_grad(args) -> int:
         print("hessian =")
         for row in results[2]:
             print("  [" + ", ".join(_fmt(v) for v in row) + "]")
-    if args.dot:
-        _write_dot(args.dot, [f, grads])
     if args.ir:
         print(fn.llvm_ir)
     if args.asm:
@@ -99,6 +111,7 @@ def cmd_demo(args) -> int:
     grads = sg.build_grad(f, params)
     fn = sg.compile([f, grads])
     loss, grad = fn(**DEMO_POINT)
+    _write_dot(args.dot, [f, grads])
     print(f"loss = (2*w2*(w1*x + b1) - label)**2 at {_point_text(DEMO_POINT)}")
     print(f"loss = {_fmt(loss)}")
     for name, d in zip(DEMO_PARAMS, grad):
@@ -106,7 +119,6 @@ def cmd_demo(args) -> int:
     print(f"after one SGD step (lr = {DEMO_LR}):")
     for name, d in zip(DEMO_PARAMS, grad):
         print(f"{name} = {_fmt(DEMO_POINT[name] - DEMO_LR * d)}")
-    _write_dot(args.dot, [f, grads])
     print(f"derivative graph ({len(f.graph)} nodes) written to {args.dot}")
     return 0
 
@@ -140,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command; the exit status is returned (0, or 2 after one ``symgrad: error:`` line)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a bad argument (2): a status, as for the others
+        return exit_.code
     try:
         return args.run(args)
     except ParseError as err:
