@@ -62,7 +62,7 @@ class CompiledFunction:
     ``fn.inputs`` lists the argument names in order; call with positionals, keywords or both.
     """
 
-    def __init__(self, outputs, inputs=None, backend: str = "numpy", **options):
+    def __init__(self, outputs, inputs=None, backend: str = "llvm", **options):
         if backend not in BACKENDS:
             raise ArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
         flat, self.layout = flatten_outputs(outputs)
@@ -76,7 +76,10 @@ class CompiledFunction:
         if backend == "llvm":
             from symgrad.llvm.jit import NativeKernels
 
-            self._native = NativeKernels(self.program, self.inputs, **options)
+            try:
+                self._native = NativeKernels(self.program, self.inputs, **options)
+            except TypeError as err:  # an unknown option
+                raise ArgumentError(f"compile: {err}") from None
 
     def __repr__(self) -> str:
         return f"<CompiledFunction {self.backend}: ({', '.join(self.inputs)}) -> {self.layout}>"
@@ -88,14 +91,44 @@ class CompiledFunction:
             raise ArgumentError("llvm_ir: this function was compiled with backend='numpy'")
         return self._native.llvm_ir
 
+    @property
+    def asm(self) -> str:
+        """Host assembly of the kernels (llvm backend only)."""
+        if self._native is None:
+            raise ArgumentError("asm: this function was compiled with backend='numpy'")
+        return self._native.asm
+
     def __call__(self, *args, **kwargs):
         values = self._bind(args, kwargs)
         arrays, batch = _broadcast(values, self.inputs)
-        if self._native is not None:
-            flat = self._native.run(arrays, batch)
+        blocks, flat = self._allocate(batch)
+        if self._native is None:
+            for view, value in zip(flat, self.program.run(dict(zip(self.inputs, arrays)))):
+                view[...] = value
+        elif not batch:
+            for view, value in zip(flat, self._native.run_point([float(a) for a in arrays])):
+                view[...] = value
         else:
-            flat = self.program.run(dict(zip(self.inputs, arrays)))
-        return self._assemble(flat, batch)
+            n = int(np.prod(batch))
+            full = [a if a.size == 1 else _contiguous(a, batch) for a in arrays]
+            self._native.run_batch(full, n, flat)
+        return tuple(self._finish(block, shape) for block, shape in zip(blocks, self.layout))
+
+    def _allocate(self, batch: tuple[int, ...]):
+        """One block per output item, laid out item-major so each output is contiguous."""
+        blocks, flat = [], []
+        for shape in self.layout:
+            block = np.empty(shape + batch, np.float64)
+            blocks.append(block)
+            rows = block.reshape((-1,) + batch)
+            flat.extend(rows[j, ...] for j in range(len(rows)))  # views, 0-d ones included
+        return blocks, flat
+
+    @staticmethod
+    def _finish(block: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        # Item axes first in memory, last in the result: batch + (n,) or batch + (n, m).
+        k = len(shape)
+        return np.moveaxis(block, range(k), range(-k, 0)) if k and block.ndim > k else block
 
     def _bind(self, args: tuple, kwargs: dict) -> list:
         if len(args) > len(self.inputs):
@@ -116,21 +149,6 @@ class CompiledFunction:
         if missing:
             raise ArgumentError(f"missing argument {', '.join(map(repr, missing))}")
         return values
-
-    def _assemble(self, flat: list[np.ndarray], batch: tuple[int, ...]) -> tuple:
-        out, k = [], 0
-        for shape in self.layout:
-            size = int(np.prod(shape)) if shape else 1
-            if not shape:
-                out.append(np.broadcast_to(flat[k], batch).astype(np.float64, copy=True))
-            else:
-                block = np.empty(batch + shape, np.float64)
-                view = block.reshape(batch + (size,))
-                for j in range(size):
-                    view[..., j] = flat[k + j]
-                out.append(block)
-            k += size
-        return tuple(out)
 
 
 def _argument_names(graph, reachable: tuple[str, ...], inputs) -> tuple[str, ...]:
@@ -164,6 +182,13 @@ def _broadcast(values: list, names: tuple[str, ...]) -> tuple[list[np.ndarray], 
     return arrays, tuple(batch)
 
 
+def _contiguous(a: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
+    """``a`` as n contiguous doubles over the batch (a copy only if it is broadcast)."""
+    if a.shape == batch and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(np.broadcast_to(a, batch))
+
+
 def _as_array(v, name: str) -> np.ndarray:
     if isinstance(v, float):
         return np.asarray(v)
@@ -180,7 +205,7 @@ def _as_array(v, name: str) -> np.ndarray:
     return arr.astype(np.float64, copy=False)
 
 
-def compile(outputs, inputs=None, backend: str = "numpy", **options) -> CompiledFunction:
+def compile(outputs, inputs=None, backend: str = "llvm", **options) -> CompiledFunction:
     """Compile ``outputs`` (an Expr, a list, or a list of lists of Exprs) into a callable.
 
     >>> import symgrad as sg
