@@ -54,12 +54,16 @@ def _llvm():
 
 @lru_cache(maxsize=1)
 def _target():
+    """The process's target machine for optimizing and emitting code, and the host CPU."""
     llvm = _llvm()
     cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
-    tm = llvm.Target.from_default_triple().create_target_machine(
+    return _new_target_machine(cpu, features), cpu, features
+
+
+def _new_target_machine(cpu: str, features: str):
+    return _llvm().Target.from_default_triple().create_target_machine(
         cpu=cpu, features=features, opt=2, codemodel="jitdefault", jit=True
     )
-    return tm, cpu, features
 
 
 @cache
@@ -179,9 +183,13 @@ class NativeKernels:
 
     def _load(self, payload: bytes):
         llvm = _llvm()
-        tm, _, _ = _target()
+        _, cpu, features = _target()
         with _lock:
-            engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
+            # The engine takes ownership of its target machine and frees it with itself: each
+            # engine gets its own, never the shared one.
+            engine = llvm.create_mcjit_compiler(
+                llvm.parse_assembly(""), _new_target_machine(cpu, features)
+            )
             engine.add_object_file(llvm.ObjectFileRef.from_data(payload))
             engine.finalize_object()
         return engine
@@ -194,9 +202,7 @@ class NativeKernels:
         vp = ctypes.c_void_p
         self.point = ctypes.CFUNCTYPE(None, vp, vp)(point)
         self.batch = ctypes.CFUNCTYPE(None, vp, vp, vp, ctypes.c_int64)(batch)
-        self._in = np.empty(max(self.n_in, 1))
-        self._out = np.empty(max(self.n_out, 1))
-        self._in_ptr, self._out_ptr = self._in.ctypes.data, self._out.ctypes.data
+        self._buffers = threading.local()  # per thread: calls from many threads never share
 
     @property
     def asm(self) -> str:
@@ -206,10 +212,18 @@ class NativeKernels:
             return tm.emit_assembly(_optimized_module(self.llvm_ir, self.speed))
 
     def run_point(self, values) -> np.ndarray:
-        """Flat outputs at one point; ``values`` are the inputs as floats, in order."""
-        self._in[: self.n_in] = values
-        self.point(self._in_ptr, self._out_ptr)
-        return self._out[: self.n_out].copy()
+        """Flat outputs at one point (a fresh array); ``values`` are the inputs, in order."""
+        try:
+            cin, out, out_ptr = self._buffers.point
+        except AttributeError:
+            cin, out, out_ptr = self._buffers.point = self._point_buffers()
+        cin[:] = values
+        self.point(cin, out_ptr)
+        return out.copy()
+
+    def _point_buffers(self):
+        out = np.empty(self.n_out)
+        return (ctypes.c_double * self.n_in)(), out, ctypes.c_void_p(out.ctypes.data)
 
     def run_batch(self, arrays: list[np.ndarray], n: int, outs: list[np.ndarray]) -> None:
         """Fill ``outs`` (contiguous, n doubles each) from inputs of size 1 or n, contiguous."""
