@@ -103,7 +103,12 @@ class Graph:
         if type(value) is not float:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                 raise GraphError(f"constant must be a real number, got {type(value).__name__}")
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int like 10**400: no float64 holds it
+                raise GraphError(
+                    f"constant {type(value).__name__} is too large for a float64"
+                ) from None
         # Keyed by the float's bits: 0.0 and -0.0 are different constants, NaN equals itself.
         key = ("const", value.hex())
         found = self._ids.get(key)
@@ -113,16 +118,26 @@ class Graph:
 
     def apply(self, op: str, *operands, **attrs) -> Expr:
         """Node ``op(*operands)``; numbers among ``operands`` become constants."""
-        opdef = OPS.get(op)
+        opdef = OPS.get(op) if isinstance(op, str) else None
         if opdef is None or opdef.arity == 0:
             raise GraphError(f"unknown op {op!r}")
         if len(operands) != opdef.arity:
             raise GraphError(f"{op} takes {opdef.arity} operands, got {len(operands)}")
-        ids = tuple(
-            v.id if type(v) is Expr and v.graph is self else self._operand_id(op, pos, v)
-            for pos, v in enumerate(operands)
-        )
-        return Expr(self, self.node_id(op, ids, tuple(sorted(attrs.items())) if attrs else ()))
+        unknown = sorted(set(attrs) - set(opdef.attrs))
+        if unknown:
+            raise GraphError(f"{op} has no attribute {', '.join(map(repr, unknown))}")
+        start = len(self._keys)
+        try:
+            ids = tuple(
+                v.id if type(v) is Expr and v.graph is self else self._operand_id(op, pos, v)
+                for pos, v in enumerate(operands)
+            )
+            return Expr(self, self.node_id(op, ids, tuple(sorted(attrs.items())) if attrs else ()))
+        except SymgradError:
+            # A constant made for an earlier operand must not outlive the failed call.
+            if len(self._keys) > start:
+                self._truncate(start)
+            raise
 
     def node_id(self, op: str, ids: tuple[int, ...], attrs: tuple = ()) -> int:
         """Id of the node ``op`` over operand ids ``ids`` (checked operands), created if new."""
@@ -141,7 +156,10 @@ class Graph:
                 raise GraphError(f"{op}: operand {pos} belongs to another graph")
             return v.id
         if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)):
-            return self.const_id(v)
+            try:
+                return self.const_id(v)
+            except GraphError as err:
+                raise GraphError(f"{op}: operand {pos}: {err}") from None
         raise GraphError(f"{op}: operand {pos} is a {type(v).__name__}, not an Expr or a number")
 
     def _add(self, op: str, args: tuple, attrs: tuple, shape: tuple) -> int:

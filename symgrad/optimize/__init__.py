@@ -19,9 +19,9 @@ def optimize(outputs):
     >>> sg.optimize(f).op
     'input'
     """
-    # fold re-creates every reachable node through hash-consing, so it also prunes and merges
-    # (CSE); and since it folds each rewrite again as it builds it (up to fold.MAX_DEPTH deep),
-    # one pass is already the fixed point: a second would change nothing (tested).
+    # fold re-creates every reachable node through hash-consing, so it also merges (CSE), and it
+    # prunes what its rules dropped; since it folds each rewrite again as it builds it (up to
+    # fold.MAX_DEPTH deep), one pass is already the fixed point: a second changes nothing (tested).
     return fold(outputs)
 
 

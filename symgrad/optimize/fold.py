@@ -14,8 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from symgrad.graph import Expr, Graph
+from symgrad.interp import reachable
+from symgrad.llvm.kernel import flatten_outputs
 from symgrad.ops import OPS
-from symgrad.optimize.prune import rebuild
+from symgrad.optimize.prune import prune, rebuild
 
 
 def _const(e: Expr, value: float | None = None) -> bool:
@@ -181,4 +183,11 @@ class _Folding:
 def fold(outputs):
     """Outputs with constants folded and exact identities applied, in a fresh graph."""
     with np.errstate(all="ignore"):
-        return rebuild(outputs, lambda new: _Folding(new).rewrite)
+        folded = rebuild(outputs, lambda new: _Folding(new).rewrite)
+    # Copies made before a rule dropped them (the 1 of x*1, the branch a constant where did
+    # not take, the operands of a folded constant) are unreachable: prune them, when there are any.
+    flat, _ = flatten_outputs(folded)
+    graph = flat[0].graph
+    if len(reachable(graph, [e.id for e in flat])) < len(graph):
+        return prune(folded)
+    return folded
