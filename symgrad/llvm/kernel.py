@@ -74,15 +74,23 @@ class CompiledFunction:
         self.inputs = _argument_names(self.graph, self.program.inputs, inputs)
         self._slots = {name: k for k, name in enumerate(self.inputs)}
         self._native = None
-        if backend == "llvm":
-            from symgrad.llvm.jit import NativeKernels
-
-            try:
-                self._native = NativeKernels(self.program, self.inputs, **options)
-            except TypeError as err:  # an unknown option
-                raise ArgumentError(f"compile: {err}") from None
-        self._pick = _point_picker(self.layout) if self._native is not None else None
         self._arity = len(self.inputs)
+        self._pick = None
+        if backend == "llvm":
+            self._compile_native([e.id for e in flat], options)
+
+    def _compile_native(self, ids: list[int], options: dict) -> None:
+        from symgrad.llvm.jit import NativeKernels
+
+        # The kernel computes each distinct non-constant output once; constants and repeats
+        # (a Hessian's zeros and its symmetric half) are filled in here, not stored per point.
+        self._outs = _OutputPlan(self.graph, ids)
+        kernel_program = Program.of(self.graph, self._outs.kernel_ids)
+        try:
+            self._native = NativeKernels(kernel_program, self.inputs, **options)
+        except TypeError as err:  # an unknown option
+            raise ArgumentError(f"compile: {err}") from None
+        self._pick = _point_picker(self.layout)
 
     def __repr__(self) -> str:
         return f"<CompiledFunction {self.backend}: ({', '.join(self.inputs)}) -> {self.layout}>"
@@ -108,7 +116,7 @@ class CompiledFunction:
                 if type(a) is not float:
                     break
             else:
-                return self._pick(self._native.run_point(args))
+                return self._pick(self._outs.expand(self._native.run_point(args)))
         return self._call(args, kwargs)
 
     def _call(self, args: tuple, kwargs: dict) -> tuple:
@@ -119,12 +127,14 @@ class CompiledFunction:
             for view, value in zip(flat, self.program.run(dict(zip(self.inputs, arrays)))):
                 view[...] = value
         elif not batch:
-            for view, value in zip(flat, self._native.run_point([float(a) for a in arrays])):
+            values = self._outs.expand(self._native.run_point([float(a) for a in arrays]))
+            for view, value in zip(flat, values):
                 view[...] = value
         else:
             n = int(np.prod(batch))
             full = [a if a.size == 1 else _contiguous(a, batch) for a in arrays]
-            self._native.run_batch(full, n, flat)
+            self._native.run_batch(full, n, [flat[k] for k in self._outs.first])
+            self._outs.fill(flat)
         return tuple(self._finish(block, shape) for block, shape in zip(blocks, self.layout))
 
     def _allocate(self, batch: tuple[int, ...]):
@@ -164,18 +174,62 @@ class CompiledFunction:
         return values
 
 
-def _point_picker(layout):
-    """The function that cuts one point's flat outputs into the result tuple, or None.
+class _OutputPlan:
+    """Which flat outputs the kernel computes, and how the others follow from them."""
 
-    Each item is a view of the fresh flat array: ``out[k, ...]`` (0-d) or ``out[a:b]``; an
-    ``itemgetter`` makes them all in one C call. Matrix items take the general path.
+    def __init__(self, graph, ids: list[int]):
+        self.kernel_ids: list[int] = []
+        self.first: list[int] = []  # flat position of each kernel output
+        slot_of: dict[int, int] = {}
+        self.copies: list[tuple[int, int]] = []  # (flat position, kernel slot)
+        self.consts: list[tuple[int, float]] = []  # (flat position, value)
+        for pos, i in enumerate(ids):
+            node = graph.node(i)
+            if node["op"] == "const":
+                self.consts.append((pos, dict(node["attrs"])["value"]))
+            elif i in slot_of:
+                self.copies.append((pos, slot_of[i]))
+            else:
+                slot_of[i] = len(self.kernel_ids)
+                self.kernel_ids.append(i)
+                self.first.append(pos)
+        self.trivial = not self.copies and not self.consts
+        # For one point: flat outputs = take(kernel outputs + constants, index).
+        self.index = np.empty(len(ids), np.intp)
+        self.index[self.first] = range(len(self.first))
+        for pos, slot in self.copies:
+            self.index[pos] = slot
+        for j, (pos, _) in enumerate(self.consts):
+            self.index[pos] = len(self.first) + j
+        self.const_values = np.array([v for _, v in self.consts], np.float64)
+
+    def expand(self, kernel_out: np.ndarray) -> np.ndarray:
+        if self.trivial:
+            return kernel_out
+        return np.concatenate((kernel_out, self.const_values))[self.index]
+
+    def fill(self, flat: list[np.ndarray]) -> None:
+        """Complete a batch: repeats copied from their first place, constants broadcast."""
+        for pos, slot in self.copies:
+            flat[pos][...] = flat[self.first[slot]]
+        for pos, value in self.consts:
+            flat[pos].fill(value)
+
+
+def _point_picker(layout):
+    """The function that cuts one point's flat outputs into the result tuple.
+
+    Each item is a view of the fresh flat array: ``out[k, ...]`` (0-d), ``out[a:b]`` or that
+    reshaped to a matrix; without matrices an ``itemgetter`` makes them all in one C call.
     """
-    if any(len(shape) > 1 for shape in layout):
-        return None
     index, k = [], 0
     for shape in layout:
-        index.append((k, Ellipsis) if not shape else slice(k, k + shape[0]))
-        k += shape[0] if shape else 1
+        size = int(np.prod(shape)) if shape else 1
+        index.append((k, Ellipsis) if not shape else slice(k, k + size))
+        k += size
+    if any(len(shape) > 1 for shape in layout):
+        cuts = [(ix, shape if len(shape) > 1 else None) for ix, shape in zip(index, layout)]
+        return lambda out: tuple(out[ix] if s is None else out[ix].reshape(s) for ix, s in cuts)
     if len(index) == 1:
         only = index[0]
         return lambda out: (out[only],)
