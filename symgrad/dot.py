@@ -11,7 +11,7 @@ several positions (``x*x``: a DiGraph keeps one edge) lists them all, as in ``0,
 from __future__ import annotations
 
 from symgrad.errors import GraphError
-from symgrad.graph import Expr, Graph
+from symgrad.graph import Expr, Graph, reachable
 from symgrad.ops import OPS
 
 # Fill of the nodes of the k-th derivative: ORDER_COLOURS[(k - 1) % len(ORDER_COLOURS)].
@@ -68,7 +68,7 @@ def _select(obj) -> tuple[Graph, list[int], list[int]]:
     if any(e.graph is not graph for e in exprs):
         raise GraphError("to_dot: the outputs belong to different graphs")
     outputs = [e.id for e in exprs]
-    return graph, _reachable(graph, outputs), outputs
+    return graph, reachable(graph, outputs), outputs
 
 
 def _flatten(obj) -> list[Expr]:
@@ -85,17 +85,6 @@ def _flatten(obj) -> list[Expr]:
                 f"to_dot: expected a Graph, an Expr or a list of Expr, got {type(item).__name__}"
             )
     return found
-
-
-def _reachable(graph: Graph, roots: list[int]) -> list[int]:
-    """Ids of the nodes ``roots`` depend on (themselves included), in id order."""
-    seen, stack = set(roots), list(roots)
-    while stack:
-        for a in graph.node(stack.pop())["args"]:
-            if a not in seen:
-                seen.add(a)
-                stack.append(a)
-    return sorted(seen)
 
 
 def _node_attrs(graph: Graph, i: int, outs: list[str] | None) -> str:

@@ -12,7 +12,7 @@ among the nodes differentiated.
 from __future__ import annotations
 
 from symgrad.errors import GradError, SymgradError
-from symgrad.graph import Expr, Graph, paused_gc
+from symgrad.graph import Expr, Graph, paused_gc, reachable
 from symgrad.ops import OPS
 
 
@@ -110,16 +110,9 @@ def _sum(parts: list[Expr]) -> Expr:
 
 def _active_nodes(graph: Graph, y: int, wrt: set[int]) -> list[int]:
     """Ids on a path from a ``wrt`` node to ``y``, ascending."""
-    ancestors = {y}
-    stack = [y]
-    while stack:
-        for a in graph.node(stack.pop())["args"]:
-            if a not in ancestors:
-                ancestors.add(a)
-                stack.append(a)
     active: list[int] = []
     reached: set[int] = set()
-    for i in sorted(ancestors):
+    for i in reachable(graph, [y]):
         if i in wrt or any(a in reached for a in graph.node(i)["args"]):
             reached.add(i)
             active.append(i)

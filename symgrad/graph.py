@@ -228,6 +228,19 @@ class Graph:
         return dict(self.node(i)["attrs"]).get(name)
 
 
+def reachable(graph: Graph, roots) -> list[int]:
+    """Ids of every node some root depends on (roots included), ascending; an explicit stack."""
+    seen = set(roots)
+    stack = list(seen)
+    nodes = graph.nx._node
+    while stack:
+        for a in nodes[stack.pop()]["args"]:
+            if a not in seen:
+                seen.add(a)
+                stack.append(a)
+    return sorted(seen)
+
+
 def _binary(op: str, reflected: bool = False):
     def method(self, other):
         return self.graph.apply(op, other, self) if reflected else self.graph.apply(op, self, other)

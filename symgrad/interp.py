@@ -11,20 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from symgrad.graph import Expr, Graph
+from symgrad.graph import Expr, Graph, reachable
 from symgrad.ops import OPS
-
-
-def reachable(graph: Graph, roots) -> list[int]:
-    """Ids of every node some root depends on (roots included), ascending; explicit stack."""
-    seen = set(roots)
-    stack = list(seen)
-    while stack:
-        for a in graph.node(stack.pop())["args"]:
-            if a not in seen:
-                seen.add(a)
-                stack.append(a)
-    return sorted(seen)
 
 
 @dataclass(frozen=True)

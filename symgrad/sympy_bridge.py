@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from symgrad.errors import GraphError
-from symgrad.graph import Expr, Graph
+from symgrad.graph import Expr, Graph, reachable
 from symgrad.ops import OPS
 
 # Comparison op -> name of the SymPy relational (sympy.Lt, ...); Piecewise conditions use these.
@@ -48,7 +48,7 @@ def to_sympy(e, *, evaluate: bool = True):
     memo: dict[int, object] = {}
     rel: dict[int, object] = {}  # comparison node -> its SymPy relational, for where's condition
     with sp.evaluate(evaluate):
-        for i in _reachable(graph, [x.id for x in leaves]):
+        for i in reachable(graph, [x.id for x in leaves]):
             try:
                 memo[i] = _sympy_node(sp, graph, i, memo, rel)
             except RecursionError:
@@ -84,17 +84,6 @@ def _sympy_number(sp, v: float):
     if math.isinf(v):
         return sp.oo if v > 0 else sp.S.NegativeInfinity
     return sp.Integer(int(v)) if v.is_integer() else sp.Float(v)
-
-
-def _reachable(graph: Graph, roots: list[int]) -> list[int]:
-    """Ids of the nodes ``roots`` depend on (themselves included), in id order."""
-    seen, stack = set(roots), list(roots)
-    while stack:
-        for a in graph.node(stack.pop())["args"]:
-            if a not in seen:
-                seen.add(a)
-                stack.append(a)
-    return sorted(seen)
 
 
 def from_sympy(expr, graph: Graph | None = None):

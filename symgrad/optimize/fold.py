@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from symgrad.graph import Expr, Graph
-from symgrad.interp import reachable
+from symgrad.graph import Expr, Graph, reachable
 from symgrad.llvm.kernel import flatten_outputs
 from symgrad.ops import OPS
 from symgrad.optimize.prune import prune, rebuild

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from symgrad.graph import Expr, Graph, paused_gc
-from symgrad.interp import reachable
+from symgrad.graph import Expr, Graph, paused_gc, reachable
 from symgrad.llvm.kernel import flatten_outputs
 
 # A rewrite rule sees the op, the already-mapped operands and the attrs, and returns a
