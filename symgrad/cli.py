@@ -89,7 +89,7 @@ def cmd_grad(args) -> int:
     fn = sg.compile(outputs)
     results = fn(**_values(fn, point))
     if args.dot is not None:  # before printing, so a bad path prints nothing but the error
-        _write_dot(args.dot, [f, grads])
+        _write_dot(args.dot, outputs)
     print(f"f = {_fmt(results[0])}")
     for w, d in zip(wrt, np.atleast_1d(results[1])):
         print(f"df/d{w.name} = {_fmt(d)}")
@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     grad.add_argument("--wrt", help="comma-separated inputs to differentiate by (default: all)")
     grad.add_argument("--at", help="the point, e.g. x=1,y=2")
     grad.add_argument("--hessian", action="store_true", help="print the Hessian too")
-    grad.add_argument("--dot", metavar="FILE", help="write the derivative graph as DOT")
+    grad.add_argument("--dot", metavar="FILE", help="write the derivatives' graph as DOT")
     grad.add_argument("--ir", action="store_true", help="print the LLVM IR")
     grad.add_argument("--asm", action="store_true", help="print the host assembly")
     grad.set_defaults(run=cmd_grad)

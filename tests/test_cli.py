@@ -80,6 +80,16 @@ def test_dot_file_is_graphviz_with_derivative_nodes(capsys, tmp_path):
     assert ORDER_COLOURS[0] in path.read_text(encoding="utf-8")  # first-order nodes are marked
 
 
+def test_dot_file_holds_second_order_nodes_with_hessian(capsys, tmp_path):
+    path = tmp_path / "hess.dot"
+    status, _, _ = _run(
+        capsys, "grad", "sin(x)*y", "--at", "x=1,y=2", "--hessian", "--dot", str(path)
+    )
+    assert status == 0
+    _parse_dot(path)
+    assert ORDER_COLOURS[1] in path.read_text(encoding="utf-8")
+
+
 def test_demo_prints_the_oneflow_example_and_writes_dot(capsys, tmp_path):
     path = tmp_path / "demo.dot"
     status, out, err = _run(capsys, "demo", "--dot", str(path))
