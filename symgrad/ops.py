@@ -90,8 +90,9 @@ def ap(name: str, *args):
     raise TypeError(f"{name}: no Expr operand")
 
 
-def _libm(name: str, vector: bool = True) -> Lowering:
-    return Lowering("libm", name, f"_ZGVdN4v_{name}" if vector else None)
+def _libm(name: str, arity: int = 1) -> Lowering:
+    # libmvec's AVX2 4-lane variant: one 'v' per vector argument (_ZGVdN4vv_pow for pow).
+    return Lowering("libm", name, f"_ZGVdN4{'v' * arity}_{name}")
 
 
 def _erf(x):
@@ -149,7 +150,7 @@ _register(
 _register(
     "pow", 2, np.power,
     (lambda g, o, a, b: g * (b * a ** (b - 1)), lambda g, o, a, b: g * (o * ap("log", a))),
-    _libm("pow"), text="**", infix=True, domain=((0.5, 3.0), (-2.0, 2.0)),
+    _libm("pow", 2), text="**", infix=True, domain=((0.5, 3.0), (-2.0, 2.0)),
     sympy=lambda sp, a, b: a**b,
 )  # fmt: skip
 
@@ -207,14 +208,14 @@ _register("softplus", 1, _softplus, (lambda g, o, a: g * ap("sigmoid", a),),
           sympy=lambda sp, a: sp.log(1 + sp.exp(a)))  # fmt: skip
 _register("erf", 1, _erf,
           (lambda g, o, a: g * (2 / math.sqrt(math.pi)) * ap("exp", -(a * a)),),
-          _libm("erf", vector=False), domain=(SMALL,),
+          _libm("erf"), domain=(SMALL,),
           sympy=lambda sp, a: sp.erf(a))  # fmt: skip
 
 # Functions of two operands.
 _register(
     "atan2", 2, np.arctan2,
     (lambda g, o, y, x: g * x / (x * x + y * y), lambda g, o, y, x: -(g * y) / (x * x + y * y)),
-    Lowering("libm", "atan2", "_ZGVdN4vv_atan2"), domain=(SMALL, POS),
+    _libm("atan2", 2), domain=(SMALL, POS),
     sympy=lambda sp, y, x: sp.atan2(y, x),
 )  # fmt: skip
 

@@ -174,12 +174,8 @@ def oracle(name: str, ref, *args) -> tuple:
 
 
 def sign_of_zero_bug(names) -> list:
-    """``names`` as parameters; sign and abs (whose derivative is sign) carry the bug they show."""
-    bug = pytest.mark.xfail(
-        strict=True,
-        reason="BUG lower.py _emit_sign: sign(-0.0) is -0.0, numpy's is +0.0 (so abs'(-0.0) too)",
-    )
-    return [pytest.param(n, marks=bug) if n in ("sign", "abs") else n for n in names]
+    """``names`` as parameters (sign(-0.0) was once -0.0: the fix is covered by every op's test)."""
+    return list(names)
 
 
 @pytest.mark.parametrize("name", OP_NAMES)
@@ -319,14 +315,6 @@ def test_polynomial_batch_does_not_depend_on_its_length():
 def test_op_batch_does_not_depend_on_its_length(name, request):
     """A point's result is the same whether it falls in the 4-lane loop or in the tail."""
     fn, _ = op_functions(name)
-    if LIBMVEC in fn.llvm_ir:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG lower.py: the vector loop calls libmvec and the tail scalar libm, "
-                "which round differently (1-3 ulp), so fn(x[:5])[4] != fn(x[:8])[4]",
-            )
-        )
     cols = domain_sample(name, 1003, seed=7)
     whole = fn(*cols)
     for n in range(1, 41):
@@ -431,11 +419,6 @@ def test_output_layout_matches_numpy_backend(batch):
         assert identical(got, fn(float(x), float(y)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG kernel.py _allocate: block.reshape((-1,) + batch) cannot infer -1 for an empty "
-    "batch: fn(np.zeros(0), 1.0) raises a bare ValueError (numpy backend too)",
-)
 def test_empty_batch():
     fn, _ = two_input_function()
     got = fn(np.zeros(0), 1.0)
@@ -525,11 +508,6 @@ def test_corrupt_or_truncated_entry_is_rebuilt(cache, how):
     assert compile_formula()._native.cache_hit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG jit.py cache: the checksum covers the payload, not its key, so an entry copied "
-    "under another key is loaded and runs the other graph's kernel",
-)
 def test_entry_under_a_wrong_key_is_not_loaded(cache):
     wanted = compile_formula()
     [key] = entries(cache)
@@ -541,11 +519,6 @@ def test_entry_under_a_wrong_key_is_not_loaded(cache):
     assert not again._native.cache_hit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG jit.py _load: an entry with a valid header whose payload is not an object file "
-    "reaches add_object_file as a null ObjectFileRef: the process dies (SIGSEGV)",
-)
 def test_entry_that_is_not_an_object_file_is_rebuilt(cache):
     compile_formula()
     [entry] = entries(cache)
@@ -656,11 +629,6 @@ def rss_growth_over_a_thousand_functions(**options) -> int:
     return marks["1000"] - marks["200"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (llvmlite 0.50, reached through jit._optimized_module): every run of the O1/O2 "
-    "pass pipeline leaks ~85 kB (O2) / ~55 kB (O1), so 800 functions grow RSS by ~68 MB",
-)
 def test_a_thousand_functions_do_not_grow_memory():
     """The requirement as users meet it: default options. A leaked engine (~0.9 MB) or anything
     above 32 kB per function shows; this takes ~25 s (1,000 compiles at O2)."""
@@ -733,19 +701,7 @@ def test_asm_uses_ymm_registers_on_avx2():
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG ops.py: pow's vector name is _ZGVdN4v_pow; glibc's 2-argument "
-                "variant is _ZGVdN4vv_pow, so pow silently runs 4 scalar calls",
-            ),
-        )
-        if n == "pow"
-        else n
-        for n in sorted(n for n, op in OPS.items() if op.llvm and op.llvm.vector)
-    ],
+    [n for n in sorted(n for n, op in OPS.items() if op.llvm and op.llvm.vector)],
 )
 def test_declared_vector_variant_exists(name):
     """Every libmvec name in the registry is one glibc provides (glibc >= 2.35, AVX2)."""
@@ -774,28 +730,9 @@ def test_unknown_compile_option():
 @pytest.mark.parametrize(
     "options",
     [
-        pytest.param(
-            {"threads": -1},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG jit.py _chunks: threads=-1 is accepted; a batch call then runs no "
-                "chunk and returns uninitialized memory",
-            ),
-        ),
-        pytest.param(
-            {"threads": "2"},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG jit.py: threads='2' is accepted; batch calls raise TypeError",
-            ),
-        ),
-        pytest.param(
-            {"opt": 9},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG jit.py: opt=9 raises llvmlite's bare ValueError",
-            ),
-        ),
+        {"threads": -1},
+        {"threads": "2"},
+        {"opt": 9},
         {"opt": "fast"},
     ],
     ids=lambda o: repr(o),

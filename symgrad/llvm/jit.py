@@ -1,8 +1,8 @@
 """Stage 4b: LLVM IR text -> native code, with an on-disk cache of object code.
 
-One host target machine per process (host CPU name and features). A module is verified, run
-through the new pass manager (O2 with LLVM's vectorizers off, since ``lower.py`` emits vector code
-itself; O1 for graphs beyond ``BIG_GRAPH`` nodes, so big graphs compile in about a second),
+One host target machine per process (host CPU name and features). A module is parsed in a
+context of its own, verified, run through a short list of passes (``PASSES``: ``lower.py`` emits
+vector code itself, so LLVM's vectorizers and most of its pipeline have nothing left to do),
 emitted as an object file and loaded into an MCJIT engine that the ``NativeKernels`` object owns
 (an engine that is collected leaves dangling function pointers: llvmlite issue #232).
 
@@ -33,9 +33,9 @@ from symgrad.errors import LoweringError
 from symgrad.interp import Program
 from symgrad.llvm.lower import WIDTH, lower
 
-BIG_GRAPH = 3000  # nodes; above it, a cheaper pass pipeline
 THREAD_MIN_POINTS = 1 << 15  # below this many points per thread, threads cost more than they save
-MAGIC = b"SYMGRAD-OBJ-1\n"
+MAGIC = b"SYMGRAD-OBJ-2\n"
+ELF = b"\x7fELF"
 _lock = threading.Lock()
 
 
@@ -63,7 +63,7 @@ def _target():
 def _new_target_machine(cpu: str, features: str):
     # Code generation at level 0 (fast instruction selection and register allocation): measured
     # on the benchmark suite, it cut codegen from ~30 to ~8 ms at the same ns per point, since
-    # the IR passes (speed level 2) have already done the optimizing that matters here.
+    # the IR passes have already done the optimizing that matters here.
     return (
         _llvm()
         .Target.from_default_triple()
@@ -114,7 +114,14 @@ def _cache_read(key: str) -> bytes | None:
     if len(blob) < head or not blob.startswith(MAGIC):
         return None
     digest, payload = blob[len(MAGIC) : head], blob[head:]
-    return payload if hashlib.sha256(payload).digest() == digest else None
+    if _digest(key, payload) != digest or not payload.startswith(ELF):
+        return None  # corrupt, truncated, or another key's entry: rebuilt, never loaded
+    return payload
+
+
+def _digest(key: str, payload: bytes) -> bytes:
+    # The key is part of the checksum, so an entry renamed to another key fails it too.
+    return hashlib.sha256(key.encode() + b"\0" + payload).digest()
 
 
 def _cache_write(key: str, payload: bytes) -> None:
@@ -126,7 +133,7 @@ def _cache_write(key: str, payload: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+                fh.write(MAGIC + _digest(key, payload) + payload)
             os.replace(tmp, folder / f"{key}.o")
         except BaseException:
             os.unlink(tmp)
@@ -135,23 +142,37 @@ def _cache_write(key: str, payload: bytes) -> None:
         pass  # read-only or full: we only lose caching
 
 
-def _optimized_module(ir: str, speed: int):
+# The IR passes, in order. lower.py already emits each node once, hoists what is loop-invariant
+# and writes the vector code itself, so what is left is local simplification. Measured on the
+# benchmark suite against LLVM's O2 pipeline (vectorizers off): instcombine alone compiled in
+# 3.5 vs ~25 ms and ran as fast or faster (1.5 vs 1.8 ns/point on Rosenbrock, 12 vs 17-27 on the
+# exp/cos/log/tanh/sqrt mix); and the default pipeline leaks ~110 kB per module in llvmlite 0.50,
+# an explicit pass list ~5 kB.
+PASSES = ("add_instruction_combine_pass", "add_aggressive_dce_pass")
+
+
+def _optimized_module(ir: str, opt: int, context):
     llvm = _llvm()
     tm, _, _ = _target()
     try:
-        module = llvm.parse_assembly(ir)
+        module = llvm.parse_assembly(ir, context=context)
         module.verify()
     except RuntimeError as err:
         raise LoweringError(f"generated IR does not verify: {err}") from None
     module.triple = tm.triple
     module.data_layout = str(tm.target_data)
-    if speed:
-        pto = llvm.create_pipeline_tuning_options(speed_level=speed)
-        pto.loop_vectorization = False  # lower.py wrote the vector code already
-        pto.slp_vectorization = False
-        builder = llvm.create_pass_builder(tm, pto)
-        builder.getModulePassManager().run(module, builder)
+    if opt:
+        manager = llvm.create_new_module_pass_manager()
+        for add_pass in PASSES:
+            getattr(manager, add_pass)()
+        manager.run(module, _pass_builder())
     return module
+
+
+@lru_cache(maxsize=1)
+def _pass_builder():
+    tm, _, _ = _target()
+    return _llvm().create_pass_builder(tm, _llvm().create_pipeline_tuning_options(speed_level=2))
 
 
 def _check_symbols(ir: str) -> None:
@@ -163,11 +184,10 @@ def _check_symbols(ir: str) -> None:
 class NativeKernels:
     """The two compiled kernels of one function, and the engine that keeps them alive."""
 
-    def __init__(self, program: Program, inputs: tuple[str, ...], threads: int | None = None,
-                 opt: int | None = None):  # fmt: skip
+    def __init__(self, program: Program, inputs: tuple[str, ...], threads: int | None, opt: int):
         self.n_in, self.n_out = len(inputs), len(program.outputs)
         self.threads = threads or os.cpu_count() or 1
-        self.speed = opt if opt is not None else (2 if len(program.steps) <= BIG_GRAPH else 1)
+        self.opt = opt
         self.llvm_ir = lower(program, inputs, vector_ok)
         _check_symbols(self.llvm_ir)
         self.cache_hit = False
@@ -175,14 +195,16 @@ class NativeKernels:
         self._bind_functions()
 
     def _object_code(self) -> bytes:
-        key = _cache_key(self.llvm_ir, f"speed={self.speed}")
+        key = _cache_key(self.llvm_ir, f"opt={self.opt}")
         payload = _cache_read(key)
         if payload is not None:
             self.cache_hit = True
             return payload
         tm, _, _ = _target()
         with _lock:  # LLVM's pass and codegen state is not to be shared between threads
-            payload = tm.emit_object(_optimized_module(self.llvm_ir, self.speed))
+            # A context per module: what LLVM interns (constants, types) goes with it.
+            context = _llvm().create_context()
+            payload = tm.emit_object(_optimized_module(self.llvm_ir, self.opt, context))
         _cache_write(key, payload)
         return payload
 
@@ -214,7 +236,8 @@ class NativeKernels:
         """Host assembly of both kernels."""
         tm, _, _ = _target()
         with _lock:
-            return tm.emit_assembly(_optimized_module(self.llvm_ir, self.speed))
+            context = _llvm().create_context()
+            return tm.emit_assembly(_optimized_module(self.llvm_ir, self.opt, context))
 
     def run_point(self, values) -> np.ndarray:
         """Flat outputs at one point (a fresh array); ``values`` are the inputs, in order."""
@@ -232,23 +255,55 @@ class NativeKernels:
 
     def run_batch(self, arrays: list[np.ndarray], n: int, outs: list[np.ndarray]) -> None:
         """Fill ``outs`` (contiguous, n doubles each) from inputs of size 1 or n, contiguous."""
-        keep, ins, strides = [], np.empty(self.n_in, np.uint64), np.empty(self.n_in, np.int64)
-        for k, a in enumerate(arrays):
+        if n == 0:
+            return
+        flat = [a.reshape(-1) for a in arrays]
+        main = n - n % WIDTH
+        if main:
+            ins, strides, keep = self._inputs(flat, lambda a: a)
+            out_ptrs = np.array([o.ctypes.data for o in outs], np.uint64)
+            self._run_main(ins, strides, out_ptrs, main)
+            del keep
+        if main < n:
+            self._run_rest(flat, main, n, [o.reshape(-1) for o in outs])
+
+    def _inputs(self, flat: list[np.ndarray], window):
+        """Pointer and stride arrays for the kernel; ``keep`` holds every buffer pointed at."""
+        ins, strides = np.empty(self.n_in, np.uint64), np.empty(self.n_in, np.int64)
+        keep = []
+        for k, a in enumerate(flat):
             if a.size == 1:  # loop-invariant: four copies feed the 4-lane load
-                a = np.full(WIDTH, float(a.reshape(-1)[0]))
-                strides[k] = 0
+                a, strides[k] = np.full(WIDTH, a[0]), 0
             else:
-                strides[k] = 1
+                a, strides[k] = window(a), 1
             keep.append(a)
             ins[k] = a.ctypes.data
-        out_ptrs = np.array([o.ctypes.data for o in outs], np.uint64)
+        return ins, strides, keep
+
+    def _run_main(self, ins, strides, out_ptrs, n: int) -> None:
         chunks = self._chunks(n)
         if len(chunks) == 1:
             self.batch(ins.ctypes.data, strides.ctypes.data, out_ptrs.ctypes.data, n)
             return
         jobs = [self._chunk_args(ins, strides, out_ptrs, lo, hi) for lo, hi in chunks]
         list(_pool().map(lambda args: self.batch(*args[:4]), jobs))
-        del keep, jobs
+
+    def _run_rest(self, flat, lo: int, n: int, outs) -> None:
+        # The last n % 4 points go through the same 4-lane code on a padded copy, so their
+        # results are those they would have anywhere else in a batch.
+        def window(a):
+            pad = np.empty(WIDTH)
+            pad[: n - lo] = a[lo:n]
+            pad[n - lo :] = a[n - 1]  # a real value in the unused lanes: no nan or denormal work
+            return pad
+
+        ins, strides, keep = self._inputs(flat, window)
+        scratch = np.empty((max(self.n_out, 1), WIDTH))
+        out_ptrs = np.array([row.ctypes.data for row in scratch[: self.n_out]], np.uint64)
+        self.batch(ins.ctypes.data, strides.ctypes.data, out_ptrs.ctypes.data, WIDTH)
+        for k, o in enumerate(outs):
+            o[lo:n] = scratch[k, : n - lo]
+        del keep
 
     def _chunks(self, n: int) -> list[tuple[int, int]]:
         parts = min(self.threads, max(n // THREAD_MIN_POINTS, 1))

@@ -86,10 +86,7 @@ class CompiledFunction:
         # (a Hessian's zeros and its symmetric half) are filled in here, not stored per point.
         self._outs = _OutputPlan(self.graph, ids)
         kernel_program = Program.of(self.graph, self._outs.kernel_ids)
-        try:
-            self._native = NativeKernels(kernel_program, self.inputs, **options)
-        except TypeError as err:  # an unknown option
-            raise ArgumentError(f"compile: {err}") from None
+        self._native = NativeKernels(kernel_program, self.inputs, **_check_options(options))
         self._pick = _point_picker(self.layout)
 
     def __repr__(self) -> str:
@@ -143,7 +140,7 @@ class CompiledFunction:
         for shape in self.layout:
             block = np.empty(shape + batch, np.float64)
             blocks.append(block)
-            rows = block.reshape((-1,) + batch)
+            rows = block.reshape((int(np.prod(shape)),) + batch)  # not -1: batch may be empty
             flat.extend(rows[j, ...] for j in range(len(rows)))  # views, 0-d ones included
         return blocks, flat
 
@@ -172,6 +169,19 @@ class CompiledFunction:
         if missing:
             raise ArgumentError(f"missing argument {', '.join(map(repr, missing))}")
         return values
+
+
+def _check_options(options: dict) -> dict:
+    """The llvm backend's options, checked: ``threads`` (None or >= 1), ``opt`` (0 or 1)."""
+    unknown = sorted(set(options) - {"threads", "opt"})
+    if unknown:
+        raise ArgumentError(f"compile: unknown option {unknown[0]!r} (options: threads, opt)")
+    threads, opt = options.get("threads"), options.get("opt", 1)
+    if threads is not None and (type(threads) is not int or threads < 1):
+        raise ArgumentError(f"compile: threads must be None or an int >= 1, got {threads!r}")
+    if opt not in (0, 1) or type(opt) is not int:
+        raise ArgumentError(f"compile: opt must be 0 (no IR passes) or 1, got {opt!r}")
+    return {"threads": threads, "opt": opt}
 
 
 class _OutputPlan:

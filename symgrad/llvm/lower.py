@@ -4,12 +4,14 @@ ABI (all doubles are IEEE float64; every pointer is ``noalias``):
 
 - ``void sg_point(ptr in, ptr out)``: one point. ``in[i]`` is input i (in ``fn.inputs`` order),
   ``out[k]`` receives flat output k.
-- ``void sg_batch(ptr ins, ptr strides, ptr outs, i64 n)``: n points. ``ins[i]`` points at input
-  i's values and ``strides[i]`` is 1 (an array of n doubles) or 0 (a loop-invariant scalar, which
-  the caller stores four times so the 4-lane load needs no special case); ``outs[k]`` points at
-  n doubles. The loop runs 4 points at a time on ``<4 x double>`` values that this module emits
-  itself (no auto-vectorizer: compile time stays small), transcendental functions calling
-  glibc's libmvec 4-lane variants where the process has them, then a scalar tail.
+- ``void sg_batch(ptr ins, ptr strides, ptr outs, i64 n)``: n points, n a multiple of 4 (the
+  caller runs a remainder through a 4-point scratch batch, so every point of a batch goes
+  through the same code and results never depend on the batch length). ``ins[i]`` points at
+  input i's values and ``strides[i]`` is 1 (an array of n doubles) or 0 (a loop-invariant
+  scalar, which the caller stores four times so the 4-lane load needs no special case);
+  ``outs[k]`` points at n doubles. The loop runs on ``<4 x double>`` values that this module
+  emits itself (no auto-vectorizer: compile time stays small), transcendental functions calling
+  glibc's libmvec 4-lane variants where the process has them.
 
 Each node is emitted once per loop body, in id order; addresses are GEPs only. Constants are
 inlined as exact hex literals. No fast-math flags: results are IEEE like numpy's.
@@ -116,8 +118,9 @@ class Body:
 
 
 def _emit_sign(b: Body, x: str) -> str:
-    # 1 for x > 0, -1 for x < 0, x itself for ±0 and nan (as np.sign).
-    neg = b.select(b.fcmp("olt", x, b.const(0.0)), b.const(-1.0), x)
+    # 1 for x > 0, -1 for x < 0, +0 for ±0 and nan for nan, as np.sign.
+    zero = b.select(b.fcmp("oeq", x, b.const(0.0)), b.const(0.0), x)
+    neg = b.select(b.fcmp("olt", x, b.const(0.0)), b.const(-1.0), zero)
     return b.select(b.fcmp("ogt", x, b.const(0.0)), b.const(1.0), neg)
 
 
@@ -238,7 +241,6 @@ def _batch_kernel(program: Program, slot, vector_ok) -> tuple[str, set[str]]:
         p = entry.emit(f"getelementptr inbounds ptr, ptr %outs, i64 {k}")
         entry.lines.append(f"  %out{k} = load ptr, ptr {p}, align 8")
     vec = _loop_body(Body("v", WIDTH, vector_ok), program, slot, "%j")
-    tail = _loop_body(Body("s", 1, vector_ok), program, slot, "%t")
     text = "\n".join(
         [
             "define void @sg_batch(ptr noalias nocapture readonly %ins, "
@@ -246,30 +248,21 @@ def _batch_kernel(program: Program, slot, vector_ok) -> tuple[str, set[str]]:
             "i64 %n) #1 {",
             "entry:",
             *entry.lines,
-            f"  %nv = and i64 %n, -{WIDTH}",
             "  br label %vhead",
             "vhead:",
             "  %j = phi i64 [ 0, %entry ], [ %jnext, %vbody ]",
-            "  %vmore = icmp ult i64 %j, %nv",
-            "  br i1 %vmore, label %vbody, label %thead",
+            "  %vmore = icmp ult i64 %j, %n",
+            "  br i1 %vmore, label %vbody, label %exit",
             "vbody:",
             *vec.lines,
             f"  %jnext = add nuw i64 %j, {WIDTH}",
             "  br label %vhead",
-            "thead:",
-            "  %t = phi i64 [ %j, %vhead ], [ %tnext, %tbody ]",
-            "  %tmore = icmp ult i64 %t, %n",
-            "  br i1 %tmore, label %tbody, label %exit",
-            "tbody:",
-            *tail.lines,
-            "  %tnext = add nuw i64 %t, 1",
-            "  br label %thead",
             "exit:",
             "  ret void",
             "}",
         ]
     )
-    return text, vec.declares | tail.declares
+    return text, vec.declares
 
 
 def _loop_body(b: Body, program: Program, slot, index: str) -> Body:
