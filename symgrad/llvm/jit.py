@@ -21,6 +21,7 @@ import ctypes
 import hashlib
 import os
 import re
+import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -230,6 +231,7 @@ class NativeKernels:
         self.point = ctypes.CFUNCTYPE(None, vp, vp)(point)
         self.batch = ctypes.CFUNCTYPE(None, vp, vp, vp, ctypes.c_int64)(batch)
         self._buffers = threading.local()  # per thread: calls from many threads never share
+        self.fast = _method(self._engine.get_function_address("sg_fast"))
 
     @property
     def asm(self) -> str:
@@ -318,6 +320,46 @@ class NativeKernels:
         # The arrays must outlive the call: the tuple keeps them referenced.
         return (shifted_in.ctypes.data, strides.ctypes.data, shifted_out.ctypes.data, hi - lo,
                 shifted_in, shifted_out)  # fmt: skip
+
+
+class _MethodDef(ctypes.Structure):
+    """CPython's PyMethodDef."""
+
+    _fields_ = [
+        ("ml_name", ctypes.c_char_p),
+        ("ml_meth", ctypes.c_void_p),
+        ("ml_flags", ctypes.c_int),
+        ("ml_doc", ctypes.c_char_p),
+    ]
+
+
+METH_FASTCALL = 0x0080
+
+
+def _method(address: int):
+    """A builtin function object calling ``sg_fast`` at ``address``, or None if not possible.
+
+    The function object keeps its method definition alive (attached as an attribute of a
+    holder that the kernels object owns), and ``self`` is a float, whose type ``sg_fast``
+    compares its arguments' types with.
+    """
+    if not address or sys.implementation.name != "cpython" or hasattr(sys, "gettotalrefcount"):
+        return None  # the object layouts sg_fast reads are those of a release CPython
+    definition = _MethodDef(b"sg_fast", address, METH_FASTCALL, None)
+    new = ctypes.pythonapi.PyCFunction_NewEx
+    new.restype = ctypes.py_object
+    new.argtypes = [ctypes.c_void_p, ctypes.py_object, ctypes.c_void_p]
+    function = new(ctypes.addressof(definition), 0.5, None)
+    return _FastCall(function, definition)
+
+
+class _FastCall:
+    """The builtin and the PyMethodDef it points into, kept alive together."""
+
+    __slots__ = ("call", "definition")
+
+    def __init__(self, call, definition):
+        self.call, self.definition = call, definition
 
 
 @lru_cache(maxsize=1)

@@ -75,7 +75,7 @@ class CompiledFunction:
         self._slots = {name: k for k, name in enumerate(self.inputs)}
         self._native = None
         self._arity = len(self.inputs)
-        self._pick = None
+        self._pick = self._fast = None
         if backend == "llvm":
             self._compile_native([e.id for e in flat], options)
 
@@ -88,6 +88,8 @@ class CompiledFunction:
         kernel_program = Program.of(self.graph, self._outs.kernel_ids)
         self._native = NativeKernels(kernel_program, self.inputs, **_check_options(options))
         self._pick = _point_picker(self.layout)
+        self._n_kernel_out = len(self._outs.kernel_ids)
+        self._fast = self._native.fast.call if self._native.fast is not None else None
 
     def __repr__(self) -> str:
         return f"<CompiledFunction {self.backend}: ({', '.join(self.inputs)}) -> {self.layout}>"
@@ -107,13 +109,12 @@ class CompiledFunction:
         return self._native.asm
 
     def __call__(self, *args, **kwargs):
-        if self._pick is not None and not kwargs and len(args) == self._arity:
-            # Fast path, one point of Python floats: no numpy round trip on the way in.
-            for a in args:
-                if type(a) is not float:
-                    break
-            else:
-                return self._pick(self._outs.expand(self._native.run_point(args)))
+        if self._fast is not None and not kwargs:
+            # Fast path, one point of Python floats: sg_fast checks the arguments' types and
+            # writes the outputs into a fresh array, or hands back something else if it can't.
+            out = np.empty(self._n_kernel_out)
+            if self._fast(out, *args) is out:
+                return self._pick(self._outs.expand(out))
         return self._call(args, kwargs)
 
     def _call(self, args: tuple, kwargs: dict) -> tuple:
