@@ -17,6 +17,7 @@ symgrad's own adjoints (``rounding_bound``).
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import gc
 import hashlib
@@ -758,3 +759,57 @@ def test_llvm_text_needs_the_llvm_backend():
         fn.llvm_ir  # noqa: B018
     with pytest.raises(ArgumentError):
         fn.asm  # noqa: B018
+
+
+# --- the single-point entry (sg_fast) --------------------------------------------------------
+
+
+def _rosenbrock_value_and_grad():
+    f = sg.parse("(1-x)**2 + 100*(y-x**2)**2")
+    x, y = f.graph.inputs.values()
+    return sg.compile([f, sg.build_grad(f, [x, y])])
+
+
+def test_fast_entry_is_generated_and_used():
+    fn = _rosenbrock_value_and_grad()
+    assert "define ptr @sg_fast" in fn.llvm_ir
+    assert fn._fast is not None
+    value, grad = fn(0.5, 2.0)
+    assert float(value) == 0.25 + 100 * 1.75**2
+    assert grad.tolist() == [-1.0 - 400 * 0.5 * 1.75, 200 * 1.75]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(1, 2), (np.float64(1.0), 2.0), (True, 2.0), (np.array(1.0), 2.0), (1.0,), (1.0, 2.0, 3.0)],
+)
+def test_fast_entry_falls_back_on_anything_but_floats(args):
+    fn = _rosenbrock_value_and_grad()
+    if len(args) != 2 or isinstance(args[0], (bool, np.bool_)):
+        with pytest.raises(ArgumentError):
+            fn(*args)
+        return
+    got = fn(*args)
+    want = fn(*(float(a) for a in args))
+    assert identical(got, want)
+
+
+def test_fast_entry_keeps_reference_counts_balanced():
+    fn = _rosenbrock_value_and_grad()
+    a, b = 0.125, 0.75
+    before = sys.getrefcount(a), sys.getrefcount(b), sys.getrefcount(fn._fast)
+    for _ in range(10_000):
+        fn(a, b)
+        fn(1, 2)  # the fallback returns (a new reference to) the bound float
+    assert (sys.getrefcount(a), sys.getrefcount(b), sys.getrefcount(fn._fast)) == before
+
+
+def test_fast_entry_from_eight_threads():
+    fn = _rosenbrock_value_and_grad()
+    points = np.random.default_rng(5).uniform(-2, 2, (8, 500, 2)).tolist()
+    serial = [[fn(x, y) for x, y in chunk] for chunk in points]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda chunk: [fn(x, y) for x, y in chunk], points))
+    for s_chunk, t_chunk in zip(serial, threaded):
+        for s, t in zip(s_chunk, t_chunk):
+            assert identical(s, t)
