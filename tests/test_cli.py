@@ -164,3 +164,13 @@ def test_real_process_exit_codes(tmp_path):
         bad = run(*argv)
         assert (bad.returncode, bad.stdout) == (2, ""), argv
         assert bad.stderr.startswith("symgrad: error: ") and bad.stderr.count("\n") == 1
+
+
+def test_ir_and_asm_print_the_compiled_module(capsys):
+    status, out, err = _run(capsys, "grad", "sin(x)*y", "--at", "x=1,y=2", "--ir")
+    assert (status, err) == (0, "")
+    assert "define void @sg_batch" in out and "define void @sg_point" in out
+    assert "call double @sin(" in out  # the point kernel's libm call
+    status, out, err = _run(capsys, "grad", "sin(x)*y", "--at", "x=1,y=2", "--asm")
+    assert (status, err) == (0, "")
+    assert "sg_point" in out and "sg_batch" in out
