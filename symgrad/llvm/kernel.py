@@ -19,6 +19,7 @@ from symgrad.graph import Expr
 from symgrad.interp import Program
 
 BACKENDS = ("llvm", "numpy")
+_MISSING = object()  # an argument not given (None is a value, and a wrong one)
 
 
 def flatten_outputs(outputs) -> tuple[list[Expr], list[tuple[int, ...]]]:
@@ -156,7 +157,7 @@ class CompiledFunction:
             raise ArgumentError(
                 f"takes {len(self.inputs)} arguments ({', '.join(self.inputs)}), got {len(args)}"
             )
-        values = list(args) + [None] * (len(self.inputs) - len(args))
+        values = list(args) + [_MISSING] * (len(self.inputs) - len(args))
         for name, v in kwargs.items():
             slot = self._slots.get(name)
             if slot is None:
@@ -166,7 +167,7 @@ class CompiledFunction:
             if slot < len(args):
                 raise ArgumentError(f"argument {name!r} given both by position and by name")
             values[slot] = v
-        missing = [n for n, v in zip(self.inputs, values) if v is None]
+        missing = [n for n, v in zip(self.inputs, values) if v is _MISSING]
         if missing:
             raise ArgumentError(f"missing argument {', '.join(map(repr, missing))}")
         return values
