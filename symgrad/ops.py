@@ -147,9 +147,18 @@ _register(
     "neg", 1, np.negative, (lambda g, o, a: -g,), Lowering("instr", "fneg"),
     text="-", linear=True, domain=(SMALL,), sympy=lambda sp, a: -a,
 )  # fmt: skip
+
+
+def _pow_base_vjp(g, o, a, b):
+    # d/da a**b = b * a**(b-1). With a constant exponent, b-1 is computed here, so the
+    # derivative of x**2 is 2*x**1.0 (which lowers to x), never pow(x, 2-1).
+    exponent = b.value - 1 if b.op == "const" else b - 1
+    return g * (b * a**exponent)
+
+
 _register(
     "pow", 2, np.power,
-    (lambda g, o, a, b: g * (b * a ** (b - 1)), lambda g, o, a, b: g * (o * ap("log", a))),
+    (_pow_base_vjp, lambda g, o, a, b: g * (o * ap("log", a))),
     _libm("pow", 2), text="**", infix=True, domain=((0.5, 3.0), (-2.0, 2.0)),
     sympy=lambda sp, a, b: a**b,
 )  # fmt: skip

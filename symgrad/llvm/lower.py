@@ -180,14 +180,29 @@ def emit_node(b: Body, op: str, args: list[str]) -> str:
 def emit_body(b: Body, program: Program, slot: dict[str, int], load) -> dict[int, str]:
     """Values of every step of ``program``; ``load(b, slot[name])`` gives an input's value."""
     values: dict[int, str] = {}
+    consts: dict[int, float] = {}
     for i, op, args, attrs in program.steps:
         if op == "input":
             values[i] = load(b, slot[attrs["name"]])
         elif op == "const":
+            consts[i] = attrs["value"]
             values[i] = b.const(attrs["value"])
+        elif op == "pow" and args[1] in consts and consts[args[1]] in EXACT_POWERS:
+            values[i] = EXACT_POWERS[consts[args[1]]](b, values[args[0]])
         else:
             values[i] = emit_node(b, op, [values[a] for a in args])
     return values
+
+
+# x**c for constants c where one IEEE operation gives exactly what pow gives (pow(x, 0) is 1 for
+# every x, nan included; x*x and 1/x are correctly rounded, as pow is for these exponents).
+# Any other exponent calls pow: its vector variant is opaque to LLVM, which cannot simplify it.
+EXACT_POWERS: dict[float, Callable[[Body, str], str]] = {
+    0.0: lambda b, x: b.const(1.0),
+    1.0: lambda b, x: x,
+    2.0: lambda b, x: b.binop("fmul", x, x),
+    -1.0: lambda b, x: b.binop("fdiv", b.const(1.0), x),
+}
 
 
 ATTRIBUTES = """
