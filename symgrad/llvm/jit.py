@@ -32,9 +32,16 @@ import numpy as np
 
 from symgrad.errors import LoweringError
 from symgrad.interp import Program
-from symgrad.llvm.lower import WIDTH, lower
+from symgrad.llvm.lower import EXACT_POWERS, WIDTH, lower
+from symgrad.ops import OPS
 
 THREAD_MIN_POINTS = 1 << 15  # below this many points per thread, threads cost more than they save
+# Threads pay only for kernels with enough arithmetic per point. Measured on 2 cores (benchmarks/
+# RESULTS.md): Rosenbrock's value + gradient, ~20 cheap ops per point and bound by memory, ran at
+# 1.9 ns/point on one thread and 2.5 on two; the 20-fold nest (~300 ops, 60 libm calls) at 182
+# vs 94. The cost counts an op 1 and a libm call LIBM_COST.
+THREAD_MIN_COST = 64
+LIBM_COST = 8
 MAGIC = b"SYMGRAD-OBJ-2\n"
 ELF = b"\x7fELF"
 _lock = threading.Lock()
@@ -176,6 +183,18 @@ def _pass_builder():
     return _llvm().create_pass_builder(tm, _llvm().create_pipeline_tuning_options(speed_level=2))
 
 
+def _cost_per_point(program: Program) -> int:
+    """A rough count of the work per point: ops 1, libm calls (and their kin) LIBM_COST."""
+    cost, consts = 0, {}
+    for i, op, args, attrs in program.steps:
+        if op == "const":
+            consts[i] = attrs["value"]
+        low = OPS[op].llvm
+        cheap = op == "pow" and consts.get(args[1]) in EXACT_POWERS  # one fmul or fdiv
+        cost += LIBM_COST if low and low.kind in ("libm", "custom") and not cheap else 1
+    return cost
+
+
 def _check_symbols(ir: str) -> None:
     for name in sorted(set(re.findall(r"^declare [^@]*@([\w.]+)\(", ir, re.M))):
         if not name.startswith("llvm.") and not symbol_available(name):
@@ -188,6 +207,8 @@ class NativeKernels:
     def __init__(self, program: Program, inputs: tuple[str, ...], threads: int | None, opt: int):
         self.n_in, self.n_out = len(inputs), len(program.outputs)
         self.threads = threads or os.cpu_count() or 1
+        if threads is None and _cost_per_point(program) < THREAD_MIN_COST:
+            self.threads = 1
         self.opt = opt
         self.llvm_ir = lower(program, inputs, vector_ok)
         _check_symbols(self.llvm_ir)
