@@ -284,10 +284,7 @@ def _point_kernel(program: Program, slot, vector_ok) -> tuple[str, set[str]]:
         ptr = body.emit(f"getelementptr inbounds double, ptr %in, i64 {k}")
         return body.emit(f"load double, ptr {ptr}, align 8")
 
-    values = emit_body(b, program, slot, load)
-    for k, o in enumerate(program.outputs):
-        ptr = b.emit(f"getelementptr inbounds double, ptr %out, i64 {k}")
-        b.lines.append(f"  store double {values[o]}, ptr {ptr}, align 8")
+    _emit_stores(b, program, emit_body(b, program, slot, load), lambda k: f"%out, i64 {k}")
     text = "\n".join(
         [
             "define void @sg_point(ptr noalias nocapture readonly %in, "
@@ -343,8 +340,12 @@ def _loop_body(b: Body, program: Program, slot, index: str) -> Body:
         ptr = body.emit(f"getelementptr inbounds double, ptr %in{k}, i64 {off}")
         return body.emit(f"load {body.ty}, ptr {ptr}, align 8")
 
-    values = emit_body(b, program, slot, load)
-    for k, o in enumerate(program.outputs):
-        ptr = b.emit(f"getelementptr inbounds double, ptr %out{k}, i64 {index}")
-        b.lines.append(f"  store {b.ty} {values[o]}, ptr {ptr}, align 8")
+    _emit_stores(b, program, emit_body(b, program, slot, load), lambda k: f"%out{k}, i64 {index}")
     return b
+
+
+def _emit_stores(b: Body, program: Program, values: dict[int, str], address) -> None:
+    """Store output k's value at ``getelementptr double, address(k)``."""
+    for k, o in enumerate(program.outputs):
+        ptr = b.emit(f"getelementptr inbounds double, ptr {address(k)}")
+        b.lines.append(f"  store {b.ty} {values[o]}, ptr {ptr}, align 8")
