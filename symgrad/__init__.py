@@ -28,11 +28,14 @@ from symgrad.interp import evaluate
 from symgrad.llvm.kernel import CompiledFunction, compile
 from symgrad.optimize import optimize
 from symgrad.parse import parse  # after the submodule import, so sg.parse is the function
+from symgrad.tensor import TENSOR_FUNCTIONS as _TENSOR_FUNCTIONS
 
 __version__ = "0.1.0"
 
 # sg.sin, sg.exp, sg.where, sg.max, sg.lt, ... : one function per op of the registry.
 globals().update(_FUNCTIONS)
+# sg.sum, sg.matmul, sg.softmax, sg.conv2d, sg.mse, ... : the tensor API.
+globals().update(_TENSOR_FUNCTIONS)
 
 
 def __getattr__(name):
@@ -72,4 +75,5 @@ __all__ = [
     "to_dot",
     "to_sympy",
     *_FUNCTIONS,
+    *_TENSOR_FUNCTIONS,
 ]

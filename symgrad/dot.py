@@ -92,11 +92,14 @@ def _node_attrs(graph: Graph, i: int, outs: list[str] | None) -> str:
     op, order = node["op"], node["order"]
     if op == "input":
         label, style = graph.attr(i, "name"), INPUT_STYLE
+    elif op == "const" and node["shape"]:
+        label, style = "array", CONST_STYLE
     elif op == "const":
         label, style = _short(graph.attr(i, "value")), CONST_STYLE
     else:
-        label, style = OPS[op].label, ""
-    tip = f"{i}: {op}" + (f" {graph.attr(i, 'value')!r}" if op == "const" else "")
+        label, style = OPS[op].label + _attr_text(node["attrs"]), ""
+    scalar_const = op == "const" and not node["shape"]
+    tip = f"{i}: {op}" + (f" {graph.attr(i, 'value')!r}" if scalar_const else "")
     tip += f", derivative order {order}" if order else ""
     parts = [f"label={_quote(label, *_shape_line(node['shape']))}", f"tooltip={_quote(tip)}"]
     parts += [style] if style else []
@@ -108,6 +111,13 @@ def _node_attrs(graph: Graph, i: int, outs: list[str] | None) -> str:
     if outs:
         parts.append(f"peripheries=2, xlabel={_quote(','.join(outs))}")
     return ", ".join(parts)
+
+
+def _attr_text(attrs: tuple) -> str:
+    # A tensor op's attributes, short: "sum axis=(1,)", "conv2d stride=(1, 1) padding=(0, 0)".
+    return "".join(f" {k}={v}" for k, v in attrs if k != "index") + (
+        " [index]" if any(k == "index" for k, _ in attrs) else ""
+    )
 
 
 def _shape_line(shape: tuple) -> list[str]:

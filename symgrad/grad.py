@@ -33,7 +33,7 @@ def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
         with graph.stamped("grad", order):
             ct = _backward(graph, y, active, _seed(graph, seed))
             # The constant is hash-consed: every unconnected wrt shares one zero node.
-            return [ct[w.id] if w.id in ct else graph.const(0.0) for w in wrt]
+            return [ct[w.id] if w.id in ct else _zeros(graph, w.shape) for w in wrt]
 
 
 def jacobian(ys, wrt) -> list[list[Expr]]:
@@ -64,7 +64,11 @@ def hvp(y: Expr, wrt, v) -> list[Expr]:
         total = None
         for i, (gi, vi) in enumerate(zip(grads, v)):
             vi = _coerce(graph, vi, f"v[{i}]")
+            if vi.shape != gi.shape:
+                raise GradError(f"hvp: v[{i}] has shape {vi.shape} but wrt[{i}] has {gi.shape}")
             term = gi * vi
+            if term.shape:
+                term = graph.apply("sum", term)
             total = term if total is None else total + term
         return build_grad(total, wrt)
 
@@ -91,14 +95,56 @@ def _propagate(graph, i, node, g, pending, active_set) -> None:
     opdef = OPS[node["op"]]
     out = Expr(graph, i)
     args = tuple(Expr(graph, a) for a in node["args"])
+    attrs = dict(node["attrs"])
+    if not opdef.vjp and opdef.expand is not None:
+        _propagate_expanded(graph, opdef, args, attrs, g, pending, active_set)
+        return
     for pos, (a, rule) in enumerate(zip(node["args"], opdef.vjp)):
         if rule is None or a not in active_set:
             continue
         try:
-            contribution = rule(g, out, *args)
+            contribution = rule(g, out, *args, **attrs)
+            contribution = _fit(contribution, args[pos].shape)
         except SymgradError as err:
             raise GradError(f"{node['op']} (node {i}), operand {pos}: {err}") from err
         pending.setdefault(a, []).append(contribution)
+
+
+def _propagate_expanded(graph, opdef, args, attrs, g, pending, active_set) -> None:
+    """An op without VJP rules (conv2d, pooling, mean): differentiate its expansion in primitive
+    ops, built in the graph, and pass on what reaches its operands."""
+    expanded = opdef.expand(*args, **attrs)
+    wanted = {a.id for a in args if a.id in active_set}
+    local = _active_nodes(graph, expanded.id, wanted)
+    done = _backward(graph, expanded, local, g)
+    for a in args:
+        if a.id in wanted and a.id in done:
+            pending.setdefault(a.id, []).append(done[a.id])
+            wanted.discard(a.id)  # an operand used twice got both uses summed already
+
+
+def _fit(c: Expr, shape: tuple[int, ...]) -> Expr:
+    """A contribution of the output's (broadcast) shape summed back to an operand's ``shape``.
+
+    This is the one place unbroadcasting happens: elementwise rules return cotangents of the
+    output's shape, whatever numpy broadcasting did to their operands.
+    """
+    have = c.shape
+    if have == shape:
+        return c
+    lead = len(have) - len(shape)
+    if lead < 0 or any(n != 1 and n != have[lead + d] for d, n in enumerate(shape)):
+        return c.graph.apply("broadcast_to", c, shape=shape)  # a smaller (e.g. scalar) part
+    axes = tuple(range(lead)) + tuple(
+        lead + d for d, n in enumerate(shape) if n == 1 and have[lead + d] != 1
+    )
+    total = c.graph.apply("sum", c, axis=axes, keepdims=False)
+    return total if total.shape == shape else total.reshape(shape)
+
+
+def _zeros(graph: Graph, shape: tuple[int, ...]) -> Expr:
+    zero = graph.const(0.0)
+    return zero if not shape else graph.apply("broadcast_to", zero, shape=shape)
 
 
 def _sum(parts: list[Expr]) -> Expr:

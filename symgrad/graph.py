@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import networkx as nx
 import numpy as np
 
-from symgrad.errors import GraphError, SymgradError
+from symgrad.errors import GraphError, ShapeError, SymgradError
 from symgrad.ops import OPS
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -81,25 +81,34 @@ class Graph:
         """The attribute dict of node ``i`` (op, args, attrs, shape, role, order)."""
         return self.nx._node[i]
 
-    def input(self, name: str) -> Expr:
-        """The input called ``name``, created on first use."""
+    def input(self, name: str, shape=None) -> Expr:
+        """The input called ``name``, created on first use; ``shape`` () (a scalar) by default.
+
+        Fetching an existing input with a different ``shape`` is a ShapeError.
+        """
         if not isinstance(name, str) or not NAME_RE.match(name) or name.startswith("__"):
             raise GraphError(
                 f"input name {name!r} is not a name: use letters, digits and '_', not starting "
                 "with a digit or '__'"
             )
         if name in self._inputs:
-            return Expr(self, self._inputs[name])
-        e = Expr(self, self._add("input", (), (("name", name),), ()))
+            e = Expr(self, self._inputs[name])
+            if shape is not None and check_shape(shape, f"input {name!r}") != e.shape:
+                raise ShapeError(f"input {name!r} has shape {e.shape}, not {tuple(shape)}")
+            return e
+        shape = () if shape is None else check_shape(shape, f"input {name!r}")
+        e = Expr(self, self._add("input", (), (("name", name),), shape))
         self._inputs[name] = e.id
         return e
 
     def const(self, value) -> Expr:
-        """A constant node holding the float ``value``."""
+        """A constant node: a float, or a numpy array (or nested list) of floats."""
         return Expr(self, self.const_id(value))
 
     def const_id(self, value) -> int:
         """Id of the constant node holding ``value``, created if new."""
+        if isinstance(value, (np.ndarray, list, tuple)):
+            return self._array_const(value)
         if type(value) is not float:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                 raise GraphError(f"constant must be a real number, got {type(value).__name__}")
@@ -115,6 +124,25 @@ class Graph:
         if found is not None:
             return found
         return self._new(key, "const", (), (("value", value),), ())
+
+    def _array_const(self, value) -> int:
+        try:
+            arr = np.array(value, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            raise GraphError("constant array must hold real numbers") from None
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "biuf":
+            raise GraphError(f"constant array must hold real numbers, not {value.dtype}")
+        if arr.ndim == 0:
+            return self.const_id(float(arr))
+        if arr.size == 0:
+            raise ShapeError(f"constant array of shape {arr.shape} is empty")
+        arr.flags.writeable = False  # the node owns it: nobody may change a hash-consed value
+        # Keyed by shape and bits: -0.0 and 0.0 differ, NaN equals itself, as for scalars.
+        key = ("const", arr.shape, arr.tobytes())
+        found = self._ids.get(key)
+        if found is not None:
+            return found
+        return self._new(key, "const", (), (("value", arr),), arr.shape)
 
     def apply(self, op: str, *operands, **attrs) -> Expr:
         """Node ``op(*operands)``; numbers among ``operands`` become constants."""
@@ -132,6 +160,9 @@ class Graph:
                 v.id if type(v) is Expr and v.graph is self else self._operand_id(op, pos, v)
                 for pos, v in enumerate(operands)
             )
+            if opdef.normalize is not None:
+                shapes = tuple(self.nx._node[i]["shape"] for i in ids)
+                attrs = opdef.normalize(op, shapes, attrs)
             return Expr(self, self.node_id(op, ids, tuple(sorted(attrs.items())) if attrs else ()))
         except SymgradError:
             # A constant made for an earlier operand must not outlive the failed call.
@@ -146,16 +177,19 @@ class Graph:
             ids = tuple(sorted(ids))
         nodes = self.nx._node
         shapes = tuple(nodes[i]["shape"] for i in ids)
-        # Scalar operands are the common case: skip numpy's broadcasting machinery.
-        shape = () if not any(shapes) else opdef.infer_shape(shapes)
-        return self._add(op, ids, attrs, shape)
+        # Scalar operands of an elementwise op are the common case: skip the shape rule.
+        if not any(shapes) and opdef.shape is None:
+            return self._add(op, ids, attrs, ())
+        return self._add(op, ids, attrs, opdef.infer_shape(shapes, dict(attrs)))
 
     def _operand_id(self, op: str, pos: int, v) -> int:
         if isinstance(v, Expr):
             if v.graph is not self:
                 raise GraphError(f"{op}: operand {pos} belongs to another graph")
             return v.id
-        if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)):
+        if (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))) or isinstance(
+            v, np.ndarray
+        ):
             try:
                 return self.const_id(v)
             except GraphError as err:
@@ -226,6 +260,19 @@ class Graph:
     def attr(self, i: int, name: str):
         """Attribute ``name`` of node ``i`` (``"value"`` of a const, ``"name"`` of an input)."""
         return dict(self.node(i)["attrs"]).get(name)
+
+
+def check_shape(shape, what: str) -> tuple[int, ...]:
+    """``shape`` as a tuple of positive ints; ShapeError naming ``what`` otherwise."""
+    items = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    try:
+        out = tuple(items)
+    except TypeError:
+        raise ShapeError(f"{what}: shape must be a tuple of ints, got {shape!r}") from None
+    for n in out:
+        if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ShapeError(f"{what}: shape must be a tuple of positive ints, got {shape!r}")
+    return tuple(int(n) for n in out)
 
 
 def reachable(graph: Graph, roots) -> list[int]:
@@ -309,11 +356,58 @@ class Expr:
     __lt__, __le__ = _binary("lt"), _binary("le")
     __gt__, __ge__ = _binary("gt"), _binary("ge")
 
+    def __matmul__(self, other) -> Expr:
+        from symgrad.tensor import matmul
+
+        return matmul(self, other)
+
+    def __rmatmul__(self, other) -> Expr:
+        from symgrad.tensor import matmul
+
+        return matmul(other, self)
+
+    def __getitem__(self, index) -> Expr:
+        return self.graph.apply("getitem", self, index=index)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def T(self) -> Expr:  # noqa: N802 (numpy's name)
+        return self.graph.apply("transpose", self)
+
+    def transpose(self, *axes) -> Expr:
+        return self.graph.apply("transpose", self, axes=_varargs(axes))
+
+    def reshape(self, *shape) -> Expr:
+        return self.graph.apply("reshape", self, shape=_varargs(shape))
+
+    def sum(self, axis=None, keepdims=False) -> Expr:
+        return self.graph.apply("sum", self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False) -> Expr:
+        return self.graph.apply("mean", self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False) -> Expr:
+        return self.graph.apply("amax", self, axis=axis, keepdims=keepdims)
+
     def __neg__(self) -> Expr:
         return self.graph.apply("neg", self)
 
     def __pos__(self) -> Expr:
         return self
+
+
+def _varargs(items: tuple):
+    # x.reshape(2, 3) and x.reshape((2, 3)) alike; () means "the default".
+    if len(items) == 1 and (items[0] is None or isinstance(items[0], (tuple, list))):
+        return items[0]
+    return items or None
 
 
 def _function(op: str):
@@ -330,6 +424,7 @@ def _function(op: str):
     return fn
 
 
-# sg.sin, sg.where, sg.lt, ... one per non-leaf op of the registry.
-FUNCTIONS = {name: _function(name) for name, op in OPS.items() if op.arity}
+# sg.sin, sg.where, sg.lt, ... one per elementwise op of the registry (symgrad.tensor has the
+# tensor ops, whose attributes are keywords).
+FUNCTIONS = {name: _function(name) for name, op in OPS.items() if op.arity and op.elementwise}
 PI, E = math.pi, math.e

@@ -43,9 +43,9 @@ class Program:
                 if op == "input":
                     env[i] = np.asarray(values[attrs["name"]], dtype=np.float64)
                 elif op == "const":
-                    env[i] = np.float64(attrs["value"])
+                    env[i] = np.asarray(attrs["value"], np.float64)
                 else:
-                    env[i] = np.asarray(OPS[op].numpy(*(env[a] for a in args)), np.float64)
+                    env[i] = np.asarray(OPS[op].numpy(*(env[a] for a in args), **attrs), np.float64)
         return [env[o] for o in self.outputs]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,20 +55,34 @@ class OpDef:
     sympy: Callable | None = None  # (sympy_module, *sympy_args) -> sympy expression
     attrs: tuple[str, ...] = ()
     differentiable: bool = True  # False: the op is piecewise constant (derivative 0 a.e.)
-    shape: Callable[..., tuple[int, ...]] = field(default=None)  # type: ignore[assignment]
+    # (op name, operand shapes, attrs dict) -> output shape; None = numpy broadcasting.
+    shape: Callable[..., tuple[int, ...]] | None = None
+    # (operand shapes, raw attrs dict) -> canonical attrs dict (hashable values, axes resolved).
+    normalize: Callable[..., dict] | None = None
+    # (*operand Exprs, **attrs) -> Expr in primitive ops: how the LLVM backend builds the op,
+    # and, for an op whose ``vjp`` is empty, how build_grad differentiates it.
+    expand: Callable | None = None
+    elementwise: bool = True  # output element k depends on operand elements at k only
 
-    def infer_shape(self, shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    def infer_shape(self, shapes: tuple[tuple[int, ...], ...], attrs: dict | None = None):
         """Shape of the output for operand shapes ``shapes``; ShapeError if they do not fit."""
-        return (self.shape or broadcast_shape)(self.name, shapes)
+        if self.shape is None:
+            return broadcast_shape(self.name, shapes)
+        return self.shape(self.name, shapes, attrs or {})
 
 
 def broadcast_shape(op: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
-    """numpy broadcasting of elementwise operands; names the op and the shapes on failure."""
-    try:
-        return tuple(np.broadcast_shapes(*shapes)) if shapes else ()
-    except ValueError:
-        listed = ", ".join(f"operand {i}: {s}" for i, s in enumerate(shapes))
-        raise ShapeError(f"{op}: operand shapes do not broadcast ({listed})") from None
+    """numpy broadcasting of elementwise operands; names the op, the operand and both shapes."""
+    out: tuple[int, ...] = ()
+    for pos, s in enumerate(shapes):
+        try:
+            out = tuple(np.broadcast_shapes(out, s))
+        except ValueError:
+            raise ShapeError(
+                f"{op}: operand {pos} has shape {s}, which does not broadcast with "
+                f"shape {out} of the operands before it"
+            ) from None
+    return out
 
 
 OPS: dict[str, OpDef] = {}
@@ -82,11 +96,11 @@ def _register(name: str, arity: int, numpy, vjp, llvm, **kw) -> OpDef:
     return op
 
 
-def ap(name: str, *args):
+def ap(name: str, *args, **attrs):
     """Apply op ``name`` to ``args`` in the graph of the first ``Expr`` among them."""
     for a in args:
         if hasattr(a, "graph"):
-            return a.graph.apply(name, *args)
+            return a.graph.apply(name, *args, **attrs)
     raise TypeError(f"{name}: no Expr operand")
 
 
@@ -274,6 +288,467 @@ _register(
 )  # fmt: skip
 
 
+# ----------------------------------------------------------------------------------------------
+# Tensor ops. Operands are n-d arrays; attributes are canonical (normalized by the op's
+# ``normalize`` when a node is created), so equal nodes hash-cons. Elementwise ops above already
+# broadcast like numpy; their VJP contributions have the output's shape and build_grad sums them
+# back to each operand's shape (unbroadcasting lives in grad.py, not in the rules).
+# ----------------------------------------------------------------------------------------------
+
+
+def _int(op: str, what: str, v) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ShapeError(f"{op}: {what} must be an int, got {type(v).__name__}")
+    return int(v)
+
+
+def _axes(op: str, shape: tuple[int, ...], axis) -> tuple[int, ...]:
+    """``axis`` (None, an int or a tuple of ints, negative counting from the end) as sorted axes."""
+    nd = len(shape)
+    if axis is None:
+        return tuple(range(nd))
+    items = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    out = []
+    for a in items:
+        a = _int(op, "axis", a)
+        if not -nd <= a < nd:
+            raise ShapeError(f"{op}: axis {a} is out of range for operand 0 of shape {shape}")
+        out.append(a % nd)
+    if len(set(out)) != len(out):
+        raise ShapeError(f"{op}: repeated axis in {axis!r}")
+    return tuple(sorted(out))
+
+
+def kept_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` with the reduced ``axes`` kept as 1 (numpy's keepdims)."""
+    return tuple(1 if d in axes else n for d, n in enumerate(shape))
+
+
+def _reduce_normalize(op, shapes, attrs):
+    keep = attrs.get("keepdims", False)
+    if not isinstance(keep, (bool, np.bool_, int)):
+        raise ShapeError(f"{op}: keepdims must be True or False")
+    return {"axis": _axes(op, shapes[0], attrs.get("axis")), "keepdims": bool(keep)}
+
+
+def _reduce_shape(op, shapes, attrs):
+    axes, shape = attrs["axis"], shapes[0]
+    if attrs["keepdims"]:
+        return kept_shape(shape, axes)
+    return tuple(n for d, n in enumerate(shape) if d not in axes)
+
+
+def _restore(g, x, attrs):
+    """A reduction's cotangent ``g`` reshaped so it broadcasts against the operand ``x``."""
+    if attrs["keepdims"] or not x.shape:
+        return g
+    return ap("reshape", g, shape=kept_shape(x.shape, attrs["axis"]))
+
+
+def _sum_vjp(g, o, x, axis, keepdims):
+    return ap("broadcast_to", _restore(g, x, {"axis": axis, "keepdims": keepdims}), shape=x.shape)
+
+
+def _amax_vjp(g, o, x, axis, keepdims):
+    # The adjoint goes to the maxima, split evenly among ties (as the scalar max splits 1/2-1/2).
+    attrs = {"axis": axis, "keepdims": keepdims}
+    hit = ap("eq", x, _restore(o, x, attrs))
+    share = hit / ap("sum", hit, axis=axis, keepdims=True)
+    return _restore(g, x, attrs) * share
+
+
+def _size(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def _mean_expand(x, axis, keepdims):
+    count = _size([x.shape[d] for d in axis])
+    return ap("sum", x, axis=axis, keepdims=keepdims) / float(count)
+
+
+_register("sum", 1, lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
+          (_sum_vjp,), None, attrs=("axis", "keepdims"), shape=_reduce_shape,
+          normalize=_reduce_normalize, elementwise=False, linear=True,
+          domain=(SMALL,))  # fmt: skip
+_register("mean", 1, lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims),
+          (), None, attrs=("axis", "keepdims"), shape=_reduce_shape,
+          normalize=_reduce_normalize, expand=_mean_expand, elementwise=False, linear=True,
+          domain=(SMALL,))  # fmt: skip
+_register("amax", 1, lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims),
+          (_amax_vjp,), None, text="max", attrs=("axis", "keepdims"), shape=_reduce_shape,
+          normalize=_reduce_normalize, elementwise=False, domain=(SMALL,))  # fmt: skip
+
+
+def _matmul_shape(op, shapes, attrs):
+    a, b = shapes
+    for pos, s in enumerate(shapes):
+        if len(s) != 2:
+            raise ShapeError(f"{op}: operand {pos} must be a matrix, got shape {s}")
+    if a[1] != b[0]:
+        raise ShapeError(
+            f"{op}: operand 1 has shape {b} but operand 0 has shape {a}: "
+            f"inner dimensions {a[1]} and {b[0]} differ"
+        )
+    return (a[0], b[1])
+
+
+_register(
+    "matmul", 2, np.matmul,
+    (lambda g, o, a, b: ap("matmul", g, ap("transpose", b, axes=(1, 0))),
+     lambda g, o, a, b: ap("matmul", ap("transpose", a, axes=(1, 0)), g)),
+    None, text="@", infix=True, shape=_matmul_shape, elementwise=False,
+    domain=(SMALL, SMALL),
+)  # fmt: skip
+
+
+def _transpose_normalize(op, shapes, attrs):
+    nd = len(shapes[0])
+    axes = attrs.get("axes")
+    if axes is None:
+        return {"axes": tuple(range(nd))[::-1]}
+    axes = tuple(_int(op, "axes entry", a) % nd if nd else a for a in axes)
+    if sorted(axes) != list(range(nd)):
+        raise ShapeError(
+            f"{op}: axes {attrs.get('axes')!r} is not a permutation of the {nd} axes of "
+            f"operand 0 of shape {shapes[0]}"
+        )
+    return {"axes": axes}
+
+
+def _inverse(perm):
+    return tuple(int(i) for i in np.argsort(perm))
+
+
+_register("transpose", 1, lambda x, axes: np.transpose(x, axes),
+          (lambda g, o, x, axes: ap("transpose", g, axes=_inverse(axes)),), None,
+          attrs=("axes",), normalize=_transpose_normalize, elementwise=False, linear=True,
+          shape=lambda op, shapes, at: tuple(shapes[0][a] for a in at["axes"]),
+          domain=(SMALL,))  # fmt: skip
+
+
+def _shape_attr(op, value) -> tuple[int, ...]:
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return tuple(_int(op, "shape entry", n) for n in items)
+
+
+def _reshape_normalize(op, shapes, attrs):
+    shape = _shape_attr(op, attrs.get("shape", ()))
+    size = _size(shapes[0])
+    if shape.count(-1) == 1:
+        rest = _size([n for n in shape if n != -1])
+        if rest and size % rest == 0:
+            shape = tuple(size // rest if n == -1 else n for n in shape)
+    if any(n < 1 for n in shape) or _size(shape) != size:
+        raise ShapeError(
+            f"{op}: cannot reshape operand 0 of shape {shapes[0]} ({size} elements) to "
+            f"{attrs.get('shape')!r}"
+        )
+    return {"shape": shape}
+
+
+_register("reshape", 1, lambda x, shape: np.reshape(x, shape),
+          (lambda g, o, x, shape: ap("reshape", g, shape=x.shape),), None, attrs=("shape",),
+          normalize=_reshape_normalize, elementwise=False, linear=True,
+          shape=lambda op, shapes, at: at["shape"], domain=(SMALL,))  # fmt: skip
+
+
+def _broadcast_normalize(op, shapes, attrs):
+    shape = _shape_attr(op, attrs.get("shape", ()))
+    try:
+        ok = tuple(np.broadcast_shapes(shapes[0], shape)) == shape
+    except ValueError:
+        ok = False
+    if not ok or any(n < 1 for n in shape):
+        raise ShapeError(f"{op}: operand 0 of shape {shapes[0]} does not broadcast to {shape}")
+    return {"shape": shape}
+
+
+# The VJP is the cotangent itself: build_grad sums it back to the operand's shape.
+_register("broadcast_to", 1, lambda x, shape: np.broadcast_to(x, shape).copy(),
+          (lambda g, o, x, shape: g,), None, attrs=("shape",), normalize=_broadcast_normalize,
+          elementwise=False, linear=True, shape=lambda op, shapes, at: at["shape"],
+          domain=(SMALL,))  # fmt: skip
+
+
+def _index_item(op: str, item, n: int):
+    """One index entry against a dimension of ``n``: an int or ``("s", start, count, step)``."""
+    if isinstance(item, tuple) and len(item) == 4 and item[0] == "s":
+        item = slice(item[1], item[1] + item[2] * item[3], item[3])
+        if item.stop < 0:
+            item = slice(item.start, None, item.step)
+    if isinstance(item, slice):
+        for part in (item.start, item.stop, item.step):
+            if part is not None:
+                _int(op, "slice bound", part)
+        if item.step == 0:
+            raise ShapeError(f"{op}: slice step cannot be zero")
+        start, stop, step = item.indices(n)
+        count = len(range(start, stop, step))
+        if count == 0:
+            raise ShapeError(f"{op}: slice {item} of a dimension of {n} is empty")
+        return ("s", start, count, step)
+    k = _int(op, "index", item)
+    if not -n <= k < n:
+        raise ShapeError(f"{op}: index {k} is out of range for a dimension of {n}")
+    return k % n
+
+
+def normalize_index(op: str, shape: tuple[int, ...], index) -> tuple:
+    """A constant index (ints, slices, one Ellipsis) as one canonical entry per dimension."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if sum(1 for i in items if i is Ellipsis) > 1:
+        raise ShapeError(f"{op}: an index can hold only one '...'")
+    if Ellipsis in items:
+        at = items.index(Ellipsis)
+        items[at : at + 1] = [slice(None)] * (len(shape) - len(items) + 1)
+    if len(items) > len(shape):
+        raise ShapeError(f"{op}: {len(items)} indices for operand 0 of shape {shape}")
+    items += [slice(None)] * (len(shape) - len(items))
+    return tuple(_index_item(op, item, n) for item, n in zip(items, shape))
+
+
+def decode_index(index: tuple) -> tuple:
+    """The numpy index of a canonical one."""
+    out = []
+    for item in index:
+        if isinstance(item, tuple):
+            _, start, count, step = item
+            stop = start + count * step
+            out.append(slice(start, stop if stop >= 0 else None, step))
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+def indexed_shape(index: tuple) -> tuple[int, ...]:
+    return tuple(item[2] for item in index if isinstance(item, tuple))
+
+
+def _embed(x, index, shape):
+    z = np.zeros(shape)
+    z[decode_index(index)] = x
+    return z
+
+
+def _embed_normalize(op, shapes, attrs):
+    shape = _shape_attr(op, attrs.get("shape", ()))
+    index = normalize_index(op, shape, attrs.get("index", ()))
+    if indexed_shape(index) != tuple(shapes[0]):
+        raise ShapeError(
+            f"{op}: operand 0 has shape {shapes[0]} but the index selects {indexed_shape(index)}"
+        )
+    return {"index": index, "shape": shape}
+
+
+_register("getitem", 1, lambda x, index: x[decode_index(index)],
+          (lambda g, o, x, index: ap("embed", g, index=index, shape=x.shape),), None,
+          text="[]", attrs=("index",), elementwise=False, linear=True,
+          normalize=lambda op, shapes, at: {"index": normalize_index(op, shapes[0],
+                                                                     at.get("index", ()))},
+          shape=lambda op, shapes, at: indexed_shape(at["index"]),
+          domain=(SMALL,))  # fmt: skip
+# embed: the operand placed at ``index`` in zeros of ``shape`` (the adjoint of getitem; pads).
+_register("embed", 1, _embed,
+          (lambda g, o, x, index, shape: ap("getitem", g, index=index),), None,
+          attrs=("index", "shape"), normalize=_embed_normalize, elementwise=False, linear=True,
+          shape=lambda op, shapes, at: at["shape"], domain=(SMALL,))  # fmt: skip
+
+
+def _safe_max(x, axes):
+    # The shift of a stable exp: the max, or 0 where the max is ±inf (so inf - inf is avoided).
+    m = np.max(x, axis=axes, keepdims=True)
+    return np.where(np.abs(m) < np.inf, m, 0.0)
+
+
+def _np_logsumexp(x, axis, keepdims):
+    m = _safe_max(x, axis)
+    out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return (
+        out
+        if keepdims
+        else np.reshape(out, _reduce_shape("", (x.shape,), {"axis": axis, "keepdims": False}))
+    )
+
+
+def _shift(x, axis):
+    m = ap("amax", x, axis=axis, keepdims=True)
+    return ap("where", ap("lt", ap("abs", m), math.inf), m, 0.0)
+
+
+def _logsumexp_expand(x, axis, keepdims):
+    m = _shift(x, axis)
+    out = ap("log", ap("sum", ap("exp", x - m), axis=axis, keepdims=True)) + m
+    return (
+        out
+        if keepdims
+        else ap(
+            "reshape", out, shape=_reduce_shape("", (x.shape,), {"axis": axis, "keepdims": False})
+        )
+    )
+
+
+def _logsumexp_vjp(g, o, x, axis, keepdims):
+    attrs = {"axis": axis, "keepdims": keepdims}
+    # d lse / dx = softmax(x) = exp(x - lse): exponent <= 0, so it never overflows.
+    return _restore(g, x, attrs) * ap("exp", x - _restore(o, x, attrs))
+
+
+_register("logsumexp", 1, _np_logsumexp, (_logsumexp_vjp,), None, attrs=("axis", "keepdims"),
+          shape=_reduce_shape, normalize=_reduce_normalize, expand=_logsumexp_expand,
+          elementwise=False, domain=(SMALL,))  # fmt: skip
+
+
+def _softmax_normalize(op, shapes, attrs):
+    axis = attrs.get("axis", -1)
+    if isinstance(axis, tuple) and len(axis) == 1:
+        axis = axis[0]
+    return {"axis": _axes(op, shapes[0], _int(op, "axis", axis))}
+
+
+def _np_softmax(x, axis):
+    e = np.exp(x - _safe_max(x, axis))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _softmax_expand(x, axis):
+    e = ap("exp", x - _shift(x, axis))
+    return e / ap("sum", e, axis=axis, keepdims=True)
+
+
+_register("softmax", 1, _np_softmax,
+          (lambda g, o, x, axis: o * (g - ap("sum", g * o, axis=axis, keepdims=True)),), None,
+          attrs=("axis",), normalize=_softmax_normalize, expand=_softmax_expand,
+          shape=lambda op, shapes, at: shapes[0], elementwise=False,
+          domain=(SMALL,))  # fmt: skip
+
+
+def _pair(op: str, what: str, v, low: int) -> tuple[int, int]:
+    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(pair) != 2:
+        raise ShapeError(f"{op}: {what} must be an int or a pair of ints, got {v!r}")
+    pair = tuple(_int(op, what, n) for n in pair)
+    if min(pair) < low:
+        raise ShapeError(f"{op}: {what} must be >= {low}, got {v!r}")
+    return pair
+
+
+def _conv_normalize(op, shapes, attrs):
+    return {"stride": _pair(op, "stride", attrs.get("stride", 1), 1),
+            "padding": _pair(op, "padding", attrs.get("padding", 0), 0)}  # fmt: skip
+
+
+def _conv_shape(op, shapes, attrs):
+    x, w = shapes
+    if len(x) != 4:
+        raise ShapeError(f"{op}: operand 0 (input) must be N x C x H x W, got shape {x}")
+    if len(w) != 4:
+        raise ShapeError(f"{op}: operand 1 (kernel) must be O x C x kH x kW, got shape {w}")
+    if w[1] != x[1]:
+        raise ShapeError(
+            f"{op}: operand 1 has shape {w} with {w[1]} channels but operand 0 has shape {x} "
+            f"with {x[1]}"
+        )
+    out = [
+        (x[2 + d] + 2 * attrs["padding"][d] - w[2 + d]) // attrs["stride"][d] + 1 for d in (0, 1)
+    ]
+    if min(out) < 1:
+        raise ShapeError(f"{op}: kernel of shape {w} is larger than the padded input {x}")
+    return (x[0], w[0], *out)
+
+
+def _windows(x, kernel, stride):
+    # Every (kh, kw) window at the given stride: shape (..., Ho, Wo, kh, kw), a view.
+    win = np.lib.stride_tricks.sliding_window_view(x, kernel, axis=(-2, -1))
+    return win[..., :: stride[0], :: stride[1], :, :]
+
+
+def _np_conv2d(x, w, stride, padding):
+    (ph, pw) = padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    return np.einsum("nchwpq,ocpq->nohw", _windows(xp, w.shape[2:], stride), w)
+
+
+def _conv2d_expand(x, w, stride, padding):
+    # One matrix product per kernel tap (p, q): W[:, :, p, q] @ x[:, :, p::s, q::s], summed.
+    n, c, h, wd = x.shape
+    o, _, kh, kw = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    if ph or pw:
+        window = (slice(None), slice(None), slice(ph, ph + h), slice(pw, pw + wd))
+        x = ap("embed", x, index=window, shape=(n, c, h + 2 * ph, wd + 2 * pw))
+    acc = None
+    for p in range(kh):
+        for q in range(kw):
+            rows = slice(p, p + sh * (ho - 1) + 1, sh)
+            cols = slice(q, q + sw * (wo - 1) + 1, sw)
+            taps = ap("getitem", x, index=(slice(None), slice(None), rows, cols))
+            taps = ap("reshape", ap("transpose", taps, axes=(1, 0, 2, 3)), shape=(c, n * ho * wo))
+            term = ap("matmul", ap("getitem", w, index=(slice(None), slice(None), p, q)), taps)
+            acc = term if acc is None else acc + term
+    out = ap("reshape", acc, shape=(o, n, ho, wo))
+    return ap("transpose", out, axes=(1, 0, 2, 3))
+
+
+_register("conv2d", 2, _np_conv2d, (), None, attrs=("stride", "padding"),
+          normalize=_conv_normalize, shape=_conv_shape, expand=_conv2d_expand,
+          elementwise=False, domain=(SMALL, SMALL))  # fmt: skip
+
+
+def _pool_normalize(op, shapes, attrs):
+    kernel = _pair(op, "kernel_size", attrs.get("kernel_size", 2), 1)
+    stride = attrs.get("stride")
+    return {"kernel_size": kernel,
+            "stride": kernel if stride is None else _pair(op, "stride", stride, 1)}  # fmt: skip
+
+
+def _pool_shape(op, shapes, attrs):
+    x = shapes[0]
+    if len(x) < 2:
+        raise ShapeError(f"{op}: operand 0 must have at least 2 dimensions, got shape {x}")
+    (kh, kw), (sh, sw) = attrs["kernel_size"], attrs["stride"]
+    if kh > x[-2] or kw > x[-1]:
+        raise ShapeError(f"{op}: window {(kh, kw)} is larger than operand 0 of shape {x}")
+    return (*x[:-2], (x[-2] - kh) // sh + 1, (x[-1] - kw) // sw + 1)
+
+
+def _pool_expand(reduce_op: str, binary: str | None):
+    def expand(x, kernel_size, stride):
+        (kh, kw), (sh, sw) = kernel_size, stride
+        lead, (h, w) = x.shape[:-2], x.shape[-2:]
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        if (kh, kw) == (sh, sw):
+            # Tiling windows: crop, split each spatial axis in two and reduce the inner ones.
+            if (ho * kh, wo * kw) != (h, w):
+                x = ap("getitem", x, index=(..., slice(0, ho * kh), slice(0, wo * kw)))
+            x = ap("reshape", x, shape=(*lead, ho, kh, wo, kw))
+            k = len(lead)
+            out = ap(reduce_op, x, axis=(k + 1, k + 3))
+            return out / float(kh * kw) if reduce_op == "sum" else out
+        acc = None
+        for p in range(kh):
+            for q in range(kw):
+                rows = slice(p, p + sh * (ho - 1) + 1, sh)
+                cols = slice(q, q + sw * (wo - 1) + 1, sw)
+                tap = ap("getitem", x, index=(..., rows, cols))
+                acc = tap if acc is None else ap(binary, acc, tap)
+        return acc / float(kh * kw) if binary == "add" else acc
+
+    return expand
+
+
+_register("avg_pool2d", 1,
+          lambda x, kernel_size, stride: np.mean(_windows(x, kernel_size, stride), axis=(-2, -1)),
+          (), None, attrs=("kernel_size", "stride"), normalize=_pool_normalize,
+          shape=_pool_shape, expand=_pool_expand("sum", "add"), elementwise=False,
+          linear=True, domain=(SMALL,))  # fmt: skip
+_register("max_pool2d", 1,
+          lambda x, kernel_size, stride: np.max(_windows(x, kernel_size, stride), axis=(-2, -1)),
+          (), None, attrs=("kernel_size", "stride"), normalize=_pool_normalize,
+          shape=_pool_shape, expand=_pool_expand("amax", "max"), elementwise=False,
+          domain=(SMALL,))  # fmt: skip
+
+
 def _cfunc(name: str):
     from sympy.codegen import cfunctions
 
@@ -283,7 +758,9 @@ def _cfunc(name: str):
 # Names of the functions of the expression language, as written, mapped to op names.
 # ``pow`` is ``**`` written as a call.
 FUNCTIONS: dict[str, str] = {
-    op.text: op.name for op in OPS.values() if not op.infix and op.arity and op.name != "neg"
+    op.text: op.name
+    for op in OPS.values()
+    if not op.infix and op.arity and op.name != "neg" and op.elementwise
 }
 FUNCTIONS["pow"] = "pow"
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}

@@ -63,6 +63,8 @@ def to_sympy(e, *, evaluate: bool = True):
 def _sympy_node(sp, graph: Graph, i: int, memo: dict, rel: dict):
     node = graph.node(i)
     op, args = node["op"], node["args"]
+    if node["shape"]:
+        raise GraphError(f"shape {node['shape']}: the SymPy bridge takes scalar graphs only")
     if op == "input":
         return sp.Symbol(graph.attr(i, "name"), real=True)
     if op == "const":

@@ -37,7 +37,7 @@ RTOL, ATOL = 1e-7, 1e-9
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 MODULES = [{"erf": _erf, "DiracDelta": lambda *args: 0.0}, "numpy"]
 
-DIFF_OPS = sorted(n for n, op in OPS.items() if op.arity and op.differentiable)
+DIFF_OPS = sorted(n for n, op in OPS.items() if op.elementwise and op.arity and op.differentiable)
 # Where each op with a kink has it: a function of the operands that is zero there.
 KINKS = {
     "abs": lambda a: a,

@@ -48,7 +48,7 @@ POINT_ULPS = 4
 DERIVED_REL = 1e-13
 CONDITION_ULPS = 16
 LIBMVEC = "_ZGVdN4"  # prefix of glibc's 4-lane AVX2 function names
-OP_NAMES = sorted(n for n, op in OPS.items() if op.arity >= 1)
+OP_NAMES = sorted(n for n, op in OPS.items() if op.elementwise and op.arity >= 1)
 BATCH_LENGTHS = (1, 3, 4, 5, 8, 1003)
 DBL_MAX = float(np.finfo(np.float64).max)
 
@@ -311,7 +311,8 @@ def test_polynomial_batch_does_not_depend_on_its_length():
 
 
 @pytest.mark.parametrize(
-    "name", sorted(n for n, op in OPS.items() if op.llvm is not None and op.arity >= 1)
+    "name",
+    sorted(n for n, op in OPS.items() if op.llvm is not None and op.arity >= 1 and op.elementwise),
 )
 def test_op_batch_does_not_depend_on_its_length(name, request):
     """A point's result is the same whether it falls in the 4-lane loop or in the tail."""

@@ -15,7 +15,7 @@ from symgrad.graph import Expr, Graph
 from symgrad.ops import OPS
 from symgrad.sympy_bridge import from_sympy, to_sympy
 
-OP_NAMES = sorted(name for name, op in OPS.items() if op.arity)
+OP_NAMES = sorted(name for name, op in OPS.items() if op.elementwise and op.arity)
 N = 64
 
 

@@ -77,8 +77,22 @@ class CompiledFunction:
         self._native = None
         self._arity = len(self.inputs)
         self._pick = self._fast = None
-        if backend == "llvm":
+        nodes = self.graph.nx._node
+        # A graph with any non-scalar node runs in tensor mode: inputs take exactly their
+        # declared shapes (no batch broadcasting), outputs have their nodes' shapes.
+        self.tensor = any(nodes[i]["shape"] for i, *_ in self.program.steps)
+        if self.tensor:
+            self._item_shapes = _item_shapes(flat, self.layout)
+            self._shapes = [self.graph.inputs[n].shape for n in self.inputs]
+            if backend == "llvm":
+                self._compile_tensor(flat, options)
+        elif backend == "llvm":
             self._compile_native([e.id for e in flat], options)
+
+    def _compile_tensor(self, flat: list[Expr], options: dict) -> None:
+        from symgrad.llvm.jit import TensorKernel
+
+        self._native = TensorKernel(flat, self.inputs, **_check_options(options))
 
     def _compile_native(self, ids: list[int], options: dict) -> None:
         from symgrad.llvm.jit import NativeKernels
@@ -120,6 +134,8 @@ class CompiledFunction:
 
     def _call(self, args: tuple, kwargs: dict) -> tuple:
         values = self._bind(args, kwargs)
+        if self.tensor:
+            return self._call_tensor(values)
         arrays, batch = _broadcast(values, self.inputs)
         blocks, flat = self._allocate(batch)
         if self._native is None:
@@ -135,6 +151,23 @@ class CompiledFunction:
             self._native.run_batch(full, n, [flat[k] for k in self._outs.first])
             self._outs.fill(flat)
         return tuple(self._finish(block, shape) for block, shape in zip(blocks, self.layout))
+
+    def _call_tensor(self, values: list) -> tuple:
+        arrays = [
+            _as_tensor(v, name, shape) for v, name, shape in zip(values, self.inputs, self._shapes)
+        ]
+        blocks, flat = [], []
+        for layout, shape in zip(self.layout, self._item_shapes):
+            block = np.empty(layout + shape, np.float64)
+            blocks.append(block)
+            rows = block.reshape((int(np.prod(layout)),) + shape)
+            flat.extend(rows[j, ...] for j in range(len(rows)))
+        if self._native is None:
+            for view, value in zip(flat, self.program.run(dict(zip(self.inputs, arrays)))):
+                view[...] = value
+        else:
+            self._native.run(arrays, flat)
+        return tuple(blocks)
 
     def _allocate(self, batch: tuple[int, ...]):
         """One block per output item, laid out item-major so each output is contiguous."""
@@ -279,6 +312,29 @@ def _broadcast(values: list, names: tuple[str, ...]) -> tuple[list[np.ndarray], 
     return arrays, tuple(batch)
 
 
+def _item_shapes(flat: list[Expr], layout) -> list[tuple[int, ...]]:
+    """The node shape shared by the Exprs of each output item (a list stacks equal shapes)."""
+    shapes, k = [], 0
+    for item, layout_shape in enumerate(layout):
+        n = int(np.prod(layout_shape)) if layout_shape else 1
+        found = {e.shape for e in flat[k : k + n]}
+        if len(found) > 1:
+            raise GraphError(
+                f"outputs[{item}]: a list output stacks Exprs of one shape, got {sorted(found)}"
+            )
+        shapes.append(found.pop())
+        k += n
+    return shapes
+
+
+def _as_tensor(v, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """An input of a tensor function: exactly its declared shape, real numbers as float64."""
+    arr = _as_array(v, name)
+    if arr.shape != shape:
+        raise ArgumentError(f"argument {name!r}: expected shape {shape}, got {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
 def _contiguous(a: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
     """``a`` as n contiguous doubles over the batch (a copy only if it is broadcast)."""
     if a.shape == batch and a.flags.c_contiguous:
@@ -297,7 +353,7 @@ def _as_array(v, name: str) -> np.ndarray:
         arr = np.asarray(v)
     except ValueError as err:
         raise ArgumentError(f"argument {name!r}: not an array of numbers ({err})") from None
-    if arr.dtype.kind not in "fiu":
+    if arr.dtype.kind not in "fiu" or arr.dtype.itemsize > 8:
         raise ArgumentError(f"argument {name!r}: expected real numbers, got dtype {arr.dtype}")
     return arr.astype(np.float64, copy=False)
 

@@ -20,13 +20,16 @@ from symgrad.optimize.prune import prune, rebuild
 
 
 def _const(e: Expr, value: float | None = None) -> bool:
-    """Is ``e`` a constant (equal to ``value``, bit-for-bit on the sign of zero, if given)?"""
-    if e.op != "const":
+    """Is ``e`` a scalar constant (equal to ``value``, bit-for-bit on the sign of zero)?"""
+    if e.op != "const" or e.shape:
         return False
     if value is None:
         return True
     v = e.value
     return v == value and np.signbit(v) == np.signbit(value)
+
+
+MAX_FOLDED_SIZE = 4096  # a constant tensor op folds only if its result is at most this big
 
 
 def local_constant(g, op, args, attrs):
@@ -35,7 +38,10 @@ def local_constant(g, op, args, attrs):
     for a in args:
         if a.op != "const":
             return None
-    return g.const(float(OPS[op].numpy(*(np.float64(a.value) for a in args), **attrs)))
+    value = np.asarray(OPS[op].numpy(*(np.asarray(a.value) for a in args), **attrs), np.float64)
+    if value.size > MAX_FOLDED_SIZE:
+        return None  # a big constant array would bloat the module more than the op costs
+    return g.const(float(value) if value.ndim == 0 else value)
 
 
 def local_mul_one(g, op, args, attrs):
@@ -170,9 +176,15 @@ class _Folding:
             return None
         self.depth += 1
         try:
+            shape = None
             for rule in (local_constant, *RULES.get(op, ())):
                 found = rule(self, op, args, attrs)
-                if found is not None:
+                if found is None:
+                    continue
+                if shape is None:
+                    shape = OPS[op].infer_shape(tuple(a.shape for a in args), attrs)
+                # x*1 -> x is only the same value if broadcasting did not make x bigger.
+                if found.shape == shape:
                     return found
             return None
         finally:

@@ -37,7 +37,7 @@ def rebuild(outputs, make_rule: Callable[[Graph], Rule] | None = None):
 def _copy(new: Graph, node: dict, mapped: dict[int, int], rule: Rule | None) -> int:
     op, attrs = node["op"], node["attrs"]
     if op == "input":
-        return new.input(attrs[0][1]).id
+        return new.input(attrs[0][1], shape=node["shape"]).id
     if op == "const":
         return new.const_id(attrs[0][1])
     ids = tuple(mapped[a] for a in node["args"])

@@ -1,0 +1,183 @@
+"""The tensor API: functions that build tensor nodes, with their attributes as keywords.
+
+Every function here is a thin, documented front for one registry op (``sg.sum`` -> ``sum``,
+``sg.conv2d`` -> ``conv2d``) or a small composition of them (the losses, ``log_softmax``,
+``min``). Shapes are checked when a node is created (``ShapeError`` naming the op, the operand
+and the shapes), never when it runs. ``@`` on vectors reshapes them to matrices around the one
+``matmul`` op, as numpy does.
+"""
+
+from __future__ import annotations
+
+from symgrad.errors import GraphError, ShapeError
+from symgrad.graph import Expr
+
+_NONE = object()
+
+
+def _graph_of(op: str, *operands):
+    for v in operands:
+        if isinstance(v, Expr):
+            return v.graph
+    raise GraphError(f"{op}: needs at least one Expr operand (numbers alone have no graph)")
+
+
+def _as_expr(op: str, x) -> Expr:
+    if isinstance(x, Expr):
+        return x
+    raise GraphError(f"{op}: operand is a {type(x).__name__}, not an Expr")
+
+
+def matmul(a, b) -> Expr:
+    """Matrix product with numpy's rules for 1-d operands (a vector is a row on the left and a
+    column on the right; the added dimension is removed from the result)."""
+    g = _graph_of("matmul", a, b)
+    a = a if isinstance(a, Expr) else g.const(a)
+    b = b if isinstance(b, Expr) else g.const(b)
+    for pos, e in enumerate((a, b)):
+        if e.ndim not in (1, 2):
+            raise ShapeError(f"matmul: operand {pos} must be a vector or a matrix, got {e.shape}")
+    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
+    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
+    if a2.shape[1] != b2.shape[0]:
+        raise ShapeError(
+            f"matmul: operand 1 has shape {b.shape} but operand 0 has shape {a.shape}: "
+            f"inner dimensions {a2.shape[1]} and {b2.shape[0]} differ"
+        )
+    out = g.apply("matmul", a2, b2)
+    if a.ndim == 1 or b.ndim == 1:
+        shape = (() if a.ndim == 1 else a.shape[:1]) + (() if b.ndim == 1 else b.shape[1:])
+        out = out.reshape(shape) if shape else out.reshape(())
+    return out
+
+
+def sum(x, axis=None, keepdims=False) -> Expr:  # noqa: A001 (numpy's name)
+    """Sum over all elements or over ``axis`` (an int or a tuple); ``keepdims`` as numpy."""
+    return _as_expr("sum", x).graph.apply("sum", x, axis=axis, keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False) -> Expr:
+    """Mean over all elements or over ``axis``."""
+    return _as_expr("mean", x).graph.apply("mean", x, axis=axis, keepdims=keepdims)
+
+
+def max(a, b=_NONE, *, axis=None, keepdims=False) -> Expr:  # noqa: A001
+    """``max(a, b)``: elementwise maximum (ties split the adjoint 1/2-1/2). ``max(x, axis=...)``:
+    the largest element over all elements or ``axis`` (ties share the adjoint evenly)."""
+    if b is not _NONE:
+        return _graph_of("max", a, b).apply("max", a, b)
+    return _as_expr("max", a).graph.apply("amax", a, axis=axis, keepdims=keepdims)
+
+
+def min(a, b=_NONE, *, axis=None, keepdims=False) -> Expr:  # noqa: A001
+    """``min(a, b)`` elementwise, or the smallest element over ``axis`` (``-max(-x)``)."""
+    if b is not _NONE:
+        return _graph_of("min", a, b).apply("min", a, b)
+    a = _as_expr("min", a)
+    return -a.graph.apply("amax", -a, axis=axis, keepdims=keepdims)
+
+
+def transpose(x, axes=None) -> Expr:
+    """Axes permuted (reversed by default, as ``x.T``)."""
+    return _as_expr("transpose", x).graph.apply("transpose", x, axes=axes)
+
+
+def reshape(x, shape) -> Expr:
+    """The same elements in C order with a new ``shape`` (one entry may be -1)."""
+    return _as_expr("reshape", x).graph.apply("reshape", x, shape=shape)
+
+
+def broadcast_to(x, shape) -> Expr:
+    """``x`` repeated to ``shape`` by numpy's broadcasting rules."""
+    return _as_expr("broadcast_to", x).graph.apply("broadcast_to", x, shape=shape)
+
+
+def logsumexp(x, axis=None, keepdims=False) -> Expr:
+    """``log(sum(exp(x)))`` computed stably (shifted by the max): finite at logits of ±1000."""
+    return _as_expr("logsumexp", x).graph.apply("logsumexp", x, axis=axis, keepdims=keepdims)
+
+
+def softmax(x, axis=-1) -> Expr:
+    """``exp(x) / sum(exp(x))`` along ``axis``, shifted by the max so nothing overflows."""
+    return _as_expr("softmax", x).graph.apply("softmax", x, axis=axis)
+
+
+def log_softmax(x, axis=-1) -> Expr:
+    """``x - logsumexp(x, axis, keepdims=True)``: the stable log of ``softmax``."""
+    x = _as_expr("log_softmax", x)
+    return x - logsumexp(x, axis=axis, keepdims=True)
+
+
+def conv2d(x, w, stride=1, padding=0) -> Expr:
+    """2-d cross-correlation (what deep-learning libraries call convolution), NCHW.
+
+    ``x``: N x C x H x W, ``w``: O x C x kH x kW, zero ``padding`` and ``stride`` an int or a pair;
+    the result is N x O x H' x W' with H' = (H + 2 padding - kH) // stride + 1.
+    """
+    return _graph_of("conv2d", x, w).apply("conv2d", x, w, stride=stride, padding=padding)
+
+
+def avg_pool2d(x, kernel_size=2, stride=None) -> Expr:
+    """Mean over each ``kernel_size`` window of the last two axes (``stride`` = kernel default)."""
+    return _as_expr("avg_pool2d", x).graph.apply(
+        "avg_pool2d", x, kernel_size=kernel_size, stride=stride
+    )
+
+
+def max_pool2d(x, kernel_size=2, stride=None) -> Expr:
+    """Max over each ``kernel_size`` window of the last two axes (``stride`` = kernel default)."""
+    return _as_expr("max_pool2d", x).graph.apply(
+        "max_pool2d", x, kernel_size=kernel_size, stride=stride
+    )
+
+
+# Losses: small compositions, each the mean over every element (or every row) of the batch.
+
+
+def mse(prediction, target) -> Expr:
+    """Mean squared error ``mean((prediction - target)**2)``."""
+    d = prediction - target
+    return mean(d * d)
+
+
+def binary_cross_entropy(p, y) -> Expr:
+    """``mean(-(y log p + (1 - y) log(1 - p)))`` for probabilities ``p`` in (0, 1)."""
+    from symgrad.graph import FUNCTIONS
+
+    log = FUNCTIONS["log"]
+    return mean(-(y * log(p) + (1 - y) * FUNCTIONS["log1p"](-p)))
+
+
+def binary_cross_entropy_with_logits(z, y) -> Expr:
+    """Binary cross-entropy of ``sigmoid(z)``, as ``mean(softplus(z) - y z)``: finite for any z."""
+    from symgrad.graph import FUNCTIONS
+
+    return mean(FUNCTIONS["softplus"](z) - y * z)
+
+
+def softmax_cross_entropy(logits, labels, axis=-1) -> Expr:
+    """Mean over rows of ``-sum(labels * log_softmax(logits), axis)``; ``labels`` one-hot or
+    probabilities of the same shape as ``logits``."""
+    return mean(-sum(labels * log_softmax(logits, axis=axis), axis=axis))
+
+
+TENSOR_FUNCTIONS = {
+    "matmul": matmul,
+    "sum": sum,
+    "mean": mean,
+    "max": max,
+    "min": min,
+    "transpose": transpose,
+    "reshape": reshape,
+    "broadcast_to": broadcast_to,
+    "logsumexp": logsumexp,
+    "softmax": softmax,
+    "log_softmax": log_softmax,
+    "conv2d": conv2d,
+    "avg_pool2d": avg_pool2d,
+    "max_pool2d": max_pool2d,
+    "mse": mse,
+    "binary_cross_entropy": binary_cross_entropy,
+    "binary_cross_entropy_with_logits": binary_cross_entropy_with_logits,
+    "softmax_cross_entropy": softmax_cross_entropy,
+}
