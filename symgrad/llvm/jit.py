@@ -217,31 +217,11 @@ class NativeKernels:
         self._bind_functions()
 
     def _object_code(self) -> bytes:
-        key = _cache_key(self.llvm_ir, f"opt={self.opt}")
-        payload = _cache_read(key)
-        if payload is not None:
-            self.cache_hit = True
-            return payload
-        tm, _, _ = _target()
-        with _lock:  # LLVM's pass and codegen state is not to be shared between threads
-            # A context per module: what LLVM interns (constants, types) goes with it.
-            context = _llvm().create_context()
-            payload = tm.emit_object(_optimized_module(self.llvm_ir, self.opt, context))
-        _cache_write(key, payload)
+        self.cache_hit, payload = _object_code(self.llvm_ir, self.opt)
         return payload
 
     def _load(self, payload: bytes):
-        llvm = _llvm()
-        _, cpu, features = _target()
-        with _lock:
-            # The engine takes ownership of its target machine and frees it with itself: each
-            # engine gets its own, never the shared one.
-            engine = llvm.create_mcjit_compiler(
-                llvm.parse_assembly(""), _new_target_machine(cpu, features)
-            )
-            engine.add_object_file(llvm.ObjectFileRef.from_data(payload))
-            engine.finalize_object()
-        return engine
+        return _load_engine(payload)
 
     def _bind_functions(self) -> None:
         point = self._engine.get_function_address("sg_point")
@@ -341,6 +321,124 @@ class NativeKernels:
         # The arrays must outlive the call: the tuple keeps them referenced.
         return (shifted_in.ctypes.data, strides.ctypes.data, shifted_out.ctypes.data, hi - lo,
                 shifted_in, shifted_out)  # fmt: skip
+
+
+@cache
+def blas_dgemm() -> str | None:
+    """The CBLAS dgemm with 64-bit integers that numpy's wheel ships (OpenBLAS), if found.
+
+    Why this one: numpy already loads it for ``@``, it is tuned per CPU at run time, and its
+    64-bit-integer ABI is fixed by its name, so no second BLAS is needed. ``SYMGRAD_BLAS=off``
+    makes every product an inline loop.
+    """
+    if os.environ.get("SYMGRAD_BLAS", "").lower() == "off":
+        return None
+    llvm = _llvm()
+    root = Path(np.__file__).resolve().parent
+    for path in sorted(root.parent.glob("numpy.libs/libscipy_openblas64_*.so*")) + sorted(
+        root.parent.glob("scipy_openblas64/lib/libscipy_openblas64_*.so*")
+    ):
+        with contextlib.suppress(RuntimeError):
+            llvm.load_library_permanently(str(path))
+    for name in ("scipy_cblas_dgemm64_", "cblas_dgemm64_"):
+        if symbol_available(name):
+            return name
+    return None
+
+
+def _expanded(flat: list) -> list:
+    """The outputs rebuilt with every op that has an expansion (conv2d, pools, softmax, ...)
+    replaced by it, so the loop writer sees primitive ops only."""
+    from symgrad.optimize.prune import rebuild
+
+    def make_rule(new):
+        def rule(op, args, attrs):
+            expand = OPS[op].expand
+            return expand(*args, **attrs) if expand is not None else None
+
+        return rule
+
+    return rebuild(list(flat), make_rule)
+
+
+class TensorKernel:
+    """The compiled ``sg_tensor`` of a tensor graph, its plan and its engine."""
+
+    def __init__(self, flat: list, inputs: tuple[str, ...], threads: int | None, opt: int):
+        from symgrad.llvm.loops import lower_tensor
+
+        del threads  # a tensor step runs on one thread; BLAS threads on its own
+        expanded = _expanded(flat)
+        graph = expanded[0].graph
+        self.order = [e.id for e in expanded]
+        self.distinct = list(dict.fromkeys(self.order))
+        program = Program.of(graph, self.distinct)
+        self.opt = opt
+        self.llvm_ir, self.plan = lower_tensor(
+            program, inputs, self.distinct, vector_ok, blas_dgemm()
+        )
+        _check_symbols(self.llvm_ir)
+        self.n_in = len(inputs)
+        self.cache_hit, payload = _object_code(self.llvm_ir, opt)
+        self._engine = _load_engine(payload)
+        address = self._engine.get_function_address("sg_tensor")
+        if not address:
+            raise LoweringError("compiled module lacks its kernel")
+        self.kernel = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
+        self._first = {i: k for k, i in reversed(list(enumerate(self.order)))}
+        self._scratch = threading.local()
+
+    @property
+    def asm(self) -> str:
+        tm, _, _ = _target()
+        with _lock:
+            context = _llvm().create_context()
+            return tm.emit_assembly(_optimized_module(self.llvm_ir, self.opt, context))
+
+    def run(self, arrays: list[np.ndarray], flat: list[np.ndarray]) -> None:
+        """Inputs (contiguous, declared shapes) -> ``flat`` output arrays (contiguous)."""
+        try:
+            scratch = self._scratch.buffer
+        except AttributeError:
+            scratch = self._scratch.buffer = np.empty(max(self.plan.scratch, 1))
+        ptrs = np.empty(self.n_in + len(self.distinct) + 1, np.uint64)
+        for k, a in enumerate(arrays):
+            ptrs[k] = a.ctypes.data
+        for k, i in enumerate(self.distinct):
+            ptrs[self.n_in + k] = flat[self._first[i]].ctypes.data
+        ptrs[-1] = scratch.ctypes.data
+        self.kernel(ptrs.ctypes.data)
+        for pos, i in enumerate(self.order):
+            if self._first[i] != pos:
+                flat[pos][...] = flat[self._first[i]]
+
+
+def _object_code(ir: str, opt: int) -> tuple[bool, bytes]:
+    """Object code for module text ``ir``: from the cache, or compiled (and cached)."""
+    key = _cache_key(ir, f"opt={opt}")
+    payload = _cache_read(key)
+    if payload is not None:
+        return True, payload
+    tm, _, _ = _target()
+    with _lock:  # LLVM's pass and codegen state is not to be shared between threads
+        context = _llvm().create_context()
+        payload = tm.emit_object(_optimized_module(ir, opt, context))
+    _cache_write(key, payload)
+    return False, payload
+
+
+def _load_engine(payload: bytes):
+    llvm = _llvm()
+    _, cpu, features = _target()
+    with _lock:
+        # The engine takes ownership of its target machine and frees it with itself: each
+        # engine gets its own, never the shared one.
+        engine = llvm.create_mcjit_compiler(
+            llvm.parse_assembly(""), _new_target_machine(cpu, features)
+        )
+        engine.add_object_file(llvm.ObjectFileRef.from_data(payload))
+        engine.finalize_object()
+    return engine
 
 
 class _MethodDef(ctypes.Structure):
