@@ -478,15 +478,16 @@ class Writer:
 
         dims, (src_m, out_m) = merge_dims(shape, [src, out])
         if dims and out_m.strides[-1] == 0:
-            self._reduce_inner(dims, src_m, out_m, step)
+            self._reduce_inner(dims, src_m, out_m, step, start)
         else:
             # The innermost axis is kept: out[k] = combine(out[k], x[.., k]) runs on vectors.
             _nest(self.fn, dims, [out_m, src_m, out_m], [str(out_m.offset), str(src_m.offset),
                                                          str(out_m.offset)], 2,
                   lambda b, vals: step(b, vals), 0)  # fmt: skip
 
-    def _reduce_inner(self, dims, src: Access, out: Access, step) -> None:
-        # The innermost axis is reduced: a running value in a register along it, stored once.
+    def _reduce_inner(self, dims, src: Access, out: Access, step, identity: float) -> None:
+        # The innermost axis is reduced: running values in registers along it, stored once —
+        # four lanes of partial results (then combined pairwise), a scalar one for the rest.
         fn = self.fn
 
         def outer(offs: list[str], d: int) -> None:
@@ -498,24 +499,41 @@ class Writer:
                     outer(inner, d + 1)
                 return
             b = fn.body(1)
-            start = _load(b, out.ptr, offs[1], 1)
+            acc = _load(b, out.ptr, offs[1], 1)
             fn.flush(b)
-            k = fn.fresh()
-            pred = fn.block
-            acc_phi = len(fn.lines) + 2  # the loop's phi lines come right after its header
-            with fn.loop(0, dims[-1], 1) as j:
+            n = dims[-1]
+            main = n - n % WIDTH if n >= 2 * WIDTH else 0
+            if main:
+                init = fn.body(WIDTH).const(identity)
+                vec = self._fold_loop(WIDTH, 0, main, src, offs[0], init, step)
                 b = fn.body(1)
-                x = _load(b, src.ptr, _advance(b, offs[0], j, src.strides[-1]), 1)
-                (new,) = step(b, [f"%acc{k}", x])
+                lane = [b.emit(f"extractelement {VEC} {vec}, i32 {k}") for k in range(WIDTH)]
+                (low,), (high,) = step(b, lane[:2]), step(b, lane[2:])
+                (acc,) = step(b, [acc, step(b, [low, high])[0]])
                 fn.flush(b)
-                latch = fn.block
-            fn.lines.insert(acc_phi, f"  %acc{k} = phi double [ {start}, %{pred} ], "
-                                     f"[ {new}, %{latch} ]")  # fmt: skip
+            if main < n:
+                acc = self._fold_loop(1, main, n, src, offs[0], acc, step)
             b = fn.body(1)
-            _store(b, out.ptr, offs[1], f"%acc{k}", 1)
+            _store(b, out.ptr, offs[1], acc, 1)
             fn.flush(b)
 
         outer([str(src.offset), str(out.offset)], 0)
+
+    def _fold_loop(self, lanes: int, lo: int, hi: int, src: Access, off: str, init: str, step):
+        """``acc = step(acc, src[j])`` for j in [lo, hi) by ``lanes``; returns the final acc."""
+        fn = self.fn
+        k = fn.fresh()
+        pred, phi_at = fn.block, len(fn.lines) + 2  # right after the loop header's label
+        ty = VEC if lanes > 1 else "double"
+        stride = src.strides[-1]
+        with fn.loop(lo, hi, lanes) as j:
+            b = fn.body(lanes)
+            x = _load(b, src.ptr, _advance(b, off, j, stride), lanes, stride)
+            (new,) = step(b, [f"%acc{k}", x])
+            fn.flush(b)
+            latch = fn.block
+        fn.lines.insert(phi_at, f"  %acc{k} = phi {ty} [ {init}, %{pred} ], [ {new}, %{latch} ]")
+        return f"%acc{k}"
 
     def _matmul(self, i, args, attrs) -> None:
         a, b = (self.p.views[x] for x in args)
