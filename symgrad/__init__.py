@@ -28,6 +28,7 @@ from symgrad.interp import evaluate
 from symgrad.llvm.kernel import CompiledFunction, compile
 from symgrad.optimize import optimize
 from symgrad.parse import parse  # after the submodule import, so sg.parse is the function
+from symgrad.scipy_bridge import ScipyObjective, scipy_objective
 from symgrad.tensor import TENSOR_FUNCTIONS as _TENSOR_FUNCTIONS
 
 __version__ = "0.1.0"
@@ -72,6 +73,8 @@ __all__ = [
     "jacobian",
     "optimize",
     "parse",
+    "ScipyObjective",
+    "scipy_objective",
     "to_dot",
     "to_sympy",
     *_FUNCTIONS,

@@ -1,0 +1,128 @@
+"""The SciPy bridge: a scalar formula as ``fun``, ``jac``, ``hess`` and ``hessp`` over one flat
+parameter vector, compiled once, in the form ``scipy.optimize.minimize`` takes as it is.
+
+The parameters (``wrt``: scalar or tensor inputs) are laid end to end in the order given, each
+raveled in C order. The value and the gradient come from one compiled call, remembered for the
+last ``x`` (SciPy asks for ``fun`` and ``jac`` at the same point); ``hessp`` is the compiled
+Hessian-vector product (two reverse passes, no Hessian built), and ``hess`` assembles the
+Hessian from it, column by column (for scalar parameters: all columns in one batch call).
+This module does not import SciPy: it only hands SciPy plain callables.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from symgrad.errors import ArgumentError, GradError
+from symgrad.grad import build_grad, hvp
+from symgrad.graph import Expr
+from symgrad.llvm.kernel import compile
+
+
+class ScipyObjective:
+    """``fun(x)``, ``jac(x)``, ``hess(x)``, ``hessp(x, p)`` of ``f`` over the flat vector of
+    ``wrt``, with the graph's other inputs fixed to ``values``.
+
+    >>> import symgrad as sg
+    >>> f = sg.parse("(1 - a)**2 + 100*(b - a**2)**2")
+    >>> obj = sg.scipy_objective(f, [f.graph.inputs["a"], f.graph.inputs["b"]], backend="numpy")
+    >>> obj.fun([1.0, 1.0]), obj.jac([1.0, 1.0]).tolist()
+    (0.0, [0.0, -0.0])
+    """
+
+    def __init__(self, f: Expr, wrt, values: dict | None = None, backend: str = "llvm"):
+        if not isinstance(f, Expr) or f.shape != ():
+            raise GradError("scipy_objective: f must be a scalar Expr")
+        wrt = [wrt] if isinstance(wrt, Expr) else list(wrt)
+        for k, w in enumerate(wrt):
+            if not isinstance(w, Expr) or w.graph is not f.graph or w.op != "input":
+                raise GradError(f"scipy_objective: wrt[{k}] must be an input of f's graph")
+        graph = f.graph
+        self.names = [w.name for w in wrt]
+        self.shapes = [w.shape for w in wrt]
+        self.sizes = [int(np.prod(s)) for s in self.shapes]
+        self.size = sum(self.sizes)
+        self.values = dict(values or {})
+        with graph.atomic():
+            grads = build_grad(f, wrt)
+            directions = [graph.input(_fresh(graph, f"v_{w.name}"), shape=w.shape) for w in wrt]
+            products = hvp(f, wrt, directions)
+        fixed = [n for n in compile(f, backend="numpy").inputs if n not in self.names]
+        unknown = sorted(set(self.values) - set(fixed))
+        if unknown:
+            raise ArgumentError(f"scipy_objective: values for {unknown} which f does not use")
+        missing = [n for n in fixed if n not in self.values]
+        if missing:
+            raise ArgumentError(f"scipy_objective: no value for input {', '.join(missing)}")
+        self._fixed = [self.values[n] for n in fixed]
+        inputs = self.names + fixed
+        self._value_grad = compile([f, *grads], inputs=inputs, backend=backend)
+        self._hvp = compile(products, inputs=inputs + [d.name for d in directions],
+                            backend=backend)  # fmt: skip
+        self._scalar = not any(self.shapes)
+        self._last: tuple[bytes, float, np.ndarray] | None = None
+
+    def split(self, x) -> list:
+        """The flat vector ``x`` as one value per parameter (floats for scalars)."""
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (self.size,):
+            raise ArgumentError(f"x must have shape ({self.size},), got {x.shape}")
+        parts, k = [], 0
+        for shape, n in zip(self.shapes, self.sizes):
+            parts.append(float(x[k]) if not shape else x[k : k + n].reshape(shape))
+            k += n
+        return parts
+
+    def flatten(self, parts) -> np.ndarray:
+        """One value per parameter (a list, or a dict by name) as the flat vector."""
+        if isinstance(parts, dict):
+            parts = [parts[n] for n in self.names]
+        return np.concatenate([np.asarray(p, np.float64).reshape(-1) for p in parts])
+
+    def _evaluate(self, x) -> tuple[float, np.ndarray]:
+        x = np.asarray(x, dtype=np.float64)
+        key = x.tobytes()
+        if self._last is None or self._last[0] != key:
+            value, *grads = self._value_grad(*self.split(x), *self._fixed)
+            self._last = (key, float(value), self.flatten(grads))
+        return self._last[1], self._last[2]
+
+    def fun(self, x) -> float:
+        """The value of f at the flat parameters ``x``."""
+        return self._evaluate(x)[0]
+
+    def jac(self, x) -> np.ndarray:
+        """The gradient of f at ``x``, flat (a new array)."""
+        return self._evaluate(x)[1].copy()
+
+    def hessp(self, x, p) -> np.ndarray:
+        """The Hessian of f at ``x`` times the flat vector ``p``."""
+        return self.flatten(self._hvp(*self.split(x), *self._fixed, *self.split(p)))
+
+    def hess(self, x) -> np.ndarray:
+        """The Hessian of f at ``x``, ``size`` x ``size``."""
+        if self._scalar:
+            # Every column at once: the directions are the rows of the identity, as a batch.
+            eye = np.eye(self.size)
+            columns = self._hvp(*self.split(x), *self._fixed, *eye)
+            # Output k over the batch j is (H e_j)[k] = H[k, j]: row k.
+            return np.stack([np.asarray(c) for c in columns], axis=0)
+        eye = np.eye(self.size)
+        return np.stack([self.hessp(x, e) for e in eye], axis=1)
+
+
+def scipy_objective(f: Expr, wrt, values: dict | None = None, backend: str = "llvm"):
+    """``f`` as SciPy's ``fun``, ``jac``, ``hess``, ``hessp`` over the flat vector of ``wrt``.
+
+    ``values`` fixes the graph's other inputs (data). Use as
+    ``minimize(obj.fun, x0, jac=obj.jac, hess=obj.hess, method="trust-exact")`` or with
+    ``hessp=obj.hessp`` (``"trust-ncg"``, ``"Newton-CG"``, ``"trust-krylov"``).
+    """
+    return ScipyObjective(f, wrt, values=values, backend=backend)
+
+
+def _fresh(graph, stem: str) -> str:
+    name, k = stem, 1
+    while name in graph.inputs:
+        name, k = f"{stem}_{k}", k + 1
+    return name
