@@ -126,12 +126,13 @@ class Graph:
         return self._new(key, "const", (), (("value", value),), ())
 
     def _array_const(self, value) -> int:
+        # The dtype check comes first: casting a complex array would warn before the error.
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "biuf":
+            raise GraphError(f"constant array must hold real numbers, not {value.dtype}")
         try:
             arr = np.array(value, dtype=np.float64)
         except (TypeError, ValueError, OverflowError):
             raise GraphError("constant array must hold real numbers") from None
-        if isinstance(value, np.ndarray) and value.dtype.kind not in "biuf":
-            raise GraphError(f"constant array must hold real numbers, not {value.dtype}")
         if arr.ndim == 0:
             return self.const_id(float(arr))
         if arr.size == 0:

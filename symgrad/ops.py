@@ -406,8 +406,10 @@ def _transpose_normalize(op, shapes, attrs):
     axes = attrs.get("axes")
     if axes is None:
         return {"axes": tuple(range(nd))[::-1]}
-    axes = tuple(_int(op, "axes entry", a) % nd if nd else a for a in axes)
-    if sorted(axes) != list(range(nd)):
+    raw = tuple(_int(op, "axes entry", a) for a in axes)
+    # An entry outside [-nd, nd) is an error, as in numpy (a bare modulo took 2 as 0 on a matrix).
+    axes = tuple(a % nd for a in raw if -nd <= a < nd)
+    if len(axes) != len(raw) or sorted(axes) != list(range(nd)):
         raise ShapeError(
             f"{op}: axes {attrs.get('axes')!r} is not a permutation of the {nd} axes of "
             f"operand 0 of shape {shapes[0]}"
@@ -493,8 +495,11 @@ def _index_item(op: str, item, n: int):
     return k % n
 
 
-def normalize_index(op: str, shape: tuple[int, ...], index) -> tuple:
-    """A constant index (ints, slices, one Ellipsis) as one canonical entry per dimension."""
+def normalize_index(op: str, shape: tuple[int, ...], index, what: str = "operand 0") -> tuple:
+    """A constant index (ints, slices, one Ellipsis) as one canonical entry per dimension.
+
+    ``what`` names the indexed shape in messages (embed indexes its target ``shape`` attribute).
+    """
     items = list(index) if isinstance(index, tuple) else [index]
     if sum(1 for i in items if i is Ellipsis) > 1:
         raise ShapeError(f"{op}: an index can hold only one '...'")
@@ -502,9 +507,15 @@ def normalize_index(op: str, shape: tuple[int, ...], index) -> tuple:
         at = items.index(Ellipsis)
         items[at : at + 1] = [slice(None)] * (len(shape) - len(items) + 1)
     if len(items) > len(shape):
-        raise ShapeError(f"{op}: {len(items)} indices for operand 0 of shape {shape}")
+        raise ShapeError(f"{op}: {len(items)} indices for {what} of shape {shape}")
     items += [slice(None)] * (len(shape) - len(items))
-    return tuple(_index_item(op, item, n) for item, n in zip(items, shape))
+    out = []
+    for d, (item, n) in enumerate(zip(items, shape)):
+        try:
+            out.append(_index_item(op, item, n))
+        except ShapeError as err:  # name the operand and its shape, not only the dimension
+            raise ShapeError(f"{err} (axis {d} of {what} of shape {shape})") from None
+    return tuple(out)
 
 
 def decode_index(index: tuple) -> tuple:
@@ -532,7 +543,7 @@ def _embed(x, index, shape):
 
 def _embed_normalize(op, shapes, attrs):
     shape = _shape_attr(op, attrs.get("shape", ()))
-    index = normalize_index(op, shape, attrs.get("index", ()))
+    index = normalize_index(op, shape, attrs.get("index", ()), what="the shape attribute")
     if indexed_shape(index) != tuple(shapes[0]):
         raise ShapeError(
             f"{op}: operand 0 has shape {shapes[0]} but the index selects {indexed_shape(index)}"
@@ -742,9 +753,34 @@ _register("avg_pool2d", 1,
           (), None, attrs=("kernel_size", "stride"), normalize=_pool_normalize,
           shape=_pool_shape, expand=_pool_expand("sum", "add"), elementwise=False,
           linear=True, domain=(SMALL,))  # fmt: skip
+
+
+def _max_pool_vjp(g, o, x, kernel_size, stride):
+    # Each window's adjoint goes to its maxima, split evenly among ties as amax's is. (Without
+    # this rule build_grad differentiated the expansion, whose chain of binary maxes gave the
+    # tied taps of an overlapping window 1/2, 1/4, 1/8, ...) ``eq`` carries no gradient.
+    (kh, kw), (sh, sw) = kernel_size, stride
+    ho, wo = o.shape[-2:]
+    taps = []
+    for p in range(kh):
+        for q in range(kw):
+            rows = slice(p, p + sh * (ho - 1) + 1, sh)
+            cols = slice(q, q + sw * (wo - 1) + 1, sw)
+            index = (..., rows, cols)
+            taps.append((index, ap("eq", ap("getitem", x, index=index), o)))
+    count = taps[0][1]
+    for _, hit in taps[1:]:
+        count = count + hit
+    share, total = g / count, None
+    for index, hit in taps:
+        part = ap("embed", share * hit, index=index, shape=x.shape)
+        total = part if total is None else total + part
+    return total
+
+
 _register("max_pool2d", 1,
           lambda x, kernel_size, stride: np.max(_windows(x, kernel_size, stride), axis=(-2, -1)),
-          (), None, attrs=("kernel_size", "stride"), normalize=_pool_normalize,
+          (_max_pool_vjp,), None, attrs=("kernel_size", "stride"), normalize=_pool_normalize,
           shape=_pool_shape, expand=_pool_expand("amax", "max"), elementwise=False,
           domain=(SMALL,))  # fmt: skip
 

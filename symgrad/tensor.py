@@ -9,6 +9,8 @@ and the shapes), never when it runs. ``@`` on vectors reshapes them to matrices 
 
 from __future__ import annotations
 
+import functools
+
 from symgrad.errors import GraphError, ShapeError
 from symgrad.graph import Expr
 
@@ -28,6 +30,22 @@ def _as_expr(op: str, x) -> Expr:
     raise GraphError(f"{op}: operand is a {type(x).__name__}, not an Expr")
 
 
+def _atomic(fn):
+    """For a function that builds several nodes: if it fails part-way (a ShapeError after the
+    reshape of a vector or the constant of an array operand), the graph is left as it was."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        graph = next((v.graph for v in args if isinstance(v, Expr)), None)
+        if graph is None:
+            return fn(*args, **kwargs)
+        with graph.atomic():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_atomic
 def matmul(a, b) -> Expr:
     """Matrix product with numpy's rules for 1-d operands (a vector is a row on the left and a
     column on the right; the added dimension is removed from the result)."""
@@ -69,6 +87,7 @@ def max(a, b=_NONE, *, axis=None, keepdims=False) -> Expr:  # noqa: A001
     return _as_expr("max", a).graph.apply("amax", a, axis=axis, keepdims=keepdims)
 
 
+@_atomic
 def min(a, b=_NONE, *, axis=None, keepdims=False) -> Expr:  # noqa: A001
     """``min(a, b)`` elementwise, or the smallest element over ``axis`` (``-max(-x)``)."""
     if b is not _NONE:
@@ -102,6 +121,7 @@ def softmax(x, axis=-1) -> Expr:
     return _as_expr("softmax", x).graph.apply("softmax", x, axis=axis)
 
 
+@_atomic
 def log_softmax(x, axis=-1) -> Expr:
     """``x - logsumexp(x, axis, keepdims=True)``: the stable log of ``softmax``."""
     x = _as_expr("log_softmax", x)
@@ -134,12 +154,14 @@ def max_pool2d(x, kernel_size=2, stride=None) -> Expr:
 # Losses: small compositions, each the mean over every element (or every row) of the batch.
 
 
+@_atomic
 def mse(prediction, target) -> Expr:
     """Mean squared error ``mean((prediction - target)**2)``."""
     d = prediction - target
     return mean(d * d)
 
 
+@_atomic
 def binary_cross_entropy(p, y) -> Expr:
     """``mean(-(y log p + (1 - y) log(1 - p)))`` for probabilities ``p`` in (0, 1)."""
     from symgrad.graph import FUNCTIONS
@@ -148,6 +170,7 @@ def binary_cross_entropy(p, y) -> Expr:
     return mean(-(y * log(p) + (1 - y) * FUNCTIONS["log1p"](-p)))
 
 
+@_atomic
 def binary_cross_entropy_with_logits(z, y) -> Expr:
     """Binary cross-entropy of ``sigmoid(z)``, as ``mean(softplus(z) - y z)``: finite for any z."""
     from symgrad.graph import FUNCTIONS
@@ -155,6 +178,7 @@ def binary_cross_entropy_with_logits(z, y) -> Expr:
     return mean(FUNCTIONS["softplus"](z) - y * z)
 
 
+@_atomic
 def softmax_cross_entropy(logits, labels, axis=-1) -> Expr:
     """Mean over rows of ``-sum(labels * log_softmax(logits), axis)``; ``labels`` one-hot or
     probabilities of the same shape as ``logits``."""
