@@ -28,6 +28,7 @@ from symgrad.ops import OPS
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 DEFAULT_MAX_NODES = 10_000_000
+MAX_ELEMENTS = 2**40  # elements of one input: far beyond any memory, so a typo, not data
 
 
 def _key_value(v):
@@ -273,7 +274,10 @@ def check_shape(shape, what: str) -> tuple[int, ...]:
     for n in out:
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
             raise ShapeError(f"{what}: shape must be a tuple of positive ints, got {shape!r}")
-    return tuple(int(n) for n in out)
+    out = tuple(int(n) for n in out)
+    if math.prod(out) > MAX_ELEMENTS:
+        raise ShapeError(f"{what}: shape {out} has more than {MAX_ELEMENTS} elements")
+    return out
 
 
 def reachable(graph: Graph, roots) -> list[int]:

@@ -296,9 +296,14 @@ _register(
 # ----------------------------------------------------------------------------------------------
 
 
+MAX_EXTENT = 2**40  # no dimension, index, stride or padding of a float64 array gets near this
+
+
 def _int(op: str, what: str, v) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
         raise ShapeError(f"{op}: {what} must be an int, got {type(v).__name__}")
+    if abs(int(v)) > MAX_EXTENT:
+        raise ShapeError(f"{op}: {what} {int(v)} is too large")
     return int(v)
 
 
@@ -358,7 +363,7 @@ def _amax_vjp(g, o, x, axis, keepdims):
 
 
 def _size(shape) -> int:
-    return int(np.prod(shape, dtype=np.int64))
+    return math.prod(int(n) for n in shape)  # Python ints: no int64 overflow
 
 
 def _mean_expand(x, axis, keepdims):
@@ -406,6 +411,8 @@ def _transpose_normalize(op, shapes, attrs):
     axes = attrs.get("axes")
     if axes is None:
         return {"axes": tuple(range(nd))[::-1]}
+    if not isinstance(axes, (tuple, list)):
+        raise ShapeError(f"{op}: axes must be a tuple of ints, got {axes!r}")
     raw = tuple(_int(op, "axes entry", a) for a in axes)
     # An entry outside [-nd, nd) is an error, as in numpy (a bare modulo took 2 as 0 on a matrix).
     axes = tuple(a % nd for a in raw if -nd <= a < nd)
@@ -761,6 +768,8 @@ def _max_pool_vjp(g, o, x, kernel_size, stride):
     # tied taps of an overlapping window 1/2, 1/4, 1/8, ...) ``eq`` carries no gradient.
     (kh, kw), (sh, sw) = kernel_size, stride
     ho, wo = o.shape[-2:]
+    if (kh, kw) == (sh, sw):
+        return _tiled_max_pool_vjp(g, o, x, kh, kw)
     taps = []
     for p in range(kh):
         for q in range(kw):
@@ -776,6 +785,20 @@ def _max_pool_vjp(g, o, x, kernel_size, stride):
         part = ap("embed", share * hit, index=index, shape=x.shape)
         total = part if total is None else total + part
     return total
+
+
+def _tiled_max_pool_vjp(g, o, x, kh, kw):
+    # Tiling windows: the pool is an amax over split axes (as its expansion), so its rule is
+    # amax's on the reshaped operand — one pass, no full-size array per tap.
+    lead, (h, w) = x.shape[:-2], x.shape[-2:]
+    ho, wo = o.shape[-2:]
+    crop = (..., slice(0, ho * kh), slice(0, wo * kw))
+    cropped = x if (ho * kh, wo * kw) == (h, w) else ap("getitem", x, index=crop)
+    split = ap("reshape", cropped, shape=(*lead, ho, kh, wo, kw))
+    k = len(lead)
+    share = _amax_vjp(g, o, split, axis=(k + 1, k + 3), keepdims=False)
+    share = ap("reshape", share, shape=cropped.shape)
+    return share if cropped is x else ap("embed", share, index=crop, shape=x.shape)
 
 
 _register("max_pool2d", 1,

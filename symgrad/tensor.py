@@ -83,6 +83,7 @@ def max(a, b=_NONE, *, axis=None, keepdims=False) -> Expr:  # noqa: A001
     """``max(a, b)``: elementwise maximum (ties split the adjoint 1/2-1/2). ``max(x, axis=...)``:
     the largest element over all elements or ``axis`` (ties share the adjoint evenly)."""
     if b is not _NONE:
+        _no_reduction("max", axis, keepdims)
         return _graph_of("max", a, b).apply("max", a, b)
     return _as_expr("max", a).graph.apply("amax", a, axis=axis, keepdims=keepdims)
 
@@ -91,9 +92,15 @@ def max(a, b=_NONE, *, axis=None, keepdims=False) -> Expr:  # noqa: A001
 def min(a, b=_NONE, *, axis=None, keepdims=False) -> Expr:  # noqa: A001
     """``min(a, b)`` elementwise, or the smallest element over ``axis`` (``-max(-x)``)."""
     if b is not _NONE:
+        _no_reduction("min", axis, keepdims)
         return _graph_of("min", a, b).apply("min", a, b)
     a = _as_expr("min", a)
     return -a.graph.apply("amax", -a, axis=axis, keepdims=keepdims)
+
+
+def _no_reduction(op: str, axis, keepdims) -> None:
+    if axis is not None or keepdims:
+        raise GraphError(f"{op}(a, b) is elementwise: axis and keepdims apply to {op}(x) only")
 
 
 def transpose(x, axes=None) -> Expr:

@@ -808,12 +808,6 @@ def test_gradients_of_parsed_formulas_match_finite_differences(text, shapes):
         np.testing.assert_allclose(got, finite_difference(f, values, name), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.xfail(
-    reason="llvm/kernel.py _as_tensor: np.ascontiguousarray turns a 0-d input into shape (1,), "
-    "so the embed of the gradient of A[1, 2, 3] * s gets a (1,) cotangent",
-    raises=ValueError,
-    strict=False,
-)
 def test_a_scalar_input_in_a_tensor_formula():
     f = parse("A[1, 2, 3] * s", shapes={"A": (2, 3, 4)})
     values = arrays(4)

@@ -1060,3 +1060,22 @@ def test_evaluate_tensor_outputs():
     a, (b, c) = sg.evaluate([X.T, [X, X * X]], X=np.array([[1.0, 2.0], [3.0, 4.0]]))
     np.testing.assert_array_equal(a, [[1.0, 3.0], [2.0, 4.0]])
     np.testing.assert_array_equal(c, [[1.0, 4.0], [9.0, 16.0]])
+
+
+def test_absurd_attributes_are_shape_errors():
+    g = sg.Graph()
+    x = g.input("x", shape=(2, 3))
+    before = len(g)
+    for build in (
+        lambda: sg.transpose(x, axes=5),
+        lambda: sg.reshape(x, shape=(10**30,)),
+        lambda: sg.conv2d(
+            g.input("im", shape=(1, 1, 3, 3)), g.input("k", shape=(1, 1, 2, 2)), padding=2**62
+        ),  # fmt: skip
+        lambda: g.input("huge", shape=(2**30, 2**30)),
+    ):
+        with pytest.raises(sg.ShapeError):
+            build()
+    with pytest.raises(sg.GraphError, match="elementwise"):
+        sg.max(x, x, axis=0)
+    assert len(g) == before + 2  # only the two well-formed inputs of the conv case

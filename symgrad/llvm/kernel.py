@@ -332,7 +332,8 @@ def _as_tensor(v, name: str, shape: tuple[int, ...]) -> np.ndarray:
     arr = _as_array(v, name)
     if arr.shape != shape:
         raise ArgumentError(f"argument {name!r}: expected shape {shape}, got {arr.shape}")
-    return np.ascontiguousarray(arr)
+    # (np.ascontiguousarray would make a 0-d array 1-d.)
+    return arr if arr.flags.c_contiguous else np.ascontiguousarray(arr)
 
 
 def _contiguous(a: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
