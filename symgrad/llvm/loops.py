@@ -144,6 +144,9 @@ def plan(program: Program, inputs: tuple[str, ...], outputs: list[int]) -> Plan:
             p.views[i] = _derive(op, _view_of(p, graph, args[0], kind), attrs, shape)
         elif op in BARRIERS or op == "reshape":
             kind[i] = "barrier"
+            for a in args:  # a barrier reads memory: a scalar constant (sum(2.0)) gets a global
+                if kind[a] == "scalar":
+                    _view_of(p, graph, a, kind)
             ready[i] = max([need(a) for a in args if kind[a] != "scalar"], default=0)
             p.steps.append((ready[i], 0, i))
         else:
