@@ -401,6 +401,8 @@ class TensorKernel:
         self.kernel = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
         self._first = {i: k for k, i in reversed(list(enumerate(self.order)))}
         self._scratch = threading.local()
+        # The constant arrays the kernel reads through bufs (read-only, owned by the graph).
+        self._constants = [graph.attr(i, "value") for i in self.plan.passed]
 
     @property
     def asm(self) -> str:
@@ -415,12 +417,15 @@ class TensorKernel:
             scratch = self._scratch.buffer
         except AttributeError:
             scratch = self._scratch.buffer = np.empty(max(self.plan.scratch, 1))
-        ptrs = np.empty(self.n_in + len(self.distinct) + 1, np.uint64)
+        n_out = len(self.distinct)
+        ptrs = np.empty(self.n_in + n_out + 1 + len(self._constants), np.uint64)
         for k, a in enumerate(arrays):
             ptrs[k] = a.ctypes.data
         for k, i in enumerate(self.distinct):
             ptrs[self.n_in + k] = flat[self._first[i]].ctypes.data
-        ptrs[-1] = scratch.ctypes.data
+        ptrs[self.n_in + n_out] = scratch.ctypes.data
+        for k, c in enumerate(self._constants):
+            ptrs[self.n_in + n_out + 1 + k] = c.ctypes.data
         self.kernel(ptrs.ctypes.data)
         for pos, i in enumerate(self.order):
             if self._first[i] != pos:

@@ -2,7 +2,8 @@
 
 ABI: ``void sg_tensor(ptr bufs)``. ``bufs[k]`` points at input k (float64, C order, exactly its
 declared shape), then at each kernel output (C order, its node's shape), then at a scratch arena
-of ``plan.scratch`` doubles that the caller owns (one per thread).
+of ``plan.scratch`` doubles that the caller owns (one per thread), then at each constant array
+of ``plan.passed`` (those bigger than ``INLINE_CONST_SIZE``; smaller ones are module globals).
 
 How a graph becomes loops (no recursion; one walk in id order):
 
@@ -37,6 +38,7 @@ from symgrad.ops import OPS, decode_index
 VIEWS = frozenset({"transpose", "broadcast_to", "getitem", "reshape"})
 BARRIERS = frozenset({"matmul", "sum", "amax", "embed"})
 BLAS_MIN_FLOPS = 32 * 32 * 32  # below this m*n*k the call costs more than an inline loop
+INLINE_CONST_SIZE = 64  # constant arrays up to this size are written into the module
 
 
 def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -95,6 +97,9 @@ class Plan:
     stored: set[int] = field(default_factory=set)  # elementwise nodes written to memory
     scratch: int = 0
     copies: list[tuple[int, int]] = field(default_factory=list)  # (node, output slot)
+    # Constant arrays too big to write into the module: the caller passes them after the
+    # scratch pointer, in this order.
+    passed: list[int] = field(default_factory=list)
 
 
 def plan(program: Program, inputs: tuple[str, ...], outputs: list[int]) -> Plan:
@@ -600,8 +605,15 @@ def lower_tensor(program: Program, inputs: tuple[str, ...], outputs: list[int], 
     fn = Fn(vector_ok)
     n_in, n_out = len(inputs), len(outputs)
     for i, (where, k) in sorted(p.buffers.items()):
+        value = p.scalars.get(i) if i in p.scalars else program.graph.attr(i, "value")
+        if where == "const" and np.size(value) > INLINE_CONST_SIZE:
+            # Passed by pointer: a 300 x 300 array as IR text was 2.4 MB and 0.3 s to compile.
+            at = n_in + n_out + 1 + len(p.passed)
+            p.passed.append(i)
+            fn.lines.append(f"  %bp{i} = getelementptr inbounds ptr, ptr %bufs, i64 {at}")
+            fn.lines.append(f"  %buf{i} = load ptr, ptr %bp{i}, align 8")
+            continue
         if where == "const":
-            value = p.scalars[i] if i in p.scalars else program.graph.attr(i, "value")
             fn.globals.append(_global(i, value))
             fn.lines.append(f"  %buf{i} = getelementptr inbounds double, ptr @buf{i}, i64 0")
             continue
