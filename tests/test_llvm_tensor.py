@@ -39,6 +39,7 @@ import symgrad as sg
 from symgrad.graph import reachable
 from symgrad.llvm.jit import blas_dgemm
 from symgrad.llvm.loops import BLAS_MIN_FLOPS
+from symgrad.llvm.lower import hex_double
 from symgrad.ops import OPS, indexed_shape, normalize_index
 
 TENSOR_OPS = [n for n, op in OPS.items() if not op.elementwise]
@@ -926,3 +927,19 @@ def test_random_tensor_programs(program, seed):
         finite = np.isfinite(b)
         np.testing.assert_array_equal(a[~finite], b[~finite])
         assert np.all(np.abs(a[finite] - b[finite]) <= 1e-9 * (1.0 + np.abs(b[finite])))
+
+
+def test_big_constant_arrays_are_passed_not_inlined():
+    g = sg.Graph()
+    x = g.input("x", shape=(20, 30))
+    rng = np.random.default_rng(5)
+    big, small = rng.standard_normal((20, 30)), rng.standard_normal(30)[:8]
+    e = sg.sum(sg.tanh(x * big) * big) + sg.sum(g.const(small) * 2.0)
+    outputs = [e, *sg.build_grad(e, [x])]
+    fn = sg.compile(outputs)
+    assert len(fn._native.plan.passed) == 1
+    assert hex_double(float(big[3, 7])) not in fn.llvm_ir
+    assert hex_double(float(small[3])) in fn.llvm_ir
+    value = rng.standard_normal((20, 30))
+    for got, want in zip(fn(value), sg.compile(outputs, backend="numpy")(value)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
