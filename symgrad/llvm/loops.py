@@ -160,8 +160,8 @@ def plan(program: Program, inputs: tuple[str, ...], outputs: list[int]) -> Plan:
         if kind[o] == "ew":
             p.stored.add(o)
     _group_loops(p, graph, stage)
-    _assign_buffers(p, graph, kind, is_output)
     p.steps.sort(key=lambda step: step[:2])
+    _assign_buffers(p, program, kind, is_output)
     return p
 
 
@@ -196,19 +196,87 @@ def _group_loops(p: Plan, graph, stage: dict[int, int]) -> None:
         p.steps.append((s, 1, tuple(sorted(ids))))
 
 
-def _assign_buffers(p: Plan, graph, kind: dict, is_output: dict[int, int]) -> None:
-    owners = [i for i in sorted(kind) if kind[i] == "barrier" or i in p.stored]
-    for i in owners:
-        shape = graph.node(i)["shape"]
-        if i in is_output:
-            p.buffers[i] = ("out", is_output[i])
-        else:
-            p.buffers[i] = ("scratch", p.scratch)
-            p.scratch += max(int(np.prod(shape)), 1)
-        p.views[i] = View(i, 0, c_strides(shape), shape)
+def _assign_buffers(p: Plan, program: Program, kind: dict, is_output: dict[int, int]) -> None:
+    """Outputs write into the caller's arrays; everything else gets a slot of the scratch arena
+    that is reused once its last reader has run (so the arena stays small and in cache)."""
+    graph = program.graph
     for o, k in is_output.items():
         if kind[o] in ("leaf", "view", "scalar"):
             p.copies.append((o, k))  # an input, constant or view returned as it is: copied out
+    last = _last_reads(p, program, kind)
+    arena = _Arena()
+    for t, step in enumerate(p.steps):
+        made = [step[2]] if step[1] == 0 else [i for i in step[2] if i in p.stored]
+        for i in made:
+            shape = graph.node(i)["shape"]
+            if i in is_output:
+                p.buffers[i] = ("out", is_output[i])
+            else:
+                p.buffers[i] = ("scratch", arena.take(max(int(np.prod(shape)), 1)))
+            p.views[i] = View(i, 0, c_strides(shape), shape)
+        for i in made:  # never read (an output only): nothing to keep
+            last.setdefault(i, t)
+        for i in [i for i, at in last.items() if at == t]:
+            if p.buffers.get(i, ("",))[0] == "scratch":
+                arena.give(p.buffers[i][1], max(int(np.prod(graph.node(i)["shape"])), 1))
+            del last[i]
+    p.scratch = arena.size
+
+
+def _last_reads(p: Plan, program: Program, kind: dict) -> dict[int, int]:
+    """For each buffer owner, the index of the last step reading its memory (views included)."""
+    args_of = {i: args for i, _, args, _ in program.steps}
+
+    def bases(i: int, members=()) -> set[int]:
+        out = set()
+        for a in args_of[i]:
+            if a in members or (kind[a] == "scalar" and a not in p.views):
+                continue
+            out.add(p.views[a].base if a in p.views else a)
+        return out
+
+    last: dict[int, int] = {}
+    for t, step in enumerate(p.steps):
+        ids = (step[2],) if step[1] == 0 else step[2]
+        for i in ids:
+            for b in bases(i, set(ids) if step[1] else ()):
+                last[b] = t
+    end = len(p.steps)
+    for o, _ in p.copies:  # copied out after every step
+        if o in p.views:
+            last[p.views[o].base] = end
+    return last
+
+
+class _Arena:
+    """First-fit allocation of scratch slots (in doubles), merging freed neighbours."""
+
+    def __init__(self):
+        self.free: list[tuple[int, int]] = []  # (offset, size), sorted by offset
+        self.size = 0
+
+    def take(self, n: int) -> int:
+        for k, (at, size) in enumerate(self.free):
+            if size >= n:
+                self.free[k : k + 1] = [(at + n, size - n)] if size > n else []
+                return at
+        if self.free and self.free[-1][0] + self.free[-1][1] == self.size:
+            at = self.free.pop()[0]  # grow the free block at the end rather than past it
+        else:
+            at = self.size
+        self.size = at + n
+        return at
+
+    def give(self, at: int, n: int) -> None:
+        self.free.append((at, n))
+        self.free.sort()
+        merged: list[tuple[int, int]] = []
+        for start, size in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], merged[-1][1] + size)
+            else:
+                merged.append((start, size))
+        self.free = merged
 
 
 # ----------------------------------------------------------------------------------------------
