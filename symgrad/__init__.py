@@ -43,6 +43,7 @@ def __getattr__(name):
     # DOT export and the SymPy bridge load on first use: importing sympy costs ~0.3 s.
     lazy = {
         "to_dot": "symgrad.dot",
+        "to_svg": "symgrad.dot",
         "from_sympy": "symgrad.sympy_bridge",
         "to_sympy": "symgrad.sympy_bridge",
     }
@@ -76,6 +77,7 @@ __all__ = [
     "ScipyObjective",
     "scipy_objective",
     "to_dot",
+    "to_svg",
     "to_sympy",
     *_FUNCTIONS,
     *_TENSOR_FUNCTIONS,

@@ -56,6 +56,22 @@ def to_dot(outputs_or_graph, *, name: str = "symgrad", rankdir: str = "TB") -> s
     return "\n".join(lines) + "\n"
 
 
+def to_svg(outputs_or_graph, **options) -> str | None:
+    """The graph drawn as SVG by Graphviz's ``dot``, or None where Graphviz is not installed.
+
+    Notebooks show the picture where they can and the DOT text where they cannot.
+    """
+    import shutil
+    import subprocess
+
+    text = to_dot(outputs_or_graph, **options)
+    exe = shutil.which("dot")
+    if exe is None:
+        return None
+    done = subprocess.run([exe, "-Tsvg"], input=text.encode(), capture_output=True, timeout=60)
+    return done.stdout.decode() if done.returncode == 0 else None
+
+
 def _select(obj) -> tuple[Graph, list[int], list[int]]:
     """(graph, node ids to draw in id order, output ids in order) for what ``to_dot`` was given."""
     if isinstance(obj, Graph):

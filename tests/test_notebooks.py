@@ -1,0 +1,35 @@
+"""Every notebook runs top to bottom (nbclient, as a reader would), ends with a ``RESULTS {json}``
+line, has a test file of its own (``tests/test_nb_<name>.py``) asserting those values against
+independent computations, and is committed with the outputs of such a run — so the outputs a
+reader sees cannot rot either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks_each_with_its_test_file():
+    assert NOTEBOOKS
+    for path in NOTEBOOKS:
+        assert (ROOT / "tests" / f"test_nb_{path.stem}.py").exists(), path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_outputs_match_a_fresh_run(notebook, path):
+    fresh, committed, seconds = notebook(path.name)
+    print(f"{path.name}: {seconds:.1f} s")
+    assert fresh is not None, f"{path.name} printed no RESULTS line"
+    assert committed is not None, f"{path.name} is committed without its outputs"
+    assert committed.keys() == fresh.keys()
+    for key in fresh:
+        np.testing.assert_allclose(
+            np.asarray(committed[key], float), np.asarray(fresh[key], float), rtol=1e-6,
+            atol=1e-9, err_msg=f"{path.name}: {key}",
+        )  # fmt: skip
