@@ -73,41 +73,60 @@ def hvp(y: Expr, wrt, v) -> list[Expr]:
         return build_grad(total, wrt)
 
 
+# A cotangent is kept as (expr, mask): ``mask`` is a tuple of (condition id, branch) pairs still
+# to apply — the adjoint is ``where(cond, expr, 0)`` for the taken branch, nested. Masks of a
+# ``where`` are deferred through elementwise ops and applied once, where the branch's cotangent
+# leaves it (a sum with unmasked parts, a tensor op, a wrt). So the inactive branch's values —
+# sqrt(-1), 0/0 — are never multiplied by the zero cotangent (0 * nan = nan): they are selected
+# away. JAX users write the "double where" trick for this; build_grad does it by itself.
+Part = tuple  # (Expr, mask)
+
+
 def _backward(graph: Graph, y: Expr, active: list[int], seed: Expr) -> dict[int, Expr]:
     """Walk ``active`` in reverse id order, summing each node's contributions once."""
-    pending: dict[int, list[Expr]] = {y.id: [seed]}
-    done: dict[int, Expr] = {}
+    pending: dict[int, list[Part]] = {y.id: [(seed, ())]}
+    done: dict[int, Part] = {}
     active_set = frozenset(active)
     for i in reversed(active):
         parts = pending.pop(i, None)
         if parts is None:
             continue  # symbolic zero: nothing flows into this node
-        g = _sum(parts)
-        done[i] = g
+        done[i] = _sum(graph, parts)
         node = graph.node(i)
         if not node["args"]:
             continue
-        _propagate(graph, i, node, g, pending, active_set)
-    return done
+        _propagate(graph, i, node, done[i], pending, active_set)
+    return {i: _apply(graph, g, mask) for i, (g, mask) in done.items()}
 
 
-def _propagate(graph, i, node, g, pending, active_set) -> None:
+def _propagate(graph, i, node, total: Part, pending, active_set) -> None:
     opdef = OPS[node["op"]]
     out = Expr(graph, i)
     args = tuple(Expr(graph, a) for a in node["args"])
     attrs = dict(node["attrs"])
+    g, mask = total
+    if mask and not opdef.elementwise:
+        g, mask = _apply(graph, g, mask), ()  # positions do not carry over a tensor op
     if not opdef.vjp and opdef.expand is not None:
         _propagate_expanded(graph, opdef, args, attrs, g, pending, active_set)
         return
     for pos, (a, rule) in enumerate(zip(node["args"], opdef.vjp)):
         if rule is None or a not in active_set:
             continue
+        if node["op"] == "where" and g.shape == args[pos].shape:
+            # The branch's cotangent is g where its side is taken: deferred, not built.
+            pending.setdefault(a, []).append((g, mask + ((args[0].id, pos == 1),)))
+            continue
         try:
             contribution = rule(g, out, *args, **attrs)
+            if contribution.shape != args[pos].shape and mask:
+                contribution, part_mask = _apply(graph, contribution, mask), ()
+            else:
+                part_mask = mask
             contribution = _fit(contribution, args[pos].shape)
         except SymgradError as err:
             raise GradError(f"{node['op']} (node {i}), operand {pos}: {err}") from err
-        pending.setdefault(a, []).append(contribution)
+        pending.setdefault(a, []).append((contribution, part_mask))
 
 
 def _propagate_expanded(graph, opdef, args, attrs, g, pending, active_set) -> None:
@@ -119,8 +138,31 @@ def _propagate_expanded(graph, opdef, args, attrs, g, pending, active_set) -> No
     done = _backward(graph, expanded, local, g)
     for a in args:
         if a.id in wanted and a.id in done:
-            pending.setdefault(a.id, []).append(done[a.id])
+            pending.setdefault(a.id, []).append((done[a.id], ()))
             wanted.discard(a.id)  # an operand used twice got both uses summed already
+
+
+def _sum(graph: Graph, parts: list[Part]) -> Part:
+    """One cotangent from ``parts``: the masks they share stay deferred, the rest is applied."""
+    shared = parts[0][1]
+    for _, mask in parts[1:]:
+        k = 0
+        while k < min(len(shared), len(mask)) and shared[k] == mask[k]:
+            k += 1
+        shared = shared[:k]
+    total = None
+    for expr, mask in parts:
+        expr = _apply(graph, expr, mask[len(shared) :])
+        total = expr if total is None else total + expr
+    return total, shared
+
+
+def _apply(graph: Graph, expr: Expr, mask: tuple) -> Expr:
+    """``expr`` where every condition of ``mask`` selects its branch, else 0."""
+    for cond, taken in reversed(mask):
+        c = Expr(graph, cond)
+        expr = graph.apply("where", c, expr, 0.0) if taken else graph.apply("where", c, 0.0, expr)
+    return expr
 
 
 def _fit(c: Expr, shape: tuple[int, ...]) -> Expr:
@@ -145,13 +187,6 @@ def _fit(c: Expr, shape: tuple[int, ...]) -> Expr:
 def _zeros(graph: Graph, shape: tuple[int, ...]) -> Expr:
     zero = graph.const(0.0)
     return zero if not shape else graph.apply("broadcast_to", zero, shape=shape)
-
-
-def _sum(parts: list[Expr]) -> Expr:
-    total = parts[0]
-    for p in parts[1:]:
-        total = total + p
-    return total
 
 
 def _active_nodes(graph: Graph, y: int, wrt: set[int]) -> list[int]:
