@@ -99,9 +99,15 @@ FIRES = [
 ]
 
 
+# The stability rewrites change values on purpose (towards the exact one): tests/test_stable.py
+# checks them against a 50-digit reference instead of against the naive formula.
+STABILITY_RULES = {"log1p", "expm1", "logsumexp", "log_sigmoid", "log_softmax"}
+
+
 def test_every_rule_has_a_pattern():
     named = {rule.__name__.removeprefix("local_") for rules in RULES.values() for rule in rules}
-    assert named == {name for name, _, _ in FIRES}
+    assert named - STABILITY_RULES == {name for name, _, _ in FIRES}
+    assert named >= STABILITY_RULES
 
 
 @pytest.mark.parametrize("name, build, expected", FIRES, ids=[f[0] for f in FIRES])
