@@ -680,6 +680,57 @@ def _windows(x, kernel, stride):
     return win[..., :: stride[0], :: stride[1], :, :]
 
 
+def _windows_normalize(op, shapes, attrs):
+    if "kernel_size" not in attrs:
+        raise ShapeError(f"{op}: needs kernel_size")
+    out = {"kernel_size": _pair(op, "kernel_size", attrs["kernel_size"], 1),
+           "stride": _pair(op, "stride", attrs.get("stride", 1), 1)}  # fmt: skip
+    if "shape" in attrs:
+        out["shape"] = _shape_attr(op, attrs["shape"])
+    return out
+
+
+def _windows_shape(op, shapes, attrs):
+    return (*_pool_shape(op, shapes, attrs), *attrs["kernel_size"])
+
+
+def _window_sum_shape(op, shapes, attrs):
+    shape = attrs["shape"]
+    if len(shape) < 2 or _windows_shape(op, (shape,), attrs) != tuple(shapes[0]):
+        raise ShapeError(
+            f"{op}: operand 0 has shape {shapes[0]}, not the windows of shape {shape} for "
+            f"kernel {attrs['kernel_size']} and stride {attrs['stride']}"
+        )
+    return shape
+
+
+def _np_window_sum(g, kernel_size, stride, shape):
+    out = np.zeros(shape)
+    (kh, kw), (sh, sw) = kernel_size, stride
+    ho, wo = g.shape[-4:-2]
+    for p in range(kh):
+        for q in range(kw):
+            out[..., p : p + sh * (ho - 1) + 1 : sh, q : q + sw * (wo - 1) + 1 : sw] += g[..., p, q]
+    return out
+
+
+# windows: every (kh, kw) window of the last two axes at a stride, as new trailing axes
+# (numpy's sliding_window_view): a view in the LLVM backend, so conv2d is one im2col copy and one
+# matrix product. window_sum, its adjoint, adds each window back where it came from (col2im).
+_register("windows", 1, lambda x, kernel_size, stride: _windows(x, kernel_size, stride).copy(),
+          (lambda g, o, x, kernel_size, stride: ap("window_sum", g, kernel_size=kernel_size,
+                                                   stride=stride, shape=x.shape),),
+          None, attrs=("kernel_size", "stride"), normalize=_windows_normalize,
+          shape=_windows_shape, elementwise=False, linear=True,
+          domain=(SMALL,))  # fmt: skip
+_register("window_sum", 1, _np_window_sum,
+          (lambda g, o, x, kernel_size, stride, shape: ap("windows", g, kernel_size=kernel_size,
+                                                          stride=stride),),
+          None, attrs=("kernel_size", "stride", "shape"), normalize=_windows_normalize,
+          shape=_window_sum_shape, elementwise=False, linear=True,
+          domain=(SMALL,))  # fmt: skip
+
+
 def _np_conv2d(x, w, stride, padding):
     (ph, pw) = padding
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
@@ -687,7 +738,8 @@ def _np_conv2d(x, w, stride, padding):
 
 
 def _conv2d_expand(x, w, stride, padding):
-    # One matrix product per kernel tap (p, q): W[:, :, p, q] @ x[:, :, p::s, q::s], summed.
+    # im2col: the windows of the padded input, laid out (C kh kw) x (N Ho Wo) by one copy, times
+    # the kernel as an O x (C kh kw) matrix: one matrix product for the whole convolution.
     n, c, h, wd = x.shape
     o, _, kh, kw = w.shape
     (sh, sw), (ph, pw) = stride, padding
@@ -695,17 +747,11 @@ def _conv2d_expand(x, w, stride, padding):
     if ph or pw:
         window = (slice(None), slice(None), slice(ph, ph + h), slice(pw, pw + wd))
         x = ap("embed", x, index=window, shape=(n, c, h + 2 * ph, wd + 2 * pw))
-    acc = None
-    for p in range(kh):
-        for q in range(kw):
-            rows = slice(p, p + sh * (ho - 1) + 1, sh)
-            cols = slice(q, q + sw * (wo - 1) + 1, sw)
-            taps = ap("getitem", x, index=(slice(None), slice(None), rows, cols))
-            taps = ap("reshape", ap("transpose", taps, axes=(1, 0, 2, 3)), shape=(c, n * ho * wo))
-            term = ap("matmul", ap("getitem", w, index=(slice(None), slice(None), p, q)), taps)
-            acc = term if acc is None else acc + term
-    out = ap("reshape", acc, shape=(o, n, ho, wo))
-    return ap("transpose", out, axes=(1, 0, 2, 3))
+    win = ap("windows", x, kernel_size=(kh, kw), stride=(sh, sw))  # N C Ho Wo kh kw
+    cols = ap("transpose", win, axes=(1, 4, 5, 0, 2, 3))  # C kh kw N Ho Wo
+    cols = ap("reshape", cols, shape=(c * kh * kw, n * ho * wo))
+    out = ap("matmul", ap("reshape", w, shape=(o, c * kh * kw)), cols)
+    return ap("transpose", ap("reshape", out, shape=(o, n, ho, wo)), axes=(1, 0, 2, 3))
 
 
 _register("conv2d", 2, _np_conv2d, (), None, attrs=("stride", "padding"),
@@ -730,7 +776,7 @@ def _pool_shape(op, shapes, attrs):
     return (*x[:-2], (x[-2] - kh) // sh + 1, (x[-1] - kw) // sw + 1)
 
 
-def _pool_expand(reduce_op: str, binary: str | None):
+def _pool_expand(reduce_op: str):
     def expand(x, kernel_size, stride):
         (kh, kw), (sh, sw) = kernel_size, stride
         lead, (h, w) = x.shape[:-2], x.shape[-2:]
@@ -743,14 +789,11 @@ def _pool_expand(reduce_op: str, binary: str | None):
             k = len(lead)
             out = ap(reduce_op, x, axis=(k + 1, k + 3))
             return out / float(kh * kw) if reduce_op == "sum" else out
-        acc = None
-        for p in range(kh):
-            for q in range(kw):
-                rows = slice(p, p + sh * (ho - 1) + 1, sh)
-                cols = slice(q, q + sw * (wo - 1) + 1, sw)
-                tap = ap("getitem", x, index=(..., rows, cols))
-                acc = tap if acc is None else ap(binary, acc, tap)
-        return acc / float(kh * kw) if binary == "add" else acc
+        # Overlapping windows: reduce each window, a view of x.
+        win = ap("windows", x, kernel_size=(kh, kw), stride=(sh, sw))
+        k = len(lead)
+        out = ap(reduce_op, win, axis=(k + 2, k + 3))
+        return out / float(kh * kw) if reduce_op == "sum" else out
 
     return expand
 
@@ -758,7 +801,7 @@ def _pool_expand(reduce_op: str, binary: str | None):
 _register("avg_pool2d", 1,
           lambda x, kernel_size, stride: np.mean(_windows(x, kernel_size, stride), axis=(-2, -1)),
           (), None, attrs=("kernel_size", "stride"), normalize=_pool_normalize,
-          shape=_pool_shape, expand=_pool_expand("sum", "add"), elementwise=False,
+          shape=_pool_shape, expand=_pool_expand("sum"), elementwise=False,
           linear=True, domain=(SMALL,))  # fmt: skip
 
 
@@ -804,7 +847,7 @@ def _tiled_max_pool_vjp(g, o, x, kh, kw):
 _register("max_pool2d", 1,
           lambda x, kernel_size, stride: np.max(_windows(x, kernel_size, stride), axis=(-2, -1)),
           (_max_pool_vjp,), None, attrs=("kernel_size", "stride"), normalize=_pool_normalize,
-          shape=_pool_shape, expand=_pool_expand("amax", "max"), elementwise=False,
+          shape=_pool_shape, expand=_pool_expand("amax"), elementwise=False,
           domain=(SMALL,))  # fmt: skip
 
 

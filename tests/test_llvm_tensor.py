@@ -257,6 +257,23 @@ def _pool_cases(op: str):
         yield f"{shape} k={k} s={s}", build, EXACT if op == "max_pool2d" else SUMMED
 
 
+def _window_cases(op: str):
+    for shape, k, s in POOLS:
+        k2 = (k, k) if isinstance(k, int) else k
+        s2 = (s, s) if isinstance(s, int) else (k2 if s is None else s)
+
+        def build(g, shape=shape, k=k2, s=s2):
+            x = g.input("x", shape)
+            if op == "windows":
+                win = g.apply("windows", x, kernel_size=k, stride=s)
+                return [win, win * 2.0, sg.sum(win, axis=(-2, -1))]
+            win_shape = g.apply("windows", x, kernel_size=k, stride=s).shape
+            w = g.input("w", win_shape)
+            return [g.apply("window_sum", w, kernel_size=k, stride=s, shape=shape)]
+
+        yield f"{shape} k={k2} s={s2}", build, SUMMED  # the windows case sums too
+
+
 MATMULS = [(1, 1, 1), (2, 3, 4), (5, 7, 3), (8, 8, 8), (31, 32, 33), (32, 32, 32), (40, 50, 60),
            (64, 1, 64), (1, 64, 600), (100, 3, 200), (3, 100, 2)]  # fmt: skip
 
@@ -301,6 +318,8 @@ CASES = {
     "conv2d": _conv_cases,
     "avg_pool2d": lambda: _pool_cases("avg_pool2d"),
     "max_pool2d": lambda: _pool_cases("max_pool2d"),
+    "windows": lambda: _window_cases("windows"),
+    "window_sum": lambda: _window_cases("window_sum"),
 }
 
 
@@ -585,6 +604,11 @@ def _conv2d_grad(g):
     return sg.conv2d(x, w, stride=(2, 1), padding=1), [x, w]
 
 
+def _square_windows_summed(g, x):
+    win = g.apply("windows", x, kernel_size=(2, 3), stride=(1, 2))
+    return g.apply("window_sum", win * win, kernel_size=(2, 3), stride=(1, 2), shape=x.shape)
+
+
 GRAD_CASES = {
     "sum": _of_x(lambda g, x: x.sum(axis=(1, 3))),
     "mean": _of_x(lambda g, x: x.mean(axis=2, keepdims=True)),
@@ -602,6 +626,8 @@ GRAD_CASES = {
     "conv2d": _conv2d_grad,
     "avg_pool2d": _of_x(lambda g, x: sg.avg_pool2d(x, kernel_size=2, stride=1)),
     "max_pool2d": _of_x(lambda g, x: sg.max_pool2d(x, kernel_size=(2, 3), stride=(1, 2))),
+    "windows": _of_x(lambda g, x: g.apply("windows", x, kernel_size=(2, 3), stride=(1, 2))),
+    "window_sum": _of_x(lambda g, x: _square_windows_summed(g, x)),
 }
 
 

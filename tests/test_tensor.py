@@ -110,6 +110,22 @@ def _ref_pool(fn):
     return ref
 
 
+def _ref_windows(name, x, kernel_size, stride=1, shape=None):
+    # By loops: window (i, j) of the last two axes starts at (i*sh, j*sw).
+    (kh, kw), (sh, sw) = _pair(kernel_size), _pair(stride)
+    if name == "windows":
+        ho, wo = (x.shape[-2] - kh) // sh + 1, (x.shape[-1] - kw) // sw + 1
+        out = np.empty(x.shape[:-2] + (ho, wo, kh, kw))
+        for i, j, p, q in np.ndindex(ho, wo, kh, kw):
+            out[..., i, j, p, q] = x[..., i * sh + p, j * sw + q]
+        return out
+    out = np.zeros(shape)
+    ho, wo = x.shape[-4:-2]
+    for i, j, p, q in np.ndindex(ho, wo, kh, kw):
+        out[..., i * sh + p, j * sw + q] += x[..., i, j, p, q]
+    return out
+
+
 def _ref_embed(x, index, shape):
     z = np.zeros(shape)
     z[index] = x
@@ -208,6 +224,18 @@ CASES: dict[str, list[Case]] = {
     ],
     "avg_pool2d": _POOL_CASES,
     "max_pool2d": _POOL_CASES,
+    "windows": [
+        Case(((1, 2, 4, 4),), {"kernel_size": 2}),
+        Case(((2, 1, 5, 6),), {"kernel_size": (2, 3), "stride": (1, 2)}),
+        Case(((4, 6),), {"kernel_size": 3, "stride": 2}),
+    ],
+    "window_sum": [
+        Case(((1, 2, 3, 3, 2, 2),), {"kernel_size": 2, "shape": (1, 2, 4, 4)}),
+        Case(
+            ((2, 1, 4, 2, 2, 3),), {"kernel_size": (2, 3), "stride": (1, 2), "shape": (2, 1, 5, 6)}
+        ),  # fmt: skip
+        Case(((1, 2, 3, 3),), {"kernel_size": 3, "stride": 2, "shape": (4, 6)}),
+    ],
 }
 
 
@@ -243,6 +271,8 @@ def _reference(name: str, arrays: list, attrs: dict):
         return _ref_pool(lambda v: math.fsum(v) / len(v))(x, **attrs)
     if name == "max_pool2d":
         return _ref_pool(max)(x, **attrs)
+    if name in ("windows", "window_sum"):
+        return _ref_windows(name, x, **attrs)
     raise AssertionError(f"no reference for {name}: write one in _reference")
 
 

@@ -35,8 +35,8 @@ from symgrad.interp import Program
 from symgrad.llvm.lower import ATTRIBUTES, EXACT_POWERS, VEC, WIDTH, Body, emit_node, hex_double
 from symgrad.ops import OPS, decode_index
 
-VIEWS = frozenset({"transpose", "broadcast_to", "getitem", "reshape"})
-BARRIERS = frozenset({"matmul", "sum", "amax", "embed"})
+VIEWS = frozenset({"transpose", "broadcast_to", "getitem", "reshape", "windows"})
+BARRIERS = frozenset({"matmul", "sum", "amax", "embed", "window_sum"})
 BLAS_MIN_FLOPS = 32 * 32 * 32  # below this m*n*k the call costs more than an inline loop
 INLINE_CONST_SIZE = 64  # constant arrays up to this size are written into the module
 
@@ -72,6 +72,15 @@ class View:
             0 if n == 1 and m != 1 else s for s, n, m in zip(self.strides, self.shape, shape[lead:])
         ]
         return View(self.base, self.offset, tuple(strides), tuple(shape))
+
+    def windows(self, kernel: tuple[int, int], stride: tuple[int, int]) -> View:
+        """Every window of the last two axes, as two new trailing axes (overlapping views)."""
+        (kh, kw), (sh, sw) = kernel, stride
+        h, w = self.shape[-2:]
+        s_h, s_w = self.strides[-2:]
+        shape = (*self.shape[:-2], (h - kh) // sh + 1, (w - kw) // sw + 1, kh, kw)
+        strides = (*self.strides[:-2], s_h * sh, s_w * sw, s_h, s_w)
+        return View(self.base, self.offset, strides, shape)
 
     def index(self, index) -> View:
         offset, strides, shape = self.offset, [], []
@@ -184,6 +193,8 @@ def _derive(op: str, v: View, attrs: dict, shape: tuple[int, ...]) -> View:
         return v.broadcast(shape)
     if op == "getitem":
         return v.index(attrs["index"])
+    if op == "windows":
+        return v.windows(attrs["kernel_size"], attrs["stride"])
     return View(v.base, v.offset, c_strides(shape), shape)  # reshape of a contiguous view
 
 
@@ -532,6 +543,22 @@ class Writer:
         src_shape = self.graph.node(args[0])["shape"]
         dst = Access(f"%buf{i}", target.offset, target.strides)
         self.copy(self.access(args[0], src_shape), dst, src_shape)
+
+    def _window_sum(self, i, args, attrs) -> None:
+        # out[..., i*sh + p, j*sw + q] += g[..., i, j, p, q], looping (..., p, q, i, j): the
+        # innermost axis j never meets an element twice, so its lanes update distinct places.
+        self.fill(i, 0.0)
+        shape = self.graph.node(i)["shape"]
+        src = self.p.views[args[0]]
+        lead = len(shape) - 2
+        order = (*range(lead), lead + 2, lead + 3, lead, lead + 1)  # ..., p, q, i, j
+        dims = tuple(src.shape[d] for d in order)
+        g = Access(f"%buf{src.base}", src.offset, tuple(src.strides[d] for d in order))
+        windows = View(i, 0, c_strides(shape), shape).windows(attrs["kernel_size"],
+                                                              attrs["stride"])  # fmt: skip
+        out = Access(f"%buf{i}", 0, tuple(windows.strides[d] for d in order))
+        add = lambda b, vals: [b.binop("fadd", vals[0], vals[1])]
+        _nest(self.fn, dims, [out, g, out], ["0", str(g.offset), "0"], 2, add, 0)
 
     def _sum(self, i, args, attrs) -> None:
         self._reduce(i, args[0], attrs["axis"], "fadd", 0.0)
