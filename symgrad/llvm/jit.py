@@ -338,6 +338,24 @@ class NativeKernels:
 
 
 @cache
+def _python_symbols() -> None:
+    """Make the CPython functions ``sg_tensor_fast`` calls known to LLVM's symbol resolver.
+
+    The interpreter's own symbols are not in the dynamic symbol table llvmlite searches; ctypes
+    finds them. Without them (another Python) the fast entry is simply not linked and calls go
+    through ctypes.
+    """
+    if sys.implementation.name != "cpython":
+        return
+    llvm = _llvm()
+    for name in ("PyEval_SaveThread", "PyEval_RestoreThread"):
+        with contextlib.suppress(AttributeError):
+            llvm.add_symbol(
+                name, ctypes.cast(getattr(ctypes.pythonapi, name), ctypes.c_void_p).value
+            )
+
+
+@cache
 def blas_dgemm() -> str | None:
     """The CBLAS dgemm with 64-bit integers that numpy's wheel ships (OpenBLAS), if found.
 
@@ -391,6 +409,7 @@ class TensorKernel:
         self.llvm_ir, self.plan = lower_tensor(
             program, inputs, self.distinct, vector_ok, blas_dgemm()
         )
+        _python_symbols()
         _check_symbols(self.llvm_ir)
         self.n_in = len(inputs)
         self.cache_hit, payload = _object_code(self.llvm_ir, opt, _loop_target(), "loops")
@@ -399,6 +418,7 @@ class TensorKernel:
         if not address:
             raise LoweringError("compiled module lacks its kernel")
         self.kernel = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
+        self.fast = _method(self._engine.get_function_address("sg_tensor_fast"))
         self._first = {i: k for k, i in reversed(list(enumerate(self.order)))}
         self._scratch = threading.local()
         # The constant arrays the kernel reads through bufs (read-only, owned by the graph).
@@ -417,6 +437,16 @@ class TensorKernel:
             scratch = self._scratch.buffer
         except AttributeError:
             scratch = self._scratch.buffer = np.empty(max(self.plan.scratch, 1))
+        if self.fast is not None:
+            outs = [flat[self._first[i]] for i in self.distinct]
+            self.fast.call(*arrays, *outs, scratch, *self._constants)
+        else:
+            self._run_ctypes(arrays, flat, scratch)
+        for pos, i in enumerate(self.order):
+            if self._first[i] != pos:
+                flat[pos][...] = flat[self._first[i]]
+
+    def _run_ctypes(self, arrays, flat, scratch) -> None:
         n_out = len(self.distinct)
         ptrs = np.empty(self.n_in + n_out + 1 + len(self._constants), np.uint64)
         for k, a in enumerate(arrays):
@@ -427,9 +457,6 @@ class TensorKernel:
         for k, c in enumerate(self._constants):
             ptrs[self.n_in + n_out + 1 + k] = c.ctypes.data
         self.kernel(ptrs.ctypes.data)
-        for pos, i in enumerate(self.order):
-            if self._first[i] != pos:
-                flat[pos][...] = flat[self._first[i]]
 
 
 def _object_code(ir: str, opt: int, tm=None, codegen: str = "") -> tuple[bool, bytes]:
@@ -504,3 +531,9 @@ class _FastCall:
 @lru_cache(maxsize=1)
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="symgrad")
+
+
+# A forked child has none of its parent's threads but would inherit the pool, whose idle count
+# says its workers are waiting: its first threaded batch would queue work no thread serves, and
+# wait forever (multiprocessing's fork context did). The child makes a pool of its own.
+os.register_at_fork(after_in_child=_pool.cache_clear)
