@@ -19,11 +19,18 @@ from symgrad.ops import OPS
 def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
     """Gradient of the scalar ``y`` with respect to each of ``wrt``, as nodes of ``y.graph``.
 
-    A ``wrt`` that ``y`` does not depend on gets the constant 0. ``seed`` (an Expr or number)
-    multiplies the output adjoint, giving a vector-Jacobian product.
+    ``y`` must have shape ``()`` (reduce a tensor first, e.g. ``sg.sum``); ``wrt`` is a list of
+    Exprs of the same graph, usually inputs. A ``wrt`` that ``y`` does not depend on gets the
+    constant 0 (zeros of its shape). ``seed`` (an Expr or number) multiplies the output adjoint,
+    giving a vector-Jacobian product; with the scalar ``y`` that is ``seed`` times the gradient.
+    Nodes created carry ``role="grad"`` and a derivative ``order``; if the call fails, none is
+    left in the graph.
 
     >>> g = Graph(); x = g.input("x"); [d] = build_grad(x * x, [x]); d.op
     'add'
+    >>> from symgrad.interp import evaluate
+    >>> float(evaluate(d, x=3.0)), float(evaluate(build_grad(x * x, [x], seed=0.5)[0], x=3.0))
+    (6.0, 3.0)
     """
     graph = _check_output(y, "y")
     wrt = _check_wrt(graph, wrt)
@@ -37,14 +44,29 @@ def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
 
 
 def jacobian(ys, wrt) -> list[list[Expr]]:
-    """``J[i][j]`` = d ys[i] / d wrt[j], one ``build_grad`` per output."""
+    """``J[i][j]`` = d ys[i] / d wrt[j], one ``build_grad`` per output (each a scalar Expr).
+
+    >>> from symgrad.parse import parse
+    >>> f = parse("x * y"); x, y = f.graph.inputs.values()
+    >>> J = jacobian([f, x + y], [x, y]); len(J), len(J[0])
+    (2, 2)
+    """
     if isinstance(ys, Expr):
         ys = [ys]
     return [build_grad(y, wrt) for y in _as_list(ys, "ys")]
 
 
 def hessian(y: Expr, wrt) -> list[list[Expr]]:
-    """``H[i][j]`` = d² y / d wrt[i] d wrt[j]: the Jacobian of the gradient."""
+    """``H[i][j]`` = d² y / d wrt[i] d wrt[j]: the Jacobian of the gradient (scalar ``wrt``).
+
+    Entries are nodes of derivative order 2; compile ``[H]`` (a list of lists) to get a matrix.
+
+    >>> from symgrad.interp import evaluate
+    >>> from symgrad.parse import parse
+    >>> f = parse("x**2 * y"); x, y = f.graph.inputs.values()
+    >>> [[float(evaluate(h, x=3.0, y=2.0)) for h in row] for row in hessian(f, [x, y])]
+    [[4.0, 6.0], [6.0, 0.0]]
+    """
     grads = build_grad(y, wrt)
     return [build_grad(gi, wrt) for gi in grads]
 
@@ -52,7 +74,14 @@ def hessian(y: Expr, wrt) -> list[list[Expr]]:
 def hvp(y: Expr, wrt, v) -> list[Expr]:
     """Hessian-vector product H·v as graph nodes, at the cost of two gradients.
 
-    d/dx (∇y · v) = H v, so it is the gradient of one scalar: no Hessian is ever built.
+    d/dx (∇y · v) = H v, so it is the gradient of one scalar: no Hessian is ever built. ``v`` has
+    one Expr or number per ``wrt``, each of that ``wrt``'s shape (tensors work too).
+
+    >>> from symgrad.interp import evaluate
+    >>> from symgrad.parse import parse
+    >>> f = parse("x**2 * y"); x, y = f.graph.inputs.values()
+    >>> [float(evaluate(e, x=3.0, y=2.0)) for e in hvp(f, [x, y], [1.0, 0.0])]
+    [4.0, 6.0]
     """
     wrt = list(wrt) if not isinstance(wrt, Expr) else [wrt]
     v = _as_list(v, "v")

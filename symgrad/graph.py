@@ -317,14 +317,17 @@ class Expr:
 
     @property
     def op(self) -> str:
+        """The node's op name: ``"input"``, ``"const"``, ``"add"``, ``"sin"``, ``"matmul"``, ..."""
         return self.graph.node(self.id)["op"]
 
     @property
     def args(self) -> tuple[Expr, ...]:
+        """The operands, as Exprs, in operand order."""
         return tuple(Expr(self.graph, a) for a in self.graph.node(self.id)["args"])
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The node's shape, inferred when it was created: ``()`` for a scalar."""
         return self.graph.node(self.id)["shape"]
 
     @property
@@ -376,29 +379,37 @@ class Expr:
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions (0 for a scalar)."""
         return len(self.shape)
 
     @property
     def size(self) -> int:
+        """Number of elements (1 for a scalar)."""
         return int(np.prod(self.shape, dtype=np.int64))
 
     @property
     def T(self) -> Expr:  # noqa: N802 (numpy's name)
+        """The axes reversed, as numpy's ``x.T``."""
         return self.graph.apply("transpose", self)
 
     def transpose(self, *axes) -> Expr:
+        """Axes permuted: ``x.transpose(1, 0)`` or ``x.transpose((1, 0))``; reversed by default."""
         return self.graph.apply("transpose", self, axes=_varargs(axes))
 
     def reshape(self, *shape) -> Expr:
+        """The elements in C order, new shape: ``x.reshape(2, -1)`` or ``x.reshape((2, -1))``."""
         return self.graph.apply("reshape", self, shape=_varargs(shape))
 
     def sum(self, axis=None, keepdims=False) -> Expr:
+        """Sum over all elements or over ``axis`` (an int or a tuple), as ``sg.sum``."""
         return self.graph.apply("sum", self, axis=axis, keepdims=keepdims)
 
     def mean(self, axis=None, keepdims=False) -> Expr:
+        """Mean over all elements or over ``axis``, as ``sg.mean``."""
         return self.graph.apply("mean", self, axis=axis, keepdims=keepdims)
 
     def max(self, axis=None, keepdims=False) -> Expr:
+        """Largest element over all elements or over ``axis`` (ties share the adjoint evenly)."""
         return self.graph.apply("amax", self, axis=axis, keepdims=keepdims)
 
     def __neg__(self) -> Expr:

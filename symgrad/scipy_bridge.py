@@ -27,7 +27,7 @@ class ScipyObjective:
     >>> f = sg.parse("(1 - a)**2 + 100*(b - a**2)**2")
     >>> obj = sg.scipy_objective(f, [f.graph.inputs["a"], f.graph.inputs["b"]], backend="numpy")
     >>> obj.fun([1.0, 1.0]), obj.jac([1.0, 1.0]).tolist()
-    (0.0, [0.0, -0.0])
+    (0.0, [-0.0, 0.0])
     """
 
     def __init__(self, f: Expr, wrt, values: dict | None = None, backend: str = "llvm"):

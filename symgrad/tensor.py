@@ -48,7 +48,13 @@ def _atomic(fn):
 @_atomic
 def matmul(a, b) -> Expr:
     """Matrix product with numpy's rules for 1-d operands (a vector is a row on the left and a
-    column on the right; the added dimension is removed from the result)."""
+    column on the right; the added dimension is removed from the result). ``a @ b`` on Exprs.
+
+    >>> from symgrad.graph import Graph
+    >>> g = Graph(); W, x = g.input("W", shape=(3, 4)), g.input("x", shape=(4,))
+    >>> (W @ x).shape, matmul(W.T, W).shape
+    ((3,), (4, 4))
+    """
     g = _graph_of("matmul", a, b)
     a = a if isinstance(a, Expr) else g.const(a)
     b = b if isinstance(b, Expr) else g.const(b)
@@ -70,7 +76,13 @@ def matmul(a, b) -> Expr:
 
 
 def sum(x, axis=None, keepdims=False) -> Expr:  # noqa: A001 (numpy's name)
-    """Sum over all elements or over ``axis`` (an int or a tuple); ``keepdims`` as numpy."""
+    """Sum over all elements or over ``axis`` (an int or a tuple); ``keepdims`` as numpy.
+
+    >>> from symgrad.graph import Graph
+    >>> x = Graph().input("x", shape=(2, 3))
+    >>> sum(x).shape, sum(x, axis=0).shape, sum(x, axis=-1, keepdims=True).shape
+    ((), (3,), (2, 1))
+    """
     return _as_expr("sum", x).graph.apply("sum", x, axis=axis, keepdims=keepdims)
 
 
@@ -140,6 +152,11 @@ def conv2d(x, w, stride=1, padding=0) -> Expr:
 
     ``x``: N x C x H x W, ``w``: O x C x kH x kW, zero ``padding`` and ``stride`` an int or a pair;
     the result is N x O x H' x W' with H' = (H + 2 padding - kH) // stride + 1.
+
+    >>> from symgrad.graph import Graph
+    >>> g = Graph(); x, w = g.input("x", shape=(2, 3, 8, 8)), g.input("w", shape=(4, 3, 3, 3))
+    >>> conv2d(x, w).shape, conv2d(x, w, stride=2, padding=1).shape
+    ((2, 4, 6, 6), (2, 4, 4, 4))
     """
     return _graph_of("conv2d", x, w).apply("conv2d", x, w, stride=stride, padding=padding)
 

@@ -362,6 +362,14 @@ def _as_array(v, name: str) -> np.ndarray:
 def compile(outputs, inputs=None, backend: str = "llvm", **options) -> CompiledFunction:
     """Compile ``outputs`` (an Expr, a list, or a list of lists of Exprs) into a callable.
 
+    ``inputs`` (input Exprs or names) fixes the argument order; by default the arguments are the
+    inputs the outputs reach, in creation order (``fn.inputs``). ``backend="llvm"`` compiles
+    native code; ``"numpy"`` runs the reference interpreter. Options of the llvm backend:
+    ``threads`` (None: chosen by batch size and work per point; or an int >= 1) and ``opt``
+    (1: LLVM's passes; 0: none, for debugging). The call returns one float64 array per item of
+    ``outputs``: an Expr gives the batch shape, a list of n batch + (n,), a list of lists
+    batch + (n, m); tensor graphs give their nodes' shapes.
+
     >>> import symgrad as sg
     >>> g = sg.Graph(); x = g.input("x")
     >>> sg.compile([x * x, [x + 1, x - 1]], backend="numpy")(3.0)
