@@ -233,7 +233,10 @@ def _check_output(y, what: str) -> Graph:
     if not isinstance(y, Expr):
         raise GradError(f"{what} must be an Expr, got {type(y).__name__}")
     if y.shape != ():
-        raise GradError(f"{what} must be a scalar, got shape {y.shape}: pass a seed or reduce it")
+        raise GradError(
+            f"{what} must be a scalar, got shape {y.shape}: reduce it (sg.sum(y), or "
+            "sg.sum(y * u) for a vector-Jacobian product)"
+        )
     return y.graph
 
 
