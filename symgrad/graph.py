@@ -18,6 +18,7 @@ import gc
 import math
 import numbers
 import re
+import threading
 from contextlib import contextmanager
 
 import networkx as nx
@@ -29,11 +30,25 @@ from symgrad.ops import OPS
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 DEFAULT_MAX_NODES = 10_000_000
 MAX_ELEMENTS = 2**40  # elements of one input: far beyond any memory, so a typo, not data
+PICKLE_FORMAT = 1  # version of the state a pickled Graph carries
 
 
 def _key_value(v):
     # Floats key by their bits: 0.0 and -0.0 are different values, and NaN equals itself.
     return float(v).hex() if isinstance(v, float) else v
+
+
+class _GcPause:
+    """How many threads are inside ``paused_gc``, and whether the collector ran before the first.
+
+    Counted under a lock: with a bare ``isenabled``/``disable`` pair per thread, one thread
+    could read "disabled" while another paused, then disable after the other re-enabled, and
+    leave the collector off for good (8 threads pausing in a loop did, in 11 of 20 runs).
+    """
+
+    lock = threading.Lock()
+    depth = 0
+    resume = False
 
 
 @contextmanager
@@ -42,14 +57,20 @@ def paused_gc():
 
     Node data are plain dicts and tuples without cycles; the collector's generation scans over
     a graph that keeps growing were ~40% of the time of build_grad and optimize on big graphs.
+    It runs again when the last thread inside leaves.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    with _GcPause.lock:
+        if _GcPause.depth == 0:
+            _GcPause.resume = gc.isenabled()
+            gc.disable()
+        _GcPause.depth += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _GcPause.lock:
+            _GcPause.depth -= 1
+            if _GcPause.depth == 0 and _GcPause.resume:
+                gc.enable()
 
 
 class Graph:
@@ -263,6 +284,103 @@ class Graph:
         """Attribute ``name`` of node ``i`` (``"value"`` of a const, ``"name"`` of an input)."""
         return dict(self.node(i)["attrs"]).get(name)
 
+    # Pickling: the nodes travel as plain data and are rebuilt through the normal creation path.
+
+    def __getstate__(self) -> dict:
+        """The graph as plain data: each node's op, args, attrs, shape, role and order in id
+        order, the input names and ``max_nodes`` (tensor constants travel as numpy arrays).
+
+        Unpickling rebuilds every node through ``input``, ``const_id`` and ``node_id``, so the
+        hash-consing tables are those of a graph built by hand, and checks the structure on the
+        way: a malformed state is a GraphError. Pickle itself is unsafe by nature (a crafted
+        pickle can run code before symgrad sees it): unpickle only data you trust.
+        """
+        nodes = self.nx._node
+        return {
+            "format": PICKLE_FORMAT,
+            "max_nodes": self.max_nodes,
+            "inputs": list(self._inputs),
+            "nodes": [_node_record(nodes[i]) for i in range(len(self._keys))],
+        }
+
+    def __setstate__(self, state) -> None:
+        """Rebuild a pickled graph node by node (see ``__getstate__``)."""
+        try:
+            self._restore(state)
+        except SymgradError as err:
+            raise GraphError(f"cannot unpickle a Graph: {err}") from None
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+            raise GraphError(
+                f"cannot unpickle a Graph: malformed state ({type(err).__name__}: {err})"
+            ) from None
+
+    def _restore(self, state) -> None:
+        if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
+            raise GraphError(f"not a graph state of format {PICKLE_FORMAT}")
+        max_nodes, records = state["max_nodes"], state["nodes"]
+        if type(max_nodes) is not int or not isinstance(records, (list, tuple)):
+            raise GraphError("max_nodes must be an int and nodes a list")
+        self.__init__(max_nodes)
+        try:
+            with paused_gc():
+                for i, record in enumerate(records):
+                    self._restore_node(i, record)
+        finally:
+            self._stamp = ("primal", 0)
+        if list(self._inputs) != state["inputs"]:
+            raise GraphError(f"inputs {state['inputs']!r} are not the input nodes' names")
+
+    def _restore_node(self, i: int, record) -> None:
+        op, args, attrs, shape, role, order = record
+        if not isinstance(op, str) or op not in OPS:
+            raise GraphError(f"node {i}: unknown op {op!r}")
+        if not isinstance(role, str) or type(order) is not int or order < 0:
+            raise GraphError(f"node {i}: role must be a str and order an int >= 0")
+        self._stamp = (role, order)
+        attrs = _checked_attrs(i, op, attrs)
+        if op == "input":
+            got = self.input(dict(attrs)["name"], shape=shape).id
+        elif op == "const":
+            got = self.const_id(dict(attrs)["value"])
+        else:
+            got = self.node_id(op, _checked_args(i, op, args), attrs)
+        if got != i:
+            raise GraphError(f"node {i} ({op}) repeats node {got}")
+        node = self.nx._node[i]
+        if node["shape"] != shape or node["args"] != args:
+            raise GraphError(
+                f"node {i} ({op}): args {args!r} and shape {shape!r} are not what its creation "
+                f"gives ({node['args']!r}, {node['shape']!r})"
+            )
+
+
+def _node_record(data: dict) -> tuple:
+    return (data["op"], data["args"], data["attrs"], data["shape"], data["role"], data["order"])
+
+
+def _checked_attrs(i: int, op: str, attrs) -> tuple:
+    """A pickled node's attrs: (name, value) pairs, each name one the op has, in sorted order."""
+    allowed = OPS[op].attrs
+    if not isinstance(attrs, tuple) or any(
+        not isinstance(a, tuple) or len(a) != 2 or a[0] not in allowed for a in attrs
+    ):
+        raise GraphError(f"node {i} ({op}): attrs must be (name, value) pairs of {allowed}")
+    names = [a[0] for a in attrs]
+    if names != sorted(set(names)) or (OPS[op].arity == 0 and len(names) != 1):
+        raise GraphError(f"node {i} ({op}): attrs {names} are not sorted, unique and complete")
+    return attrs
+
+
+def _checked_args(i: int, op: str, args) -> tuple[int, ...]:
+    """A pickled node's operands: ``arity`` ids of earlier nodes (id order is topological)."""
+    if (
+        not isinstance(args, tuple)
+        or len(args) != OPS[op].arity
+        or any(type(a) is not int or not 0 <= a < i for a in args)
+    ):
+        raise GraphError(f"node {i} ({op}): args {args!r} are not {OPS[op].arity} earlier ids")
+    return args
+
 
 def check_shape(shape, what: str) -> tuple[int, ...]:
     """``shape`` as a tuple of positive ints; ShapeError naming ``what`` otherwise."""
@@ -351,6 +469,10 @@ class Expr:
     def __hash__(self) -> int:
         return hash((id(self.graph), self.id))
 
+    def __reduce__(self):
+        # The graph travels whole (Graph.__getstate__); a pickle of several Exprs holds it once.
+        return checked_expr, (self.graph, self.id)
+
     def __bool__(self):
         raise SymgradError(
             "an Expr has no truth value: use sg.where(cond, a, b) for a branch in the graph"
@@ -417,6 +539,13 @@ class Expr:
 
     def __pos__(self) -> Expr:
         return self
+
+
+def checked_expr(graph, i) -> Expr:
+    """The Expr of a pickle: node ``i`` of ``graph``, checked (GraphError if it is not one)."""
+    if not isinstance(graph, Graph) or type(i) is not int or not 0 <= i < len(graph):
+        raise GraphError(f"cannot unpickle an Expr: {i!r} is not a node of its graph")
+    return Expr(graph, i)
 
 
 def _varargs(items: tuple):

@@ -9,16 +9,19 @@ at module level, so the numpy backend never pays for it.
 
 from __future__ import annotations
 
+import math
 import numbers
+import uuid
 from operator import itemgetter
 
 import numpy as np
 
 from symgrad.errors import ArgumentError, GraphError
-from symgrad.graph import Expr
+from symgrad.graph import Expr, Graph, checked_expr
 from symgrad.interp import Program
 
 BACKENDS = ("llvm", "numpy")
+PICKLE_FORMAT = 1  # version of the state a pickled CompiledFunction carries
 _MISSING = object()  # an argument not given (None is a value, and a wrong one)
 
 
@@ -132,6 +135,79 @@ class CompiledFunction:
                 return self._pick(self._outs.expand(out))
         return self._call(args, kwargs)
 
+    def map_blocks(self, *args, **kwargs) -> tuple:
+        """This function over Dask arrays, block by block: a tuple of Dask arrays laid out as a
+        call's result (an ``Expr`` gives the batch shape, a list of n batch + (n,), a list of
+        lists batch + (n, m)).
+
+        Arguments bind as in a call (positionals, keywords); each is a Dask array, a numpy array
+        or a number, and they broadcast together (Dask aligns the chunks). Nothing is computed
+        until the results are; each block then runs this function wherever Dask's scheduler puts
+        it: a thread, or a worker process. The function is one node of the task graph that the
+        blocks depend on, so it reaches each worker once, by pickle, not once per block.
+        Scalar graphs only: a tensor function takes whole arrays of its declared shapes. Dask is
+        optional (``pip install 'symgrad[dask]'``); without it this raises ArgumentError.
+
+        >>> import dask.array as da, numpy as np, symgrad as sg
+        >>> g = sg.Graph(); x = g.input("x")
+        >>> fn = sg.compile([x * x, [x + 1, x - 1]], backend="numpy")
+        >>> square, pair = fn.map_blocks(da.arange(6.0, chunks=3))
+        >>> square.compute(), pair.shape
+        (array([ 0.,  1.,  4.,  9., 16., 25.]), (6, 2))
+        """
+        dask, da = _dask()
+        if self.tensor:
+            raise ArgumentError("map_blocks: a tensor function takes whole arrays; call it instead")
+        if not self.inputs:
+            raise ArgumentError("map_blocks: this function has no inputs to map over")
+        values = self._bind(args, kwargs)
+        arrays = [_as_block_source(da, v, name) for v, name in zip(values, self.inputs)]
+        _check_broadcast(arrays, self.inputs)
+        signature, sizes = _gufunc_signature(len(self.inputs), self.layout)
+        single = len(self.layout) == 1
+        out = da.apply_gufunc(
+            _run_block,
+            signature,
+            *arrays,
+            output_dtypes=[np.float64] * len(self.layout),
+            output_sizes=sizes,
+            vectorize=False,
+            allow_rechunk=True,  # inputs have no core axes: this only lets Dask align chunks
+            fn=dask.delayed(self, pure=True),
+            single=single,
+        )
+        return (out,) if single else tuple(out)
+
+    def __dask_tokenize__(self):
+        # Dask keys the function's node of a task graph by this token: one per CompiledFunction,
+        # cheap (Dask's default would pickle the whole graph to hash it).
+        return ("symgrad.CompiledFunction", self.__dict__.setdefault("_token", uuid.uuid4().hex))
+
+    def __getstate__(self) -> dict:
+        """What a pickle carries: the graph (as data: ``Graph.__getstate__``), the output ids and
+        layout, the argument names, the backend and the options; never an engine, a ctypes
+        object or machine code.
+
+        Unpickling compiles through the normal path, so the receiving process loads the object
+        code from its own cache or compiles it for its own CPU; a structurally wrong state is a
+        SymgradError. Pickle itself is unsafe by nature (a crafted pickle can run code before
+        symgrad sees it): unpickle only data you trust.
+        """
+        return {
+            "format": PICKLE_FORMAT,
+            "graph": self.graph,
+            "outputs": list(self.program.outputs),
+            "layout": list(self.layout),
+            "inputs": list(self.inputs),
+            "backend": self.backend,
+            "options": dict(self.options),
+        }
+
+    def __setstate__(self, state) -> None:
+        """Compile what ``__getstate__`` described, as ``sg.compile`` would."""
+        outputs, inputs, backend, options = _unpickled_call(state)
+        self.__init__(outputs, inputs=inputs, backend=backend, **options)
+
     def _call(self, args: tuple, kwargs: dict) -> tuple:
         values = self._bind(args, kwargs)
         if self.tensor:
@@ -204,6 +280,106 @@ class CompiledFunction:
         if missing:
             raise ArgumentError(f"missing argument {', '.join(map(repr, missing))}")
         return values
+
+
+def _unpickled_call(state) -> tuple[list, list, str, dict]:
+    """The compile call a pickled CompiledFunction describes: outputs, inputs, backend, options.
+
+    Checks the structure only (types, ids within the graph, the layout's sizes); the compile
+    call checks the rest as it would for any caller.
+    """
+    try:
+        if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
+            raise GraphError(f"not a compiled function's state of format {PICKLE_FORMAT}")
+        graph, inputs, options = state["graph"], state["inputs"], state["options"]
+        if not isinstance(graph, Graph):
+            raise GraphError(f"its graph is a {type(graph).__name__}, not a Graph")
+        if not isinstance(inputs, list) or not all(isinstance(n, str) for n in inputs):
+            raise GraphError("inputs must be a list of names")
+        if not isinstance(options, dict) or not set(options) <= {"threads", "opt"}:
+            raise GraphError("options must be a dict of 'threads' and 'opt'")
+        outputs = _outputs_of(graph, state["outputs"], state["layout"])
+        return outputs, inputs, state["backend"], options
+    except GraphError as err:
+        raise GraphError(f"cannot unpickle a CompiledFunction: {err}") from None
+    except (TypeError, ValueError, KeyError, IndexError) as err:
+        raise GraphError(
+            f"cannot unpickle a CompiledFunction: malformed state ({type(err).__name__}: {err})"
+        ) from None
+
+
+def _outputs_of(graph: Graph, ids: list, layout: list) -> list:
+    """The nested outputs (Expr, list, list of lists) that flatten to ``ids`` with ``layout``."""
+    if not isinstance(ids, list) or not isinstance(layout, list):
+        raise GraphError("outputs and layout must be lists")
+    items, k = [], 0
+    for shape in layout:
+        if not isinstance(shape, tuple) or len(shape) > 2:
+            raise GraphError(f"layout item {shape!r} is not (), (n,) or (n, m)")
+        if any(type(n) is not int or n < 0 for n in shape):
+            raise GraphError(f"layout item {shape!r} is not (), (n,) or (n, m)")
+        size = math.prod(shape)
+        exprs = [checked_expr(graph, i) for i in ids[k : k + size]]
+        if len(exprs) != size:
+            raise GraphError(f"{len(ids)} output ids are too few for layout {layout!r}")
+        k += size
+        if len(shape) == 2:
+            width = shape[1]
+            items.append([exprs[r * width : (r + 1) * width] for r in range(shape[0])])
+        else:
+            items.append(list(exprs) if shape else exprs[0])
+    if k != len(ids):
+        raise GraphError(f"{len(ids)} output ids are too many for layout {layout!r}")
+    return items
+
+
+def _dask():
+    """``dask`` and ``dask.array``, imported on first use: Dask is an optional dependency."""
+    try:
+        import dask
+        import dask.array as da
+    except ImportError:
+        raise ArgumentError(
+            "map_blocks needs Dask, which is not installed: pip install 'symgrad[dask]'"
+        ) from None
+    return dask, da
+
+
+def _as_block_source(da, v, name: str):
+    """An argument of ``map_blocks``: a Dask array of real numbers, or what a call takes."""
+    if not isinstance(v, da.Array):
+        return _as_array(v, name)
+    if v.dtype.kind not in "fiu" or v.dtype.itemsize > 8:
+        raise ArgumentError(f"argument {name!r}: expected real numbers, got dtype {v.dtype}")
+    return v
+
+
+def _check_broadcast(arrays: list, names: tuple[str, ...]) -> None:
+    shapes = [a.shape for a in arrays]
+    if any(math.isnan(n) for shape in shapes for n in shape):
+        return  # unknown chunk sizes: Dask checks when it knows them
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        listed = ", ".join(f"{n}: {s}" for n, s in zip(names, shapes))
+        raise ArgumentError(f"argument shapes do not broadcast together ({listed})") from None
+
+
+def _gufunc_signature(n_in: int, layout) -> tuple[str, dict[str, int]]:
+    """The generalized-ufunc signature of a call: scalar inputs, each output item's own axes
+    last, e.g. ``(),()->(),(o1_0)`` and their sizes ``{"o1_0": 2}``."""
+    outs, sizes = [], {}
+    for k, shape in enumerate(layout):
+        dims = [f"o{k}_{j}" for j in range(len(shape))]
+        sizes.update(zip(dims, shape))
+        outs.append(f"({','.join(dims)})")
+    return ",".join(["()"] * n_in) + "->" + ",".join(outs), sizes
+
+
+def _run_block(*blocks, fn: CompiledFunction, single: bool):
+    """One Dask block: the call's tuple (or its only item, as apply_gufunc wants it then)."""
+    out = fn(*blocks)
+    return out[0] if single else out
 
 
 def _check_options(options: dict) -> dict:
