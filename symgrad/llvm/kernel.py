@@ -86,6 +86,12 @@ class CompiledFunction:
         self.tensor = any(nodes[i]["shape"] for i, *_ in self.program.steps)
         if self.tensor:
             self._item_shapes = _item_shapes(flat, self.layout)
+            # Per output item: its layout, node shape and number of Exprs (precomputed: a call
+            # of a small tensor function is dominated by such bookkeeping).
+            self._blocks = [
+                (layout, shape, int(np.prod(layout)) if layout else 1)
+                for layout, shape in zip(self.layout, self._item_shapes)
+            ]
             self._shapes = [self.graph.inputs[n].shape for n in self.inputs]
             if backend == "llvm":
                 self._compile_tensor(flat, options)
@@ -233,11 +239,14 @@ class CompiledFunction:
             _as_tensor(v, name, shape) for v, name, shape in zip(values, self.inputs, self._shapes)
         ]
         blocks, flat = [], []
-        for layout, shape in zip(self.layout, self._item_shapes):
+        for layout, shape, count in self._blocks:
             block = np.empty(layout + shape, np.float64)
             blocks.append(block)
-            rows = block.reshape((int(np.prod(layout)),) + shape)
-            flat.extend(rows[j, ...] for j in range(len(rows)))
+            if not layout:  # an Expr item: the block is the output itself
+                flat.append(block)
+            else:
+                rows = block.reshape((count,) + shape)
+                flat.extend(rows[j, ...] for j in range(count))
         if self._native is None:
             for view, value in zip(flat, self.program.run(dict(zip(self.inputs, arrays)))):
                 view[...] = value
@@ -505,6 +514,13 @@ def _item_shapes(flat: list[Expr], layout) -> list[tuple[int, ...]]:
 
 def _as_tensor(v, name: str, shape: tuple[int, ...]) -> np.ndarray:
     """An input of a tensor function: exactly its declared shape, real numbers as float64."""
+    if (
+        type(v) is np.ndarray
+        and v.dtype == np.float64
+        and v.shape == shape
+        and v.flags.c_contiguous
+    ):
+        return v  # the common case, checked in a few attribute reads
     arr = _as_array(v, name)
     if arr.shape != shape:
         raise ArgumentError(f"argument {name!r}: expected shape {shape}, got {arr.shape}")
