@@ -48,8 +48,10 @@ def local_constant(g, op, args, attrs):
         if a.op != "const":
             return None
     value = np.asarray(OPS[op].numpy(*(np.asarray(a.value) for a in args), **attrs), np.float64)
-    if value.size > MAX_FOLDED_SIZE:
-        return None  # a big constant array would bloat the module more than the op costs
+    if value.size > MAX_FOLDED_SIZE or value.size > max(np.size(a.value) for a in args):
+        # A big constant array would bloat the module more than the op costs; and an op that
+        # only spreads its constant (broadcast_to(1/n) of a mean's gradient) is free as it is.
+        return None
     return g.const(float(value) if value.ndim == 0 else value)
 
 
