@@ -10,6 +10,8 @@ several positions (``x*x``: a DiGraph keeps one edge) lists them all, as in ``0,
 
 from __future__ import annotations
 
+import re
+
 from symgrad.errors import GraphError
 from symgrad.graph import Expr, Graph, reachable
 from symgrad.ops import OPS
@@ -19,6 +21,7 @@ ORDER_COLOURS = ("#fdae6b", "#9ecae1", "#bcbddc", "#fc9272", "#a1d99b", "#fdd0a2
 INPUT_STYLE = "shape=ellipse, style=filled, fillcolor=palegreen"
 CONST_STYLE = "shape=box, style=filled, fillcolor=gray90"
 RANKDIRS = ("TB", "LR", "BT", "RL")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def to_dot(outputs_or_graph, *, name: str = "symgrad", rankdir: str = "TB") -> str:
@@ -39,6 +42,10 @@ def to_dot(outputs_or_graph, *, name: str = "symgrad", rankdir: str = "TB") -> s
     """
     if rankdir not in RANKDIRS:
         raise GraphError(f"to_dot: rankdir must be one of {', '.join(RANKDIRS)}, not {rankdir!r}")
+    # Any text is escaped by _quote, but Graphviz stops reading at a NUL, and a lone surrogate
+    # has no UTF-8 bytes to write.
+    if not isinstance(name, str) or "\0" in name or _SURROGATE.search(name):
+        raise GraphError(f"to_dot: name must be text without NUL or surrogates, got {name!r:.60}")
     graph, ids, outputs = _select(outputs_or_graph)
     out_labels: dict[int, list[str]] = {}
     for k, i in enumerate(outputs):

@@ -49,7 +49,7 @@ class Program:
         return [env[o] for o in self.outputs]
 
 
-def evaluate(outputs, **values):
+def evaluate(outputs, /, **values):
     """Evaluate ``outputs`` with numpy at the given input values.
 
     An ``Expr`` gives one float64 array; a list (or nested list) gives the tuple that

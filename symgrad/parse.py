@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from symgrad.errors import ArgumentError, GraphError, ParseError, ShapeError
-from symgrad.graph import NAME_RE, Expr, Graph, check_shape
+from symgrad.graph import NAME_RE, Expr, Graph, check_shape, paused_gc
 from symgrad.ops import COMPARISONS, CONSTANTS, FUNCTIONS, OPS
 from symgrad.tensor import TENSOR_FUNCTIONS, matmul
 
@@ -79,6 +79,13 @@ _HINTS = {"=": "use == for equality", "!": "use != for inequality"}
 # Indices and attribute values are numpy intp values: a bigger literal is a typo, and ops.py's
 # shape arithmetic would overflow on it (OverflowError instead of a SymgradError).
 _INT_LIMIT = 2**63
+# Limits of one parse, each a keyword of ``parse`` that a caller can raise (or lower, for text
+# from strangers). Far beyond any formula a person or a program writes: the tests parse 10 MB
+# and nest 5,000,000 deep. The length bounds the time (~2-4 s per MB with every term distinct)
+# and the depth the parser's stack (~110 bytes a level, so ~1 GB at the default); the graph's
+# node count has its own limit, ``Graph(max_nodes=...)``.
+DEFAULT_MAX_LENGTH = 50_000_000  # characters
+DEFAULT_MAX_DEPTH = 10_000_000  # groups and operators open at once
 
 # Precedences of pending entries on the operator stack. An open parenthesis or call ranks
 # below everything, so only its ')' (or a ',') uncovers it.
@@ -153,7 +160,14 @@ _SPECS = {name: _spec(fn) for name, fn in TENSOR_FUNCTIONS.items()}
 _KNOWN = ", ".join(sorted(FUNCTIONS)) + "; tensor functions: " + ", ".join(sorted(_SPECS))
 
 
-def parse(text: str, graph: Graph | None = None, shapes: Mapping | None = None) -> Expr:
+def parse(
+    text: str,
+    graph: Graph | None = None,
+    shapes: Mapping | None = None,
+    *,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> Expr:
     """Parse ``text`` (DESIGN.md §2) into ``graph`` (a new one by default) and return its Expr.
 
     >>> e = parse("-x**2 + sin(y)"); e.op, [a.op for a in e.args]
@@ -171,6 +185,13 @@ def parse(text: str, graph: Graph | None = None, shapes: Mapping | None = None) 
     Bad text raises ParseError naming the problem and its 1-based column; an op that rejects its
     operands' shapes raises ShapeError, its message ending with the column. Either way the graph
     is left exactly as it was.
+
+    Limits, each a ParseError naming it and how to raise it: ``max_length`` characters of text
+    (default 50,000,000) and ``max_depth`` groups and operators open at once (default
+    10,000,000: a '(' or a call is open until its ')', an operator until its right operand is
+    complete; ``sin(x)`` is 1 deep, ``-(a + b*c)`` 4). The nodes a parse may create are limited
+    by the graph: pass ``graph=Graph(max_nodes=...)`` (default 10,000,000), a GraphError
+    otherwise. Time and memory grow linearly with the text.
     """
     if not isinstance(text, str):
         raise ParseError(f"text: expected str, got {type(text).__name__}")
@@ -179,8 +200,24 @@ def parse(text: str, graph: Graph | None = None, shapes: Mapping | None = None) 
     elif not isinstance(graph, Graph):
         raise ArgumentError(f"graph: expected a symgrad Graph or None, got {type(graph).__name__}")
     shapes = _checked_shapes(shapes, graph)
-    with graph.atomic():
-        return _Parser(text, graph, shapes).run()
+    _check_limit(max_length, "max_length")
+    _check_limit(max_depth, "max_depth")
+    if len(text) > max_length:
+        raise ParseError(
+            f"formula of {len(text)} characters is longer than max_length={max_length}: "
+            "pass parse(..., max_length=...) to raise the limit",
+            text,
+            max_length + 1,
+        )
+    # No cycles among the nodes made here: the collector's scans of a growing graph would make
+    # a parse of millions of nodes superlinear (a 10 MB sum took 80 s instead of 40).
+    with paused_gc(), graph.atomic():
+        return _Parser(text, graph, shapes, max_depth).run()
+
+
+def _check_limit(value, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArgumentError(f"{name}: expected an int >= 1, got {value!r}")
 
 
 def _checked_shapes(shapes, graph: Graph) -> dict[str, tuple[int, ...]]:
@@ -204,7 +241,7 @@ def _checked_shapes(shapes, graph: Graph) -> dict[str, tuple[int, ...]]:
             raise GraphError(f"shapes: {name!r} is a {kind}, not an input name")
         out[name] = check_shape(shape, f"input {name!r}")
         if name in existing:
-            graph.input(name, shape)  # creates nothing; the ShapeError of a conflicting shape
+            graph.input(name, out[name])  # creates nothing; the ShapeError of a conflicting shape
     return out
 
 
@@ -230,8 +267,9 @@ class _Parser:
     they are read by small loops pulling tokens from the same iterator as the main loop.
     """
 
-    def __init__(self, text: str, graph: Graph, shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, text: str, graph: Graph, shapes: dict, max_depth: int):
         self.text = text
+        self.max_depth = max_depth
         self.graph = graph
         self.shapes = shapes
         self.tokens = _TOKEN_RE.finditer(text)
@@ -259,6 +297,8 @@ class _Parser:
                 operands.append(self._leaf(self._token(m)) if e is None else e)
                 self.want_operand = False
             elif kind == "open":
+                if len(ops) >= self.max_depth:
+                    raise self._too_deep(m.start())
                 ops.append(("(", None, _OPEN, m.start(), 0))
             else:
                 self._operand(self._token(m))
@@ -267,6 +307,13 @@ class _Parser:
 
     def error(self, message: str, pos: int) -> ParseError:
         return ParseError(message, self.text, pos + 1)
+
+    def _too_deep(self, pos: int) -> ParseError:
+        return self.error(
+            f"formula nests deeper than max_depth={self.max_depth} (groups and operators open "
+            "at once): pass parse(..., max_depth=...) to raise the limit",
+            pos,
+        )
 
     def _located(self, err: ShapeError, pos: int) -> ShapeError:
         # An op's shape complaint, with the column and caret a ParseError would show, so the
@@ -302,6 +349,8 @@ class _Parser:
         if kind == "call":
             self._open_call(value, pos)
         elif value == "-" and kind == "op":
+            if len(self.ops) >= self.max_depth:
+                raise self._too_deep(pos)
             self.ops.append(("pre", "neg", _PREFIX, pos, 0))
         elif value != "+" or kind != "op":  # unary plus is the identity: nothing to record
             raise self._out_of_place(token) or self._missing_operand(token)
@@ -327,6 +376,8 @@ class _Parser:
             raise self.error(f"{name!r} is a constant, not a function", pos)
         if name not in FUNCTIONS and name not in _SPECS:
             raise self.error(f"unknown function {name!r}; known functions: {_KNOWN}", pos)
+        if len(self.ops) >= self.max_depth:
+            raise self._too_deep(pos)
         self.ops.append(("call", name, _OPEN, pos, len(self.operands)))
         if name in _SPECS:
             self._tensor_argument(self.text.index("(", pos + len(name)) + 1)
@@ -400,6 +451,8 @@ class _Parser:
                 "write (a < b) * (b < c) or add parentheses",
                 pos,
             )
+        if len(ops) >= self.max_depth:
+            raise self._too_deep(pos)
         ops.append(("bin", op, prec, pos, 0))
         self.want_operand = True
 

@@ -132,7 +132,7 @@ class CompiledFunction:
             raise ArgumentError("asm: this function was compiled with backend='numpy'")
         return self._native.asm
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, /, *args, **kwargs):
         if self._fast is not None and not kwargs:
             # Fast path, one point of Python floats: sg_fast checks the arguments' types and
             # writes the outputs into a fresh array, or hands back something else if it can't.
@@ -141,7 +141,7 @@ class CompiledFunction:
                 return self._pick(self._outs.expand(out))
         return self._call(args, kwargs)
 
-    def map_blocks(self, *args, **kwargs) -> tuple:
+    def map_blocks(self, /, *args, **kwargs) -> tuple:
         """This function over Dask arrays, block by block: a tuple of Dask arrays laid out as a
         call's result (an ``Expr`` gives the batch shape, a list of n batch + (n,), a list of
         lists batch + (n, m)).

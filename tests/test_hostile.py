@@ -1,0 +1,800 @@
+"""Hostile and bad input (DESIGN.md §5): whatever arrives, symgrad answers with a result or a
+SymgradError, in bounded time, and nothing it already had breaks.
+
+- ``parse`` fuzzed with arbitrary text (unicode, control characters, surrogates, long runs of
+  operators and brackets), bytes decoded leniently, and formulas from a grammar of the language,
+  with and without ``shapes=``: an Expr or a SymgradError, each within ``PARSE_SECONDS``, and a
+  failed parse leaves the graph as it was;
+- 10 MB formulas parse, in time linear in their length (sums of distinct terms, deep nesting,
+  and repeated terms, which hash-consing shares);
+- the limits a caller can raise (``parse(max_length=, max_depth=)``, ``Graph(max_nodes=)``): a
+  clear error naming the limit when exceeded, a parse when raised;
+- names that could be dangerous in generated code or DOT are rejected; odd but legal ones are
+  harmless in DOT (escaped, pydot parses it), in the IR (names never reach it), in calls and in
+  the command line (one error line, status 2);
+- a corrupt, unreadable or unwritable cache, or a full disk, only loses caching;
+- a compiled function called with hostile arguments gives an ArgumentError or IEEE results.
+
+The fuzz tests run ``FUZZ_EXAMPLES`` examples each (derandomized in CI, tests/conftest.py); set
+``SYMGRAD_FUZZ_EXAMPLES=100000`` (and ``HYPOTHESIS_PROFILE=dev`` for fresh randomness) for a
+long local run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fractions
+import gc
+import inspect
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from decimal import Decimal
+
+import numpy as np
+import pydot
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import symgrad as sg
+from symgrad.cli import main
+from symgrad.dot import to_dot
+from symgrad.errors import ArgumentError, GraphError, ParseError, SymgradError
+from symgrad.graph import DEFAULT_MAX_NODES, NAME_RE, Graph
+from symgrad.llvm import jit
+from symgrad.ops import FUNCTIONS, OPS
+from symgrad.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_LENGTH, parse
+
+FUZZ_EXAMPLES = int(os.environ.get("SYMGRAD_FUZZ_EXAMPLES", "250"))
+PARSE_SECONDS = 2.0  # CPU per fuzz example: the longest generated text (~100 kB) takes ~0.1
+LINEAR_RATIO = 15  # time(10 MB) / time(1 MB): 10 if linear, ~100 if quadratic
+HANG_SECONDS = 60  # a 10 MB parse takes ~5 s: only a guard against a hang
+
+
+@pytest.fixture(autouse=True)
+def _no_cache(monkeypatch):
+    # Compiles here never touch the user's cache, unless a test sets a folder of its own.
+    monkeypatch.setenv("SYMGRAD_CACHE_DIR", "off")
+
+
+# --- fuzzing parse ---------------------------------------------------------------------------
+
+SHAPES = [None, {"x": (3,), "W": (3, 4), "v": (4,), "M": (2, 3, 4, 5)}, {"x": (2, 2), "y": (1,)}]
+TOKENS = [
+    *("x", "y", "W", "v", "M", "z_1", "_", "pi", "e", "True", "False", "None", "T", "sum"),
+    *("0", "1", "2", "-1", "1.5", ".5", "1e3", "1e400", "1e-400", "9" * 40, "1.", "0x1", "1_0"),
+    *("+", "-", "*", "/", "**", "@", "<", "<=", ">", ">=", "==", "!=", "=", "^", "!", "%"),
+    *("(", ")", "[", "]", ",", ":", "...", ".T", ".", " ", "\n", "\t", "\r", "\x00", "\x1b"),
+    *(f + "(" for f in sorted(FUNCTIONS)),
+    *(f + "(" for f in ("sum", "mean", "softmax", "reshape", "conv2d", "max_pool2d", "mse")),
+    *(k + "=" for k in ("axis", "keepdims", "axes", "shape", "stride", "padding", "kernel_size")),
+    *("name=", "value=", "index=", "__class__", "__import__(", "'", '"', "\\", "é", "\udcff"),
+]
+CHARACTERS = st.one_of(
+    st.characters(),
+    st.characters(categories=["Cc", "Cs", "Zl", "Zp", "Nd"]),  # controls, surrogates, digits
+    st.sampled_from("()[]+-*/@<>=!,:.^ \t\nxyWe019_"),
+)
+RUNS = st.builds(
+    lambda token, n, tail: token * n + tail,
+    st.sampled_from(TOKENS),
+    st.integers(1, 20_000),
+    st.sampled_from(["", "x", ")", "1)", "+", "]"]),
+)
+TEXTS = st.one_of(
+    st.text(CHARACTERS, max_size=300),
+    st.binary(max_size=300).map(lambda b: b.decode("utf-8", errors="replace")),
+    st.binary(max_size=300).map(lambda b: b.decode("latin-1")),
+    st.lists(st.sampled_from(TOKENS), max_size=60).map("".join),
+    RUNS,
+)
+
+# A grammar of the language: every formula it makes is valid; the tensor parts may not fit
+# the shapes, and the mutations below make invalid text close to valid text.
+NUMBERS = ["0", "2", "0.5", ".5", "1e-3", "2.5E+2", "1e308", "1e400", "5e-324", "007"]
+SCALARS = ["x", "y", "z_1", "_t", "pi", "e", "True", *NUMBERS]
+UNARY = sorted(f for f, op in FUNCTIONS.items() if OPS[op].arity == 1)
+BINARY = sorted(f for f, op in FUNCTIONS.items() if OPS[op].arity == 2)
+COMPARISONS = ["<", "<=", ">", ">=", "==", "!="]
+TENSOR_CALLS = [
+    "sum({})", "sum({}, axis=0)", "mean({}, -1, True)", "softmax({})", "logsumexp({}, axis=(0,))",
+    "max({}, axis=0, keepdims=False)", "transpose({})", "reshape({}, (12,))", "{}.T", "{}[0]",
+    "{}[:, 1:3]", "{}[..., -1]", "{}[::2]", "broadcast_to({}, (2, 3, 4))",
+]  # fmt: skip
+
+
+def _grow(children, tensors: bool):
+    forms = [
+        st.tuples(children, st.sampled_from(["+", "-", "*", "/", "**"]), children).map(
+            lambda t: f"{t[0]} {t[1]} {t[2]}"
+        ),
+        children.map(lambda c: f"({c})"),
+        children.map(lambda c: f"-{c}"),
+        children.map(lambda c: f"+{c}"),
+        st.tuples(st.sampled_from(UNARY), children).map(lambda t: f"{t[0]}({t[1]})"),
+        st.tuples(st.sampled_from(BINARY), children, children).map(
+            lambda t: f"{t[0]}({t[1]}, {t[2]})"
+        ),
+        st.tuples(children, st.sampled_from(COMPARISONS), children, children, children).map(
+            lambda t: f"where(({t[0]}) {t[1]} ({t[2]}), {t[3]}, {t[4]})"
+        ),
+    ]
+    if tensors:
+        forms += [
+            st.tuples(children, children).map(lambda t: f"({t[0]}) @ ({t[1]})"),
+            st.tuples(st.sampled_from(TENSOR_CALLS), children).map(lambda t: t[0].format(t[1])),
+        ]
+    return st.one_of(forms)
+
+
+def formulas(tensors: bool = False, max_leaves: int = 25):
+    leaves = st.sampled_from(SCALARS + (["W", "v", "M", "x"] if tensors else []))
+    return st.recursive(leaves, lambda c: _grow(c, tensors), max_leaves=max_leaves)
+
+
+TENSOR_FORMULAS = formulas(tensors=True)  # built once: hypothesis validates each new strategy
+
+
+@st.composite
+def mutated(draw):
+    """A formula of the grammar with up to three spans replaced by tokens or deleted."""
+    text = draw(TENSOR_FORMULAS)
+    for _ in range(draw(st.integers(0, 3))):
+        i = draw(st.integers(0, len(text)))
+        j = draw(st.integers(i, min(i + 3, len(text))))
+        text = text[:i] + draw(st.sampled_from([*TOKENS, ""])) + text[j:]
+    return text
+
+
+def parse_or_error(text: str, shapes=None):
+    """Parse ``text`` into a graph that already holds nodes: an Expr (every input a proper name)
+    or a SymgradError (the graph unchanged), in under PARSE_SECONDS. Returns the Expr or None."""
+    g = Graph()
+    keep = g.apply("sin", g.input("keep"))
+    before = dict(g.nx.nodes(data=True))
+    # CPU time of this thread: a parse that loops spends it, a machine busy with other work
+    # does not (a 2.7 s wall-clock stall of a 70-character parse was seen under load).
+    start = time.thread_time()
+    try:
+        e = parse(text, g, shapes=shapes)
+    except SymgradError as err:
+        str(err)  # the message renders (a caret, a window of a long line)
+        e = None
+    seconds = time.thread_time() - start
+    assert seconds < PARSE_SECONDS, f"{seconds:.1f} s of CPU for {text[:80]!r}..."
+    if e is None:
+        assert dict(g.nx.nodes(data=True)) == before and list(g.inputs) == ["keep"]
+        assert g.apply("sin", g.input("keep")) == keep  # the hash-cons table too
+        return None
+    assert isinstance(e, sg.Expr) and e.graph is g
+    assert all(NAME_RE.match(n) and not n.startswith("__") for n in g.inputs)
+    return e
+
+
+@settings(max_examples=FUZZ_EXAMPLES)
+@given(TEXTS, st.sampled_from(SHAPES))
+def test_arbitrary_text_gives_an_expr_or_a_symgrad_error(text, shapes):
+    parse_or_error(text, shapes)
+
+
+@settings(max_examples=FUZZ_EXAMPLES)
+@given(mutated(), st.sampled_from(SHAPES))
+def test_formulas_of_the_grammar_mutated_give_an_expr_or_a_symgrad_error(text, shapes):
+    parse_or_error(text, shapes)
+
+
+SHAPE_ENTRIES = st.one_of(st.integers(-2, 2**70), st.booleans(), st.floats(0, 4), st.none())
+SHAPE_VALUES = st.one_of(
+    SHAPE_ENTRIES,
+    st.text(max_size=3),
+    st.lists(SHAPE_ENTRIES, max_size=5).map(tuple),
+    st.lists(st.integers(1, 4), max_size=4).map(iter),
+    st.lists(st.integers(-1, 4), max_size=4).map(np.array),
+)
+SHAPE_NAMES = st.one_of(
+    st.sampled_from(["x", "W", "keep", "sin", "pi", "__x", "", "1x", "x\n"]),
+    st.text(max_size=4),
+    st.integers(),
+    st.none(),
+)
+
+
+@settings(max_examples=FUZZ_EXAMPLES)
+@given(
+    st.dictionaries(SHAPE_NAMES, SHAPE_VALUES, max_size=4),
+    st.sampled_from(["x", "sum(x) + W[0] * keep", "x @ W", "softmax(W.T)[..., -1]"]),
+)
+def test_arbitrary_shapes_give_an_expr_or_a_symgrad_error(shapes, text):
+    parse_or_error(text, shapes)  # 'keep', a scalar input already there, may conflict
+
+
+def test_a_shape_given_as_an_iterator_is_read_once():
+    g = Graph()
+    g.input("x", (2,))
+    assert parse("x", g, shapes={"x": iter([2])}).shape == (2,)  # was "(2,), not ()"
+
+
+@settings(max_examples=FUZZ_EXAMPLES)
+@given(formulas(), st.sampled_from(["", " ", "\n", "\t "]))
+def test_formulas_of_the_scalar_grammar_always_parse(text, space):
+    spaced = text.replace(" ", space)
+    e = parse_or_error(spaced)
+    assert e is not None, spaced
+    assert parse(spaced, e.graph) == e  # the same text builds nothing new
+
+
+# --- 10 MB formulas, in linear time ------------------------------------------------------------
+
+
+def nested_distinct_terms(size: int) -> str:
+    """A sum of distinct inputs with 28-character names (~2 nodes per 29 characters) inside
+    parentheses that take a quarter of the text (1,250,000 deep at 10 MB)."""
+    depth = size // 8
+    terms = "+".join(f"w{k:09d}" + "_" * 18 for k in range((size - 2 * depth) // 29))
+    return "(" * depth + terms + ")" * depth
+
+
+def repeated_terms(size: int) -> str:
+    """``x*y+x*y+...``: the leaves and the product are made once, the sum grows."""
+    return "+".join(["x*y"] * (size // 4))
+
+
+def cpu_seconds(text: str) -> tuple[float, Graph]:
+    """CPU time of one parse (other processes on the machine do not count) and its graph."""
+    gc.collect()
+    start = time.process_time()
+    e = parse(text)
+    return time.process_time() - start, e.graph
+
+
+def assert_linear(make, small: int, big: int) -> Graph:
+    """Parse ``make(big)`` within HANG_SECONDS and in under LINEAR_RATIO times the CPU time of
+    ``make(small)`` (the median of three runs), measured twice if the first pair is over: other
+    processes on the machine slow the caches of this one, a quadratic parse fails both."""
+    ratios = []
+    for _ in range(2):
+        base = statistics.median(cpu_seconds(make(small))[0] for _ in range(3))
+        seconds, graph = cpu_seconds(make(big))
+        assert seconds < HANG_SECONDS
+        ratios.append(f"{base:.2f} s -> {seconds:.2f} s")
+        if seconds / base < LINEAR_RATIO:
+            return graph
+        del graph
+    pytest.fail(f"not linear: {big / small:.0f} times the text took {', '.join(ratios)}")
+
+
+def test_ten_megabytes_of_nested_distinct_terms_parse_in_linear_time():
+    graph = assert_linear(nested_distinct_terms, 1_000_000, 10_000_000)
+    n = (10_000_000 - 2 * 1_250_000) // 29
+    assert len(graph.inputs) == n
+    assert len(graph) == 2 * n - 1
+
+
+def test_repeated_terms_are_made_once_and_parse_in_linear_time():
+    graph = assert_linear(repeated_terms, 25_000, 250_000)
+    terms = 250_000 // 4
+    assert len(graph) == 3 + (terms - 1)  # x, y, x*y and one add per further term
+
+
+# --- limits a caller can raise -----------------------------------------------------------------
+
+
+def test_the_defaults_are_the_documented_ones():
+    params = inspect.signature(parse).parameters
+    assert params["max_length"].default == DEFAULT_MAX_LENGTH == 50_000_000
+    assert params["max_depth"].default == DEFAULT_MAX_DEPTH == 10_000_000
+    for value in (DEFAULT_MAX_LENGTH, DEFAULT_MAX_DEPTH, DEFAULT_MAX_NODES):
+        assert f"{value:,}" in parse.__doc__
+
+
+def test_text_longer_than_max_length_is_refused_before_any_work():
+    text = " " * DEFAULT_MAX_LENGTH + "x"
+    start = time.perf_counter()
+    with pytest.raises(ParseError) as info:
+        parse(text)
+    assert time.perf_counter() - start < 1.0
+    assert f"max_length={DEFAULT_MAX_LENGTH}" in info.value.message
+    assert "parse(..., max_length=...)" in info.value.message
+    assert info.value.column == DEFAULT_MAX_LENGTH + 1
+    assert len(str(info.value)) < 500
+
+
+def test_max_length_can_be_lowered_and_raised():
+    text = "x + y*2"
+    with pytest.raises(ParseError, match=r"longer than max_length=6: pass parse\(\.\.\., max_len"):
+        parse(text, max_length=6)
+    assert parse(text, max_length=7).op == "add"
+
+
+# (text, its depth): each '(' or call open until its ')', each operator until its right operand
+# is complete.
+DEEP = [
+    ("(" * 1000 + "x" + ")" * 1000, 1000),
+    ("sin(" * 1000 + "x" + ")" * 1000, 1000),
+    ("-" * 1000 + "x", 1000),
+    ("x**" * 1000 + "y", 1000),
+    ("-(a + b*c)", 4),
+    ("sum(" * 50 + "x" + ", axis=0)" * 50, 50),
+]
+
+
+@pytest.mark.parametrize(("text", "depth"), DEEP, ids=[t[:12] for t, _ in DEEP])
+def test_nesting_deeper_than_max_depth_is_a_clear_error(text, depth):
+    g = Graph()
+    g.input("keep")
+    nodes = dict(g.nx.nodes(data=True))
+    with pytest.raises(ParseError) as info:
+        parse(text, g, shapes={"x": (1,) * 50} if "sum(" in text else None, max_depth=depth - 1)
+    assert f"nests deeper than max_depth={depth - 1}" in info.value.message
+    assert "parse(..., max_depth=...)" in info.value.message
+    assert dict(g.nx.nodes(data=True)) == nodes  # nothing of the failed parse is left
+
+
+@pytest.mark.parametrize(("text", "depth"), DEEP, ids=[t[:12] for t, _ in DEEP])
+def test_raised_max_depth_parses(text, depth):
+    shapes = {"x": (1,) * 50} if "sum(" in text else None
+    assert isinstance(parse(text, shapes=shapes, max_depth=depth), sg.Expr)
+
+
+def test_the_error_points_at_the_first_token_too_deep():
+    with pytest.raises(ParseError) as info:
+        parse("1 + (2 * (3 - (x)))", max_depth=4)
+    assert info.value.column == 13  # the fifth thing open: '+', '(', '*', '(', then this '-'
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, None, "10"])
+@pytest.mark.parametrize("limit", ["max_length", "max_depth"])
+def test_limits_must_be_positive_ints(limit, bad):
+    with pytest.raises(ArgumentError, match=f"{limit}: expected an int >= 1"):
+        parse("x", **{limit: bad})
+
+
+def test_max_nodes_exceeded_by_a_parse_names_the_limit_and_how_to_raise_it():
+    text = "+".join(f"x{k}" for k in range(60))  # 60 inputs and 59 adds
+    g = Graph(max_nodes=100)
+    with pytest.raises(GraphError, match=r"max_nodes=100: raise Graph\(max_nodes=\.\.\.\)"):
+        parse(text, g)
+    assert len(g) == 0 and not g.inputs
+    assert len(parse(text, Graph(max_nodes=119)).graph) == 119
+
+
+def test_max_nodes_exceeded_by_build_grad_changes_nothing():
+    f = parse("sin(x) * cos(y) + exp(x*y)", Graph(max_nodes=12))
+    g = f.graph
+    nodes = dict(g.nx.nodes(data=True))
+    with pytest.raises(SymgradError, match=r"max_nodes=12: raise Graph\(max_nodes=\.\.\.\)"):
+        sg.build_grad(f, list(g.inputs.values()))
+    assert dict(g.nx.nodes(data=True)) == nodes
+    g.max_nodes = 1000  # raised: the same call now works
+    assert len(sg.build_grad(f, list(g.inputs.values()))) == 2
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+# Names that could do harm in generated code (LLVM identifiers, Python dunders) or in DOT.
+DANGEROUS = [
+    'a"b', "a'b", "a\nb", "a\\b", "a\rb", "x\x00", "x\t", " x", "x ", "", "1x", "a-b", "a b",
+    "a;b", "a{b}", "__class__", "__import__", "__builtins__", "__x", "%0", "%x", "@sg_point",
+    "llvm.sin", "x.y", "é", "ｘ", "x\u200b", "x\u2028", "\udcff", "x\n",
+]  # fmt: skip
+# Legal names that mean something in DOT, in the IR, in Python calls or in the language.
+ODD_LEGAL = [
+    "node", "edge", "graph", "digraph", "subgraph", "strict", "n0", "n1", "label", "out0",
+    "legend1", "cluster_legend", "_", "T", "True", "None", "nan", "inf", "self", "outputs",
+    "args", "kwargs", "sg_point", "sg_batch", "sg_fast", "entry", "define", "double", "declare",
+    "ret", "i64", "x_", "w" * 300,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", DANGEROUS + [3, None, b"x"], ids=repr)
+def test_dangerous_input_names_are_rejected(name):
+    g = Graph()
+    with pytest.raises(GraphError, match="not a name"):
+        g.input(name)
+    with pytest.raises(GraphError, match="not an input name"):
+        parse("1", shapes={name: (2,)})
+    assert len(g) == 0
+
+
+@pytest.mark.parametrize("name", DANGEROUS, ids=repr)
+def test_dangerous_names_in_text_never_become_inputs(name):
+    e = parse_or_error(f"{name} * 2")  # every input it makes has a proper name
+    assert e is None or name not in e.graph.inputs
+
+
+def nodes_of(dot: pydot.Dot) -> list:
+    # pydot lists the 'graph [...]' attribute statement among the nodes
+    return [n for n in dot.get_nodes() if n.get_name() not in ("graph", "node", "edge")]
+
+
+def _odd_graph():
+    text = " + ".join(f"{n}*{k + 1}" for k, n in enumerate(ODD_LEGAL))
+    f = parse(text)
+    assert list(f.graph.inputs) == ODD_LEGAL
+    return f, list(f.graph.inputs.values())
+
+
+def test_odd_legal_names_make_valid_dot():
+    f, xs = _odd_graph()
+    text = to_dot([f, sg.build_grad(f, xs)], name='x" ; n9 [label="pwn"]; "\\')
+    [dot] = pydot.graph_from_dot_data(text)
+    assert dot.get_name() == '"x\\" ; n9 [label=\\"pwn\\"]; \\"\\\\"'
+    labels = {n.get_name(): n.get("label") for n in nodes_of(dot)}
+    inputs = {f"n{x.id}": f'"{x.name}"' for x in xs}
+    assert {k: labels[k] for k in inputs} == inputs
+    assert all(re.fullmatch(r"n\d+", name) for name in labels)
+    assert '"pwn"' not in labels.values()  # the "injected" node is text of the graph's name
+    if shutil.which("dot"):
+        done = subprocess.run(["dot", "-Tsvg"], input=text.encode(), capture_output=True)
+        assert done.returncode == 0, done.stderr.decode()[:500]
+
+
+@pytest.mark.parametrize("name", [3, None, b"g", "a\x00b", "\ud800", "a\udcffb"], ids=repr)
+def test_dot_graph_names_graphviz_cannot_read_are_rejected(name):
+    g = Graph()
+    g.input("x")
+    with pytest.raises(GraphError, match="to_dot: name must be text"):
+        to_dot(g, name=name)
+
+
+@pytest.mark.parametrize("name", ["é漢\u202e", "a\x1bb", "tab\there", "}", "{", "//", "/*", ";"])
+def test_dot_graph_names_with_odd_text_are_escaped(name):
+    g = Graph()
+    g.input("x")
+    [dot] = pydot.graph_from_dot_data(to_dot(g, name=name))
+    assert [n.get_name() for n in nodes_of(dot)] == ["n0"]
+
+
+@pytest.mark.parametrize("backend", ["llvm", "numpy"])
+def test_odd_legal_names_compile_and_are_passed_by_keyword(backend):
+    f, xs = _odd_graph()
+    fn = sg.compile([f, sg.build_grad(f, xs)], backend=backend)
+    point = {n: 0.5 * k for k, n in enumerate(ODD_LEGAL)}
+    value, grad = fn(**point)  # 'self' and 'outputs' among them
+    assert value == sum((k + 1) * v for k, v in enumerate(point.values()))
+    assert grad.tolist() == [k + 1.0 for k in range(len(ODD_LEGAL))]
+    assert float(sg.evaluate(f, **point)) == value
+
+
+def test_an_input_named_self_is_passed_to_map_blocks_by_keyword():
+    da = pytest.importorskip("dask.array")
+    g = Graph()
+    fn = sg.compile(g.input("self") * 2.0, backend="numpy")
+    [out] = fn.map_blocks(self=da.arange(4.0, chunks=2))
+    assert out.compute().tolist() == [0.0, 2.0, 4.0, 6.0]
+
+
+def test_names_never_reach_the_llvm_ir():
+    g = Graph()
+    odd = g.input("sg_point") * g.input("entry") + g.input("declare")
+    g2 = Graph()
+    plain = g2.input("a") * g2.input("b") + g2.input("c")
+    assert sg.compile(odd).llvm_ir == sg.compile(plain).llvm_ir
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+CLI_BAD = {
+    "dunder": ["grad", "__class__ + 1", "--at", "x=1"],
+    "import": ["grad", "__import__('os').system('id')", "--at", "x=1"],
+    "quote": ["grad", 'x + "y"', "--at", "x=1"],
+    "backslash newline": ["grad", "x\n+\\\ny", "--at", "x=1,y=2"],
+    "escape sequence": ["grad", "x + \x1b[31m", "--at", "x=1"],
+    "surrogate": ["grad", "x + \udcff", "--at", "x=1"],
+    "unicode": ["grad", "é + 1", "--at", "é=1"],
+    "newline in --wrt": ["grad", "x*y", "--at", "x=1,y=2", "--wrt", 'y"\n,x'],
+    "odd name in --at": ["grad", "x*y", "--at", "x=1,y=2,z\n\nq=3"],
+    "hex in --at": ["grad", "x*y", "--at", "x=0x10,y=1"],
+    "name given twice": ["grad", "x", "--at", "x=1,x=2"],
+    "full disk for --dot": ["grad", "x*y", "--at", "x=1,y=2", "--dot", "/dev/full"],
+}
+
+
+@pytest.mark.parametrize("argv", list(CLI_BAD.values()), ids=list(CLI_BAD))
+def test_cli_with_hostile_input_gives_one_error_line_and_status_2(capsys, argv):
+    status, out, err = _cli(capsys, *argv)
+    assert (status, out) == (2, "")
+    assert err.startswith("symgrad: error: ") and err.count("\n") == 1, err
+
+
+def test_cli_with_odd_legal_names(capsys):
+    status, out, err = _cli(capsys, "grad", "self * outputs", "--at", "self=2,outputs=3")
+    assert (status, err) == (0, "")
+    assert out.splitlines() == ["f = 6", "df/dself = 3", "df/doutputs = 2"]
+
+
+# --- the object cache: it can only lose caching ---------------------------------------------------
+
+FORMULA = "sin(x) * y + exp(x / (1 + y*y))"
+POINT = (np.linspace(-2, 2, 7), 0.75)
+
+
+def compile_formula():
+    f = parse(FORMULA)
+    xs = list(f.graph.inputs.values())
+    return sg.compile([f, sg.build_grad(f, xs)], inputs=xs)
+
+
+def assert_correct(fn) -> None:
+    f = parse(FORMULA)
+    xs = list(f.graph.inputs.values())
+    want = sg.compile([f, sg.build_grad(f, xs)], inputs=xs, backend="numpy")(*POINT)
+    for got, expected in zip(fn(*POINT), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-13)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(folder))
+    return folder
+
+
+def contents(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _fail(err: int):
+    def fail(*args, **kwargs):
+        raise OSError(err, os.strerror(err))
+
+    return fail
+
+
+def test_read_only_cache_directory_only_loses_caching(cache, monkeypatch):
+    cache.mkdir()
+    cache.chmod(0o500)
+    try:
+        if os.access(cache, os.W_OK):  # root writes anyway: make the write fail as it would
+            monkeypatch.setattr(jit.tempfile, "mkstemp", _fail(errno.EACCES))
+        for _ in range(2):
+            fn = compile_formula()
+            assert not fn._native.cache_hit
+            assert_correct(fn)
+        assert contents(cache) == []
+    finally:
+        cache.chmod(0o700)
+
+
+class _FullDisk:
+    """A file object that takes a few bytes, then fails as a full disk does."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+    def write(self, data: bytes) -> int:
+        self.fh.write(data[:10])
+        self.fh.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_only_loses_caching(cache, monkeypatch):
+    fdopen = os.fdopen
+    with monkeypatch.context() as patch:
+        patch.setattr(jit.os, "fdopen", lambda fd, *a, **k: _FullDisk(fdopen(fd, *a, **k)))
+        fn = compile_formula()
+        assert not fn._native.cache_hit
+        assert_correct(fn)
+        assert contents(cache) == []  # the partly written temporary file is gone
+    assert not compile_formula()._native.cache_hit  # space again: the entry is written
+    assert compile_formula()._native.cache_hit
+
+
+def test_unreadable_entry_is_rebuilt(cache, monkeypatch):
+    compile_formula()
+    [entry] = cache.glob("*.o")
+    entry.chmod(0)
+    with monkeypatch.context() as patch:
+        if os.access(entry, os.R_OK):  # root reads anyway: make the read fail as it would
+            patch.setattr(jit.Path, "read_bytes", _fail(errno.EACCES))
+        fn = compile_formula()
+        assert not fn._native.cache_hit
+        assert_correct(fn)
+    assert compile_formula()._native.cache_hit  # the rebuilt entry replaced it
+
+
+def test_entry_that_is_a_directory_or_a_link_to_dev_null_is_rebuilt(cache):
+    compile_formula()
+    [entry] = cache.glob("*.o")
+    entry.unlink()
+    entry.mkdir()
+    fn = compile_formula()
+    assert not fn._native.cache_hit and entry.is_dir()  # cannot be replaced: left alone
+    assert_correct(fn)
+    assert contents(cache) == [entry.name]
+    entry.rmdir()
+    entry.symlink_to(os.devnull)
+    fn = compile_formula()
+    assert not fn._native.cache_hit
+    assert_correct(fn)
+    assert entry.is_file() and not entry.is_symlink()  # the link replaced, /dev/null untouched
+    assert compile_formula()._native.cache_hit
+
+
+def test_entry_of_random_bytes_is_rebuilt(cache):
+    compile_formula()
+    [entry] = cache.glob("*.o")
+    size = entry.stat().st_size
+    entry.write_bytes(np.random.default_rng(0).bytes(size))
+    fn = compile_formula()
+    assert not fn._native.cache_hit
+    assert_correct(fn)
+    assert compile_formula()._native.cache_hit
+
+
+@pytest.mark.parametrize("where", ["the folder", "its parent"])
+def test_cache_path_through_a_file_only_loses_caching(cache, monkeypatch, where):
+    cache.write_text("not a directory")
+    if where == "its parent":
+        monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(cache / "sub"))
+    fn = compile_formula()
+    assert not fn._native.cache_hit
+    assert_correct(fn)
+    assert cache.read_text() == "not a directory"
+
+
+# --- calling a compiled function with hostile arguments ----------------------------------------
+
+
+class RaisingFloat:
+    def __float__(self):
+        raise RuntimeError("__float__ fails")
+
+
+class RaisingFloatSubclass(float):
+    def __float__(self):
+        raise RuntimeError("__float__ fails")
+
+
+class RaisingFloatInt(int):
+    def __float__(self):
+        raise RuntimeError("__float__ fails")
+
+
+NOT_ARGUMENTS = {
+    "huge int": 10**400,
+    "int beyond uint64": 2**64,
+    "int below int64": -(2**63) - 1,
+    "object with a failing __float__": RaisingFloat(),
+    "str": "1.0",
+    "bytes": b"1",
+    "None": None,
+    "complex": 1j,
+    "Fraction": fractions.Fraction(1, 3),
+    "Decimal": Decimal("1.5"),
+    "bool": True,
+    "numpy bool": np.bool_(False),
+    "long double": np.longdouble(1),
+    "datetime": np.datetime64("2020-01-01"),
+    "object array of numbers": np.array([1.0, 2.0], dtype=object),
+    "object array with None": np.array([1.0, None], dtype=object),
+    "complex array": np.ones(3, complex),
+    "structured array": np.zeros(3, dtype=[("a", "f8")]),
+    "ragged nested list": [[1.0, 2.0], [3.0]],
+    "list of str": ["1", "2"],
+    "list with a huge int": [10**400, 1],
+    "dict": {"a": 1.0},
+    "set": {1.0},
+    "generator": (v for v in [1.0]),
+    "range": range(3),
+    "memoryview": memoryview(b"ab"),
+}
+
+
+@pytest.fixture(scope="module", params=["llvm", "numpy"])
+def fn(request):
+    """x*y + x/y, value and gradient: IEEE operations only, so the backends agree bitwise."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SYMGRAD_CACHE_DIR", "off")
+        f = parse("x*y + x/y")
+        xs = list(f.graph.inputs.values())
+        return sg.compile([f, sg.build_grad(f, xs)], inputs=xs, backend=request.param)
+
+
+def reference(x, y) -> tuple:
+    """The values and gradient numpy computes for x*y + x/y, in float64."""
+    f = parse("x*y + x/y")
+    xs = list(f.graph.inputs.values())
+    oracle = sg.compile([f, sg.build_grad(f, xs)], inputs=xs, backend="numpy")
+    return oracle(np.asarray(x).astype(np.float64), np.asarray(y).astype(np.float64))
+
+
+def assert_identical(got: tuple, want: tuple) -> None:
+    """Equal item by item: the same shape, and each value equal with its sign, or both nan."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape, (a, b)
+        same = (a == b) & (np.signbit(a) == np.signbit(b)) | (np.isnan(a) & np.isnan(b))
+        assert same.all(), (a, b)
+
+
+@pytest.mark.parametrize("value", list(NOT_ARGUMENTS.values()), ids=list(NOT_ARGUMENTS))
+def test_arguments_that_are_not_real_numbers_are_argument_errors(fn, value):
+    with pytest.raises(ArgumentError, match="argument 'x'"):
+        fn(value, 2.0)
+    with pytest.raises(ArgumentError, match="argument 'x'"):
+        fn(y=np.ones(5), x=value)
+    assert_identical(fn(0.5, 2.0), reference(0.5, 2.0))  # the function still works
+
+
+IEEE_ARGUMENTS = {
+    "nan": math.nan,
+    "inf": math.inf,
+    "-inf": -math.inf,
+    "-0.0": -0.0,
+    "smallest subnormal": 5e-324,
+    "largest double": 1.7976931348623157e308,
+    "2**63 (uint64)": 2**63,
+    "int64 extremes": np.array([2**63 - 1, -(2**63)]),
+    "uint64 max": np.uint64(2**64 - 1),
+    "float16 inf": np.float16("inf"),
+    "float32 nan array": np.array([np.nan, 1.0, -0.0], np.float32),
+    "deeply nested list": [[[[[1.5]]]]],
+    "empty list": [],
+    "int subclass with a failing __float__": RaisingFloatInt(3),
+    "non-contiguous": np.arange(10.0)[::3],
+    "0-d array": np.array(-2.5),
+}  # fmt: skip
+OTHERS = [0.0, -0.0, math.inf, math.nan, 1e-310, np.array([0.0, -1.0, math.inf, 2.0])]
+
+
+@pytest.mark.parametrize("value", list(IEEE_ARGUMENTS.values()), ids=list(IEEE_ARGUMENTS))
+def test_extreme_numbers_give_ieee_results(fn, value):
+    for other in OTHERS:
+        if np.ndim(value) and np.ndim(other) and np.shape(value) != np.shape(other):
+            continue
+        assert_identical(fn(value, other), reference(value, other))
+        assert_identical(fn(other, value), reference(other, value))
+
+
+def test_a_float_subclass_whose_float_raises_propagates_the_callers_own_error(fn):
+    # numpy calls the override; the exception is the caller's own code failing, passed on
+    # unchanged as math.sin(obj) or np.asarray(obj) would, never turned into a wrong value.
+    with pytest.raises(RuntimeError, match="__float__ fails"):
+        fn(RaisingFloatSubclass(1.5), 2.0)
+    assert_identical(fn(1.5, 2.0), reference(1.5, 2.0))
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((1.0, 2.0, 3.0), {}, "takes 2 arguments"),
+        ((1.0,), {}, "missing argument 'y'"),
+        ((), {}, "missing argument 'x', 'y'"),
+        ((1.0,), {"x": 2.0}, "given both by position and by name"),
+        ((1.0, 2.0), {"z": 1.0}, "unknown argument 'z'"),
+        ((np.ones(3), np.ones(4)), {}, "do not broadcast"),
+        ((np.ones((2, 3)), np.ones((3, 2))), {}, "do not broadcast"),
+    ],
+)
+def test_bad_calls_are_argument_errors(fn, args, kwargs, message):
+    with pytest.raises(ArgumentError, match=message):
+        fn(*args, **kwargs)
+
+
+def test_tensor_function_with_hostile_arguments():
+    f = parse("sum(W @ v)", shapes={"W": (2, 3), "v": (3,)})
+    W, v = f.graph.inputs.values()
+    outputs = [f, sg.build_grad(f, [W])]
+    fn, oracle = sg.compile(outputs), sg.compile(outputs, backend="numpy")
+    v0 = np.arange(3.0)
+    for bad in ([[1, 2, 3], [4, 5]], np.ones((3, 2)), np.ones(6), "abc", np.ones((2, 3), object)):
+        with pytest.raises(ArgumentError, match="argument 'W'"):
+            fn(bad, v0)
+    for w in (np.full((2, 3), np.nan), np.full((2, 3), -np.inf), [[1, 2, 3], [4, 5, 2**63]]):
+        assert_identical(fn(w, v0), oracle(np.asarray(w, np.float64), v0))
