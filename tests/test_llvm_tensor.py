@@ -969,3 +969,14 @@ def test_big_constant_arrays_are_passed_not_inlined():
     value = rng.standard_normal((20, 30))
     for got, want in zip(fn(value), sg.compile(outputs, backend="numpy")(value)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_tensor_ops_on_scalars_compile():
+    # A scalar graph holding a tensor op runs through the loop writer, not the scalar kernels
+    # (which have no lowering for sum/mean/amax): it once failed with "no LLVM lowering".
+    g = sg.Graph()
+    w = g.input("w")
+    f = sg.sum(w) * 2.0 + sg.mean(w * w) + sg.max(w, axis=None)
+    outputs = [f, *sg.build_grad(f, [w])]
+    got = sg.compile(outputs)(3.0)
+    assert [float(v) for v in got] == [18.0, 9.0]

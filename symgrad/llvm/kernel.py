@@ -19,6 +19,7 @@ import numpy as np
 from symgrad.errors import ArgumentError, GraphError
 from symgrad.graph import Expr, Graph, checked_expr
 from symgrad.interp import Program
+from symgrad.ops import OPS
 
 BACKENDS = ("llvm", "numpy")
 PICKLE_FORMAT = 1  # version of the state a pickled CompiledFunction carries
@@ -83,7 +84,11 @@ class CompiledFunction:
         nodes = self.graph.nx._node
         # A graph with any non-scalar node runs in tensor mode: inputs take exactly their
         # declared shapes (no batch broadcasting), outputs have their nodes' shapes.
-        self.tensor = any(nodes[i]["shape"] for i, *_ in self.program.steps)
+        # So does a scalar graph holding a tensor op (sum of a scalar): only the loop writer
+        # lowers those.
+        self.tensor = any(
+            nodes[i]["shape"] or not OPS[op].elementwise for i, op, *_ in self.program.steps
+        )
         if self.tensor:
             self._item_shapes = _item_shapes(flat, self.layout)
             # Per output item: its layout, node shape and number of Exprs (precomputed: a call
