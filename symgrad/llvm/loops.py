@@ -32,7 +32,16 @@ import numpy as np
 
 from symgrad.errors import LoweringError
 from symgrad.interp import Program
-from symgrad.llvm.lower import ATTRIBUTES, EXACT_POWERS, VEC, WIDTH, Body, emit_node, hex_double
+from symgrad.llvm.lower import (
+    ATTRIBUTES,
+    EXACT_POWERS,
+    VEC,
+    WIDTH,
+    Body,
+    emit_node,
+    hex_double,
+    return_new_reference,
+)
 from symgrad.ops import OPS, decode_index
 
 VIEWS = frozenset({"transpose", "broadcast_to", "getitem", "reshape", "windows"})
@@ -771,15 +780,9 @@ def fast_tensor_entry(n_bufs: int) -> str:
         "  call void @sg_tensor(ptr %bufs)",
         "  call void @PyEval_RestoreThread(ptr %state)",
         "  %first = load ptr, ptr %args, align 8",
-        "  %rc = load i64, ptr %first, align 8",  # a new reference to the returned object
-        "  %rc1 = add i64 %rc, 1",
-        "  store i64 %rc1, ptr %first, align 8",
-        "  ret ptr %first",
+        *return_new_reference("%first"),
         "fail:",
-        "  %src = load i64, ptr %self, align 8",
-        "  %src1 = add i64 %src, 1",
-        "  store i64 %src1, ptr %self, align 8",
-        "  ret ptr %self",
+        *return_new_reference("%self"),
         "}",
     ]
     return "\n".join(lines)

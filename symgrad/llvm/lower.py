@@ -263,18 +263,23 @@ def fast_entry(n_in: int) -> str:
         "  %dp = getelementptr inbounds i8, ptr %arr, i64 16",
         "  %data = load ptr, ptr %dp, align 8",
         "  call void @sg_point(ptr %buf, ptr %data)",
-        "  %rc = load i64, ptr %arr, align 8",  # a new reference to the returned object
-        "  %rc1 = add i64 %rc, 1",
-        "  store i64 %rc1, ptr %arr, align 8",
-        "  ret ptr %arr",
+        *return_new_reference("%arr"),
         "fail:",
-        "  %src = load i64, ptr %self, align 8",
-        "  %src1 = add i64 %src, 1",
-        "  store i64 %src1, ptr %self, align 8",
-        "  ret ptr %self",
+        *return_new_reference("%self"),
         "}",
     ]
     return "\n".join(lines)
+
+
+def return_new_reference(obj: str) -> list[str]:
+    """IR lines returning the Python object ``obj`` as a new reference (its ob_refcnt + 1)."""
+    n = obj.lstrip("%")
+    return [
+        f"  %{n}.rc = load i64, ptr {obj}, align 8",
+        f"  %{n}.rc1 = add i64 %{n}.rc, 1",
+        f"  store i64 %{n}.rc1, ptr {obj}, align 8",
+        f"  ret ptr {obj}",
+    ]
 
 
 def _point_kernel(program: Program, slot, vector_ok) -> tuple[str, set[str]]:
