@@ -420,6 +420,11 @@ class TensorKernel:
         self.kernel = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
         self.fast = _method(self._engine.get_function_address("sg_tensor_fast"))
         self._first = {i: k for k, i in reversed(list(enumerate(self.order)))}
+        # Per call, only list lookups: where each kernel output goes, and which flat outputs
+        # repeat an earlier one (copied after the kernel).
+        self._out_pos = [self._first[i] for i in self.distinct]
+        self._repeats = [(pos, self._first[i]) for pos, i in enumerate(self.order)
+                         if self._first[i] != pos]  # fmt: skip
         self._scratch = threading.local()
         # The constant arrays the kernel reads through bufs (read-only, owned by the graph).
         self._constants = [graph.attr(i, "value") for i in self.plan.passed]
@@ -438,21 +443,19 @@ class TensorKernel:
         except AttributeError:
             scratch = self._scratch.buffer = np.empty(max(self.plan.scratch, 1))
         if self.fast is not None:
-            outs = [flat[self._first[i]] for i in self.distinct]
-            self.fast.call(*arrays, *outs, scratch, *self._constants)
+            self.fast.call(*arrays, *[flat[k] for k in self._out_pos], scratch, *self._constants)
         else:
             self._run_ctypes(arrays, flat, scratch)
-        for pos, i in enumerate(self.order):
-            if self._first[i] != pos:
-                flat[pos][...] = flat[self._first[i]]
+        for pos, first in self._repeats:
+            flat[pos][...] = flat[first]
 
     def _run_ctypes(self, arrays, flat, scratch) -> None:
         n_out = len(self.distinct)
         ptrs = np.empty(self.n_in + n_out + 1 + len(self._constants), np.uint64)
         for k, a in enumerate(arrays):
             ptrs[k] = a.ctypes.data
-        for k, i in enumerate(self.distinct):
-            ptrs[self.n_in + k] = flat[self._first[i]].ctypes.data
+        for k, pos in enumerate(self._out_pos):
+            ptrs[self.n_in + k] = flat[pos].ctypes.data
         ptrs[self.n_in + n_out] = scratch.ctypes.data
         for k, c in enumerate(self._constants):
             ptrs[self.n_in + n_out + 1 + k] = c.ctypes.data
