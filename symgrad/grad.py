@@ -40,7 +40,7 @@ def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
         with graph.stamped("grad", order):
             ct = _backward(graph, y, active, _seed(graph, seed))
             # The constant is hash-consed: every unconnected wrt shares one zero node.
-            return [ct[w.id] if w.id in ct else _zeros(graph, w.shape) for w in wrt]
+            return [_apply(graph, *ct[w.id]) if w.id in ct else _zeros(graph, w.shape) for w in wrt]
 
 
 def jacobian(ys, wrt) -> list[list[Expr]]:
@@ -111,8 +111,12 @@ def hvp(y: Expr, wrt, v) -> list[Expr]:
 Part = tuple  # (Expr, mask)
 
 
-def _backward(graph: Graph, y: Expr, active: list[int], seed: Expr) -> dict[int, Expr]:
-    """Walk ``active`` in reverse id order, summing each node's contributions once."""
+def _backward(graph: Graph, y: Expr, active: list[int], seed: Expr) -> dict[int, Part]:
+    """Walk ``active`` in reverse id order, summing each node's contributions once.
+
+    Returns each reached node's cotangent with its mask still deferred: the caller applies the
+    masks of the nodes it wants (its wrt), so no select is built for intermediate nodes.
+    """
     pending: dict[int, list[Part]] = {y.id: [(seed, ())]}
     done: dict[int, Part] = {}
     active_set = frozenset(active)
@@ -125,7 +129,7 @@ def _backward(graph: Graph, y: Expr, active: list[int], seed: Expr) -> dict[int,
         if not node["args"]:
             continue
         _propagate(graph, i, node, done[i], pending, active_set)
-    return {i: _apply(graph, g, mask) for i, (g, mask) in done.items()}
+    return done
 
 
 def _propagate(graph, i, node, total: Part, pending, active_set) -> None:
@@ -167,7 +171,7 @@ def _propagate_expanded(graph, opdef, args, attrs, g, pending, active_set) -> No
     done = _backward(graph, expanded, local, g)
     for a in args:
         if a.id in wanted and a.id in done:
-            pending.setdefault(a.id, []).append((done[a.id], ()))
+            pending.setdefault(a.id, []).append(done[a.id])
             wanted.discard(a.id)  # an operand used twice got both uses summed already
 
 
