@@ -4,14 +4,13 @@ Results are laid out as a call's (an Expr gives the batch shape, a list of n bat
 list of lists batch + (n, m)) and equal the in-process call exactly: the blocks run the same
 code. Checked with the synchronous and threaded schedulers on small arrays, and on a local
 cluster of two worker processes over 10 million points, where the function reaches the workers
-by pickle; the timings of that run are printed, not asserted.
+by pickle (benchmarks/scale_out.py times that run).
 """
 
 from __future__ import annotations
 
 import pickle
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -110,7 +109,7 @@ POINTS = 10_000_000
 CHUNK = 1_000_000
 
 
-def test_local_cluster_of_two_processes_on_ten_million_points(capsys):
+def test_local_cluster_of_two_processes_on_ten_million_points():
     distributed = pytest.importorskip("dask.distributed")
     f = sg.parse("(1 - a)**2 + 100*(b - a**2)**2")
     fn = sg.compile([f, sg.build_grad(f, [f.graph.inputs["a"], f.graph.inputs["b"]])])
@@ -119,40 +118,27 @@ def test_local_cluster_of_two_processes_on_ten_million_points(capsys):
     )
     try:
         with distributed.Client(cluster) as client:
-            timings, inputs, results = run_on_cluster(fn, client, distributed)
+            inputs, results = run_on_cluster(fn, client, distributed)
     finally:
         cluster.close()
-    x, y = inputs
-    for run in ("first", "second"):  # the first call also faults in its fresh output pages
-        start = time.perf_counter()
-        local = fn(x, y)
-        timings[f"in-process call ({run})"] = time.perf_counter() - start
-    assert same(results, local)
-    assert results[0].shape == (POINTS,) and results[1].shape == (POINTS, 2)
-    with capsys.disabled():
-        print(
-            "\n[dask, 2 worker processes, 10M points, value + gradient] "
-            + ", ".join(f"{k}: {v:.3f} s" for k, v in timings.items())
-        )
+    local = fn(*inputs)
+    for mapped in results:
+        assert same(mapped, local)
+    assert local[0].shape == (POINTS,) and local[1].shape == (POINTS, 2)
 
 
 def run_on_cluster(fn, client, distributed):
-    """Inputs made and kept on the workers; the function mapped over them and computed there
-    (twice), then gathered. Returns the timings, the inputs and the gathered results."""
+    """Inputs made and kept on the workers; the function mapped over them there, then gathered:
+    once as it is, once as a copy (a new function to Dask, so nothing is reused but the workers'
+    warm processes). Returns the inputs and both gathered results. (benchmarks/scale_out.py
+    times the same run.)"""
     rng = da.random.default_rng(0)
     x = rng.uniform(-2.0, 2.0, POINTS, chunks=CHUNK)
     y = rng.uniform(-1.0, 3.0, POINTS, chunks=CHUNK)
     x, y = client.persist([x, y])
     distributed.wait([x, y])
-    timings = {}
-    # The first run's workers import llvmlite and load the function; the second maps a copy
-    # (a new function to Dask, so nothing is reused but the workers' warm processes).
-    for run, mapped in (("first", fn), ("second", pickle.loads(pickle.dumps(fn)))):
-        start = time.perf_counter()
-        lazy = client.persist(list(mapped.map_blocks(x, y)))
-        distributed.wait(lazy)
-        timings[f"dask on workers ({run})"] = time.perf_counter() - start
-    start = time.perf_counter()
-    results = client.gather(client.compute(lazy))
-    timings["dask gather to client"] = time.perf_counter() - start
-    return timings, dask.compute(x, y), results
+    results = [
+        client.gather(client.compute(list(mapped.map_blocks(x, y))))
+        for mapped in (fn, pickle.loads(pickle.dumps(fn)))
+    ]
+    return dask.compute(x, y), results

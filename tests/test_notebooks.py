@@ -30,7 +30,13 @@ def test_committed_outputs_match_a_fresh_run(notebook, path):
     assert committed.keys() == fresh.keys()
     for key in fresh:
         # Iteration counts of SciPy's minimizers can move by a few on another CPU or BLAS
-        # (rounding decides a line search); every other value must reproduce.
+        # (rounding decides a line search), and so can where a minimizer stops: Newton-CG's
+        # step-size test ended 3e-5 from the minimum on one machine, 0.012 on another (both
+        # successes). End points only need to land on the same side of 0.1 (converged or not);
+        # every other value must reproduce.
+        if key.endswith("_distance"):
+            assert np.array_equal(np.asarray(committed[key]) < 0.1, np.asarray(fresh[key]) < 0.1)
+            continue
         counts = any(word in key for word in ("nit", "nfev", "njev", "nhev", "success"))
         np.testing.assert_allclose(
             np.asarray(committed[key], float), np.asarray(fresh[key], float),

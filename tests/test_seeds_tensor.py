@@ -12,8 +12,6 @@ none is a pasted output of symgrad. Each test runs on both backends.
 - the Hessian-vector product of the seed-002 cost w.r.t. W2 (what a Newton-type method needs).
 """
 
-import time
-
 import numpy as np
 import pytest
 
@@ -414,7 +412,6 @@ def train(step, X, y, params, steps, rng):
 def test_seed004_algorithm_3_1_trains_an_mlp_on_two_spirals(backend):
     X, labels = two_spirals(N_POINTS, np.random.default_rng(0))
     y = labels[:, None]
-    start = time.perf_counter()
     step = compile_step(backend)
     forward = compile_forward(backend, N_POINTS)
     params = init_params(np.random.default_rng(1))
@@ -431,7 +428,6 @@ def test_seed004_algorithm_3_1_trains_an_mlp_on_two_spirals(backend):
     assert float(initial_loss) == pytest.approx(backprop_by_hand(X, y, *params)[0], rel=1e-13)
     params, batch_losses = train(step, X, y, params, STEPS, np.random.default_rng(2))
     final_loss, prob = forward(X, y, *params)
-    elapsed = time.perf_counter() - start
 
     assert np.all(np.isfinite(batch_losses))
     assert float(initial_loss) > 0.5
@@ -439,7 +435,6 @@ def test_seed004_algorithm_3_1_trains_an_mlp_on_two_spirals(backend):
     assert batch_losses[-100:].mean() < 0.2 * batch_losses[:100].mean()
     accuracy = np.mean((prob[:, 0] > 0.5) == (labels == 1))
     assert accuracy > 0.95, accuracy
-    assert elapsed < 60, elapsed  # ~1 s on 2 cores; a loose bound against a pathological slowdown
 
 
 def test_seed004_llvm_and_numpy_give_the_same_loss_curve():
