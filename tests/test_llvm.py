@@ -2,7 +2,8 @@
 
 Every op of the registry and random expressions, value and gradient, at single points, in batches
 that run the 4-lane loop and its scalar tail, and at special values; batch length, thread count
-and broadcasting; the on-disk object cache; memory over 1,000 functions; the IR and asm text.
+and broadcasting; memory over 1,000 functions; the IR and asm text (the on-disk object
+cache: test_cache.py).
 
 Tolerances. A module that calls no C function does the very IEEE operations numpy does, in the
 same order: its results must be identical. An op's value from the point kernel or the batch tail
@@ -20,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import gc
-import hashlib
 import itertools
 import json
 import math
@@ -427,7 +427,7 @@ def test_empty_batch():
     assert [r.shape for r in got] == [(0,), (0, 2), (0, 2, 2)]
 
 
-# --- the object cache ----------------------------------------------------------------------------
+# --- a formula, and a fresh interpreter (the object cache has its own tests: test_cache.py) -------
 
 FORMULA = "sin(x) * y + exp(x / (1 + y*y))"
 
@@ -438,156 +438,12 @@ def compile_formula(text: str = FORMULA):
     return sg.compile([f, sg.build_grad(f, xs)], inputs=xs)
 
 
-def same_results(a, b) -> bool:
-    cols = long_batch(1003)
-    return identical(a(*cols), b(*cols)) and identical(a(0.3, -1.2), b(0.3, -1.2))
-
-
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     """``code`` in a fresh interpreter at the repository root, with ``env`` added."""
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
         cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(folder))
-    return folder
-
-
-def entries(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.o"))
-
-
-def test_cache_writes_an_entry_then_hits(cache):
-    first = compile_formula()
-    assert not first._native.cache_hit
-    [entry] = entries(cache)
-    assert re.fullmatch(r"[0-9a-f]{64}\.o", entry.name)
-    second = compile_formula()  # an equal graph, built anew
-    assert second._native.cache_hit
-    assert second.llvm_ir == first.llvm_ir
-    assert same_results(second, first)
-    assert entries(cache) == [entry]
-    assert not list(cache.glob(".tmp-*"))  # no temporary file left behind
-
-
-def _corruptions():
-    from symgrad.llvm.jit import MAGIC
-
-    head = len(MAGIC) + 32  # magic, then the sha256 of the payload
-
-    def flip(blob: bytes, at: int) -> bytes:
-        return blob[:at] + bytes([blob[at] ^ 0x40]) + blob[at + 1 :]
-
-    return {
-        "empty": lambda b: b"",
-        "magic only": lambda b: b[: len(MAGIC)],
-        "header only": lambda b: b[:head],
-        "half": lambda b: b[: len(b) // 2],
-        "last byte dropped": lambda b: b[:-1],
-        "byte appended": lambda b: b + b"\0",
-        "wrong magic": lambda b: flip(b, 0),
-        "checksum flipped": lambda b: flip(b, len(MAGIC) + 5),
-        "payload byte flipped": lambda b: flip(b, head + (len(b) - head) // 2),
-        "payload zeroed": lambda b: b[:head] + bytes(len(b) - head),
-    }
-
-
-@pytest.mark.parametrize("how", list(_corruptions()))
-def test_corrupt_or_truncated_entry_is_rebuilt(cache, how):
-    first = compile_formula()
-    [entry] = entries(cache)
-    good = entry.read_bytes()
-    entry.write_bytes(_corruptions()[how](good))
-    again = compile_formula()
-    assert not again._native.cache_hit
-    assert same_results(again, first)
-    assert entry.read_bytes() == good  # rewritten
-    assert compile_formula()._native.cache_hit
-
-
-def test_entry_under_a_wrong_key_is_not_loaded(cache):
-    wanted = compile_formula()
-    [key] = entries(cache)
-    compile_formula("x * y + 100")
-    [other_entry] = [e for e in entries(cache) if e != key]
-    key.write_bytes(other_entry.read_bytes())
-    again = compile_formula()
-    assert same_results(again, wanted)
-    assert not again._native.cache_hit
-
-
-def test_entry_that_is_not_an_object_file_is_rebuilt(cache):
-    compile_formula()
-    [entry] = entries(cache)
-    from symgrad.llvm.jit import MAGIC
-
-    junk = b"this is not an object file" * 10
-    entry.write_bytes(MAGIC + hashlib.sha256(junk).digest() + junk)
-    code = """
-        from tests.test_llvm import compile_formula
-        print(compile_formula()._native.cache_hit)
-    """
-    done = run_python(code, SYMGRAD_CACHE_DIR=str(cache))
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["False"]
-
-
-def test_read_only_cache_directory_still_compiles(cache):
-    cache.mkdir()
-    cache.chmod(0o500)
-    try:
-        if os.access(cache, os.W_OK):
-            pytest.skip("this user can write to a 0o500 directory (root)")
-        fn = compile_formula()
-        assert not fn._native.cache_hit
-        assert same_results(fn, compile_formula())
-        assert entries(cache) == []
-    finally:
-        cache.chmod(0o700)
-
-
-def test_cache_path_that_is_a_file_still_compiles(cache):
-    cache.write_text("not a directory")  # fails for root too, unlike permissions
-    fn = compile_formula()
-    assert not fn._native.cache_hit
-    assert not compile_formula()._native.cache_hit
-    assert cache.read_text() == "not a directory"
-
-
-def test_cache_off(tmp_path, monkeypatch):
-    monkeypatch.setenv("SYMGRAD_CACHE_DIR", "off")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # where the default would be
-    monkeypatch.setenv("HOME", str(tmp_path))
-    first, second = compile_formula(), compile_formula()
-    assert not first._native.cache_hit and not second._native.cache_hit
-    assert same_results(first, second)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_second_process_loads_from_the_cache(cache):
-    fn = compile_formula()
-    assert not fn._native.cache_hit
-    code = """
-        import hashlib, json
-        from tests.test_llvm import compile_formula
-        fn = compile_formula()
-        print(json.dumps({
-            "hit": fn._native.cache_hit,
-            "value": [r.tolist() for r in fn(0.3, -1.2)],
-            "ir": hashlib.sha256(fn.llvm_ir.encode()).hexdigest(),
-        }))
-    """
-    done = run_python(code, SYMGRAD_CACHE_DIR=str(cache))
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout)
-    assert report["hit"] is True
-    assert report["value"] == [r.tolist() for r in fn(0.3, -1.2)]
-    assert report["ir"] == hashlib.sha256(fn.llvm_ir.encode()).hexdigest()  # across processes
 
 
 # --- memory over 1,000 functions -----------------------------------------------------------------

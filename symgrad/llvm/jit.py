@@ -7,11 +7,9 @@ emitted as an object file and loaded into an MCJIT engine that the ``NativeKerne
 (an engine that is collected leaves dangling function pointers: llvmlite issue #232).
 
 Every external symbol the module calls is looked up before anything runs: an unresolved symbol
-would crash the process at the call. The object code is cached on disk keyed by a hash of the IR
-text (itself a function of the graph), the llvmlite and LLVM versions, the CPU and its features
-and the options; ``SYMGRAD_CACHE_DIR`` moves the cache, ``SYMGRAD_CACHE_DIR=off`` disables it. A
-corrupt or truncated entry fails its checksum and is rebuilt; a cache that cannot be written only
-loses caching.
+would crash the process at the call. The object code is cached on disk (``cache.py``: where,
+whom it trusts, eviction) keyed by a hash of the IR text (itself a function of the graph), the
+llvmlite and LLVM versions, the CPU and its features and the options.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
@@ -32,6 +29,7 @@ import numpy as np
 
 from symgrad.errors import LoweringError
 from symgrad.interp import Program
+from symgrad.llvm import cache as object_cache
 from symgrad.llvm.lower import EXACT_POWERS, WIDTH, lower
 from symgrad.ops import OPS
 
@@ -42,8 +40,6 @@ THREAD_MIN_POINTS = 1 << 15  # below this many points per thread, threads cost m
 # vs 94. The cost counts an op 1 and a libm call LIBM_COST.
 THREAD_MIN_COST = 64
 LIBM_COST = 8
-MAGIC = b"SYMGRAD-OBJ-2\n"
-ELF = b"\x7fELF"
 _lock = threading.Lock()
 
 
@@ -105,14 +101,6 @@ def vector_ok(name: str) -> bool:
     return "+avx2" in features and symbol_available(name)
 
 
-def cache_dir() -> Path | None:
-    setting = os.environ.get("SYMGRAD_CACHE_DIR")
-    if setting is not None:
-        return None if setting.strip().lower() in ("off", "0", "none", "") else Path(setting)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "symgrad"
-
-
 def _cache_key(ir: str, options: str) -> str:
     import llvmlite
 
@@ -122,46 +110,6 @@ def _cache_key(ir: str, options: str) -> str:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
-
-
-def _cache_read(key: str) -> bytes | None:
-    folder = cache_dir()
-    if folder is None:
-        return None
-    try:
-        blob = (folder / f"{key}.o").read_bytes()
-    except OSError:
-        return None
-    head = len(MAGIC) + 32
-    if len(blob) < head or not blob.startswith(MAGIC):
-        return None
-    digest, payload = blob[len(MAGIC) : head], blob[head:]
-    if _digest(key, payload) != digest or not payload.startswith(ELF):
-        return None  # corrupt, truncated, or another key's entry: rebuilt, never loaded
-    return payload
-
-
-def _digest(key: str, payload: bytes) -> bytes:
-    # The key is part of the checksum, so an entry renamed to another key fails it too.
-    return hashlib.sha256(key.encode() + b"\0" + payload).digest()
-
-
-def _cache_write(key: str, payload: bytes) -> None:
-    folder = cache_dir()
-    if folder is None:
-        return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(MAGIC + _digest(key, payload) + payload)
-            os.replace(tmp, folder / f"{key}.o")
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass  # read-only or full: we only lose caching
 
 
 # The IR passes, in order. lower.py already emits each node once, hoists what is loop-invariant
@@ -466,14 +414,14 @@ def _object_code(ir: str, opt: int, tm=None, codegen: str = "") -> tuple[bool, b
     """Object code for module text ``ir``: from the cache, or compiled by ``tm`` (the target
     machine of straight-line kernels by default) and cached."""
     key = _cache_key(ir, f"opt={opt}{codegen}")
-    payload = _cache_read(key)
+    payload = object_cache.load(key)
     if payload is not None:
         return True, payload
     tm = tm or _target()[0]
     with _lock:  # LLVM's pass and codegen state is not to be shared between threads
         context = _llvm().create_context()
         payload = tm.emit_object(_optimized_module(ir, opt, context))
-    _cache_write(key, payload)
+    object_cache.store(key, payload)
     return False, payload
 
 
