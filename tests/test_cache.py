@@ -484,13 +484,17 @@ def test_folder_of_another_user_is_refused_with_one_warning(folder, attack):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("where", ["the folder", "its parent"])
-def test_cache_path_through_a_file_only_loses_caching(folder, monkeypatch, where):
-    folder.write_text("not a directory")  # fails for root too, unlike permissions
-    if where == "its parent":
+@pytest.mark.parametrize("what", ["a file", "a file as its parent", "a FIFO"])
+def test_cache_path_that_is_not_a_folder_only_loses_caching(folder, monkeypatch, what):
+    if what == "a FIFO":
+        os.mkfifo(folder, 0o600)  # opening it to read would wait for a writer forever
+    else:
+        folder.write_text("not a directory")  # fails for root too, unlike permissions
+    if what == "a file as its parent":
         monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(folder / "sub"))
     said = cache_warnings(lambda: [compiled_without_hit() for _ in range(2)])
-    assert said == [] and folder.read_text() == "not a directory"
+    assert said == []
+    assert stat.S_ISFIFO(os.lstat(folder).st_mode) or folder.read_text() == "not a directory"
 
 
 # --- a second user in a shared folder ----------------------------------------------------------

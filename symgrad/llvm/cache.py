@@ -56,7 +56,7 @@ STALE_SECONDS = 3600  # a temporary file this old belongs to a writer that was k
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 _OPEN_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _lock = threading.Lock()
@@ -124,8 +124,8 @@ def store(key: str, payload: bytes) -> None:
             return
         path, dir_fd = opened
         try:
-            _store(path, dir_fd, key, payload)
-            _after_write(dir_fd, key + ENTRY_SUFFIX, size, limit)
+            if _store(path, dir_fd, key, payload):
+                _after_write(dir_fd, key + ENTRY_SUFFIX, size, limit)
         finally:
             os.close(dir_fd)
     except (OSError, ValueError):
@@ -221,16 +221,17 @@ def _load(path: Path, dir_fd: int, key: str) -> bytes | None:
     return payload
 
 
-def _store(path: Path, dir_fd: int, key: str, payload: bytes) -> None:
+def _store(path: Path, dir_fd: int, key: str, payload: bytes) -> bool:
     secret = _secret(path, dir_fd, create=True)
     if secret is None:
-        return
+        return False
     tmp = _write_new(dir_fd, MAGIC + _mac(secret, key, payload) + payload)
     try:
         os.replace(tmp, key + ENTRY_SUFFIX, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except OSError:
         _unlink(dir_fd, tmp)  # e.g. a directory at the entry's path: left alone
         raise
+    return True
 
 
 def _mac(secret: bytes, key: str, payload: bytes) -> bytes:
