@@ -10,11 +10,17 @@ order and no code needs to recurse over a graph.
 Each node of ``g.nx`` carries the attributes ``op``, ``args``, ``attrs``, ``shape``, ``role``
 (``"primal"`` or ``"grad"``) and ``order`` (0 for primal nodes, k for nodes a k-th derivative
 added).
+
+Every node — created by a call, by a derivative rule or rebuilt from a pickle — passes the same
+checks: the op's ``normalize`` (attributes), its shape rule, and the graph's limits ``max_nodes``
+and ``max_elements`` (elements of any one node). ``g.nx`` is read-only: its mutating methods raise
+a GraphError, so nothing can change the nodes behind the hash-consing tables.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 import numbers
 import re
@@ -25,12 +31,25 @@ import networkx as nx
 import numpy as np
 
 from symgrad.errors import GraphError, ShapeError, SymgradError
-from symgrad.ops import OPS
+from symgrad.ops import MAX_NDIM, OPS, show
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 DEFAULT_MAX_NODES = 10_000_000
-MAX_ELEMENTS = 2**40  # elements of one input: far beyond any memory, so a typo, not data
-PICKLE_FORMAT = 1  # version of the state a pickled Graph carries
+# Elements of any one node (input, intermediate or output). 2**28 float64 is 2 GiB per array: a
+# compiled gradient holds several arrays of that size at once (values and cotangents), and a few
+# of them still fit the 24 GiB of a work machine, while no typo'd broadcast or reshape can ask
+# for 10^18 elements and spin for ever. Real data above it raise ``Graph(max_elements=...)``.
+DEFAULT_MAX_ELEMENTS = 2**28
+# The highest ``max_elements`` accepted: far beyond any memory (8 TiB of float64), and element
+# and byte offsets (8 * 2**40) stay far inside the int64 arithmetic of the compiled code.
+MAX_ELEMENTS = 2**40
+PICKLE_FORMAT = 2  # version of the state a pickled Graph carries (1: without max_elements)
+# The methods of a networkx graph that change it: refused on ``g.nx`` (see ``_read_only``).
+NX_MUTATORS = (
+    "add_node", "add_nodes_from", "remove_node", "remove_nodes_from", "add_edge",
+    "add_edges_from", "add_weighted_edges_from", "remove_edge", "remove_edges_from", "update",
+    "clear", "clear_edges",
+)  # fmt: skip
 
 
 def _key_value(v):
@@ -80,16 +99,51 @@ class Graph:
     'mul'
     """
 
-    def __init__(self, max_nodes: int = DEFAULT_MAX_NODES):
-        self.nx = nx.DiGraph()
-        self.max_nodes = max_nodes
+    def __init__(
+        self, max_nodes: int = DEFAULT_MAX_NODES, max_elements: int = DEFAULT_MAX_ELEMENTS
+    ):
+        max_nodes = _checked_limit("max_nodes", max_nodes)
+        max_elements = _checked_limit("max_elements", max_elements, MAX_ELEMENTS)
+        self._nx = _read_only_digraph()
+        self._max_nodes, self._max_elements = max_nodes, max_elements
         self._ids: dict[tuple, int] = {}
         self._keys: list[tuple] = []  # key of each id, to undo a failed call
         self._inputs: dict[str, int] = {}
         self._stamp = ("primal", 0)
 
+    @property
+    def nx(self) -> nx.DiGraph:
+        """The networkx.DiGraph of the nodes, read-only: its mutating methods raise GraphError.
+
+        Copy it (``nx.DiGraph(g.nx)`` or ``g.nx.copy()``) to get a graph you may change.
+        """
+        return self._nx
+
+    @nx.setter
+    def nx(self, value) -> None:
+        raise GraphError("Graph.nx is read-only: the graph owns its networkx.DiGraph")
+
+    @property
+    def max_nodes(self) -> int:
+        """Most nodes the graph may hold; a call that would create more is a GraphError."""
+        return self._max_nodes
+
+    @max_nodes.setter
+    def max_nodes(self, value: int) -> None:
+        self._max_nodes = _checked_limit("max_nodes", value)
+
+    @property
+    def max_elements(self) -> int:
+        """Most elements any one node may have (inputs, constants, intermediates, outputs);
+        a node with more is a ShapeError when it is created, before anything is allocated."""
+        return self._max_elements
+
+    @max_elements.setter
+    def max_elements(self, value: int) -> None:
+        self._max_elements = _checked_limit("max_elements", value, MAX_ELEMENTS)
+
     def __len__(self) -> int:
-        return self.nx.number_of_nodes()
+        return len(self._keys)
 
     def __repr__(self) -> str:
         return f"<symgrad.Graph: {len(self)} nodes, inputs {list(self._inputs)}>"
@@ -100,8 +154,8 @@ class Graph:
         return {name: Expr(self, i) for name, i in self._inputs.items()}
 
     def node(self, i: int) -> dict:
-        """The attribute dict of node ``i`` (op, args, attrs, shape, role, order)."""
-        return self.nx._node[i]
+        """The attribute dict of node ``i`` (op, args, attrs, shape, role, order): read it only."""
+        return self._nx._node[i]
 
     def input(self, name: str, shape=None) -> Expr:
         """The input called ``name``, created on first use; ``shape`` () (a scalar) by default.
@@ -110,15 +164,16 @@ class Graph:
         """
         if not isinstance(name, str) or not NAME_RE.match(name) or name.startswith("__"):
             raise GraphError(
-                f"input name {name!r} is not a name: use letters, digits and '_', not starting "
-                "with a digit or '__'"
+                f"input name {show(name)} is not a name: use letters, digits and '_', not "
+                "starting with a digit or '__'"
             )
+        what = f"input {name!r}"
         if name in self._inputs:
             e = Expr(self, self._inputs[name])
-            if shape is not None and check_shape(shape, f"input {name!r}") != e.shape:
-                raise ShapeError(f"input {name!r} has shape {e.shape}, not {tuple(shape)}")
+            if shape is not None and check_shape(shape, what, self._max_elements) != e.shape:
+                raise ShapeError(f"{what} has shape {e.shape}, not {show(shape)}")
             return e
-        shape = () if shape is None else check_shape(shape, f"input {name!r}")
+        shape = () if shape is None else check_shape(shape, what, self._max_elements)
         e = Expr(self, self._add("input", (), (("name", name),), shape))
         self._inputs[name] = e.id
         return e
@@ -159,6 +214,7 @@ class Graph:
             return self.const_id(float(arr))
         if arr.size == 0:
             raise ShapeError(f"constant array of shape {arr.shape} is empty")
+        check_shape(arr.shape, "constant array", self._max_elements)
         arr.flags.writeable = False  # the node owns it: nobody may change a hash-consed value
         # Keyed by shape and bits: -0.0 and 0.0 differ, NaN equals itself, as for scalars.
         key = ("const", arr.shape, arr.tobytes())
@@ -169,41 +225,54 @@ class Graph:
 
     def apply(self, op: str, *operands, **attrs) -> Expr:
         """Node ``op(*operands)``; numbers among ``operands`` become constants."""
-        opdef = OPS.get(op) if isinstance(op, str) else None
-        if opdef is None or opdef.arity == 0:
-            raise GraphError(f"unknown op {op!r}")
-        if len(operands) != opdef.arity:
-            raise GraphError(f"{op} takes {opdef.arity} operands, got {len(operands)}")
-        unknown = sorted(set(attrs) - set(opdef.attrs))
-        if unknown:
-            raise GraphError(f"{op} has no attribute {', '.join(map(repr, unknown))}")
+        opdef = _opdef(op, len(operands), attrs)
         start = len(self._keys)
         try:
             ids = tuple(
                 v.id if type(v) is Expr and v.graph is self else self._operand_id(op, pos, v)
                 for pos, v in enumerate(operands)
             )
-            if opdef.normalize is not None:
-                shapes = tuple(self.nx._node[i]["shape"] for i in ids)
-                attrs = opdef.normalize(op, shapes, attrs)
-            return Expr(self, self.node_id(op, ids, tuple(sorted(attrs.items())) if attrs else ()))
+            return Expr(self, self.create(opdef, ids, attrs))
         except SymgradError:
             # A constant made for an earlier operand must not outlive the failed call.
             if len(self._keys) > start:
                 self._truncate(start)
             raise
 
+    def create(self, opdef, ids: tuple[int, ...], attrs: dict) -> int:
+        """Id of the node ``opdef`` over operand ids ``ids`` with raw ``attrs``, created if new.
+
+        The one checked way in, shared by ``apply`` and unpickling: the op's ``normalize``
+        checks and canonicalizes the attributes (indices, axes, sizes, strides), then
+        ``node_id`` runs the shape rule and the graph's limits.
+        """
+        if opdef.normalize is not None:
+            shapes = tuple(self._nx._node[i]["shape"] for i in ids)
+            try:
+                attrs = opdef.normalize(opdef.name, shapes, attrs)
+            except SymgradError:
+                raise
+            except Exception as err:  # a safety net: every normalize rejects bad values itself
+                raise GraphError(
+                    f"{opdef.name}: bad attributes {show(attrs)} ({type(err).__name__})"
+                ) from None
+        return self.node_id(opdef.name, ids, tuple(sorted(attrs.items())) if attrs else ())
+
     def node_id(self, op: str, ids: tuple[int, ...], attrs: tuple = ()) -> int:
-        """Id of the node ``op`` over operand ids ``ids`` (checked operands), created if new."""
+        """Id of the node ``op`` over operand ids ``ids`` (checked operands) and canonical
+        ``attrs`` (what the op's ``normalize`` gives, as sorted pairs), created if new."""
         opdef = OPS[op]
         if opdef.commutative:
             ids = tuple(sorted(ids))
-        nodes = self.nx._node
+        nodes = self._nx._node
         shapes = tuple(nodes[i]["shape"] for i in ids)
         # Scalar operands of an elementwise op are the common case: skip the shape rule.
         if not any(shapes) and opdef.shape is None:
             return self._add(op, ids, attrs, ())
-        return self._add(op, ids, attrs, opdef.infer_shape(shapes, dict(attrs)))
+        shape = opdef.infer_shape(shapes, dict(attrs))
+        if len(shape) > MAX_NDIM or math.prod(shape) > self._max_elements:
+            check_shape(shape, f"{op}: result", self._max_elements)
+        return self._add(op, ids, attrs, shape)
 
     def _operand_id(self, op: str, pos: int, v) -> int:
         if isinstance(v, Expr):
@@ -228,9 +297,9 @@ class Graph:
 
     def _new(self, key: tuple, op: str, args: tuple, attrs: tuple, shape: tuple) -> int:
         i = len(self._keys)
-        if i >= self.max_nodes:
+        if i >= self._max_nodes:
             raise GraphError(
-                f"graph would exceed max_nodes={self.max_nodes}: raise Graph(max_nodes=...)"
+                f"graph would exceed max_nodes={self._max_nodes}: raise Graph(max_nodes=...)"
             )
         role, order = self._stamp
         data = {"op": op, "args": args, "attrs": attrs, "shape": shape, "role": role}
@@ -243,7 +312,7 @@ class Graph:
     def _link(self, i: int, data: dict) -> None:
         # What DiGraph.add_node and add_edge do, written into its dicts directly: node creation
         # is the hot path of every stage, and the public calls cost ~3 us each in checks.
-        g = self.nx
+        g = self._nx
         g._node[i] = data
         g._succ[i] = {}
         pred = g._pred[i] = {}
@@ -267,7 +336,8 @@ class Graph:
     def _truncate(self, n: int) -> None:
         for key in self._keys[n:]:
             del self._ids[key]
-        self.nx.remove_nodes_from(range(n, len(self._keys)))
+        # The DiGraph method itself: g.nx's own attribute refuses (see _read_only_digraph).
+        nx.DiGraph.remove_nodes_from(self._nx, range(n, len(self._keys)))
         del self._keys[n:]
         self._inputs = {name: i for name, i in self._inputs.items() if i < n}
 
@@ -288,17 +358,21 @@ class Graph:
 
     def __getstate__(self) -> dict:
         """The graph as plain data: each node's op, args, attrs, shape, role and order in id
-        order, the input names and ``max_nodes`` (tensor constants travel as numpy arrays).
+        order, the input names, ``max_nodes`` and ``max_elements`` (tensor constants travel as
+        numpy arrays).
 
-        Unpickling rebuilds every node through ``input``, ``const_id`` and ``node_id``, so the
-        hash-consing tables are those of a graph built by hand, and checks the structure on the
-        way: a malformed state is a GraphError. Pickle itself is unsafe by nature (a crafted
-        pickle can run code before symgrad sees it): unpickle only data you trust.
+        Unpickling rebuilds every node through ``input``, ``const_id`` and ``create`` — the
+        checks of any node creation: attributes normalized by the op, shape rule, limits — and
+        requires each node to come out exactly as recorded, so a state, however crafted, gives
+        a graph that normal calls could have built, or a GraphError. Pickle itself is unsafe by
+        nature (a crafted pickle can run code before symgrad sees it): unpickle only data you
+        trust.
         """
-        nodes = self.nx._node
+        nodes = self._nx._node
         return {
             "format": PICKLE_FORMAT,
-            "max_nodes": self.max_nodes,
+            "max_nodes": self._max_nodes,
+            "max_elements": self._max_elements,
             "inputs": list(self._inputs),
             "nodes": [_node_record(nodes[i]) for i in range(len(self._keys))],
         }
@@ -309,60 +383,127 @@ class Graph:
             self._restore(state)
         except SymgradError as err:
             raise GraphError(f"cannot unpickle a Graph: {err}") from None
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+        except Exception as err:  # noqa: BLE001 (crafted data: every failure is a bad state)
             raise GraphError(
-                f"cannot unpickle a Graph: malformed state ({type(err).__name__}: {err})"
+                f"cannot unpickle a Graph: malformed state ({type(err).__name__})"
             ) from None
 
     def _restore(self, state) -> None:
-        if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
-            raise GraphError(f"not a graph state of format {PICKLE_FORMAT}")
-        max_nodes, records = state["max_nodes"], state["nodes"]
-        if type(max_nodes) is not int or not isinstance(records, (list, tuple)):
-            raise GraphError("max_nodes must be an int and nodes a list")
-        self.__init__(max_nodes)
+        if type(state) is not dict or state.get("format") not in (1, PICKLE_FORMAT):
+            raise GraphError(f"not a graph state of format 1 or {PICKLE_FORMAT}")
+        expected = {"format", "max_nodes", "inputs", "nodes"}
+        if state["format"] == PICKLE_FORMAT:
+            expected.add("max_elements")
+        if set(state) != expected:
+            raise GraphError(f"a state of format {state['format']} has the keys {sorted(expected)}")
+        records, inputs = state["nodes"], state["inputs"]
+        if type(records) is not list or type(inputs) is not list:
+            raise GraphError("nodes and inputs must be lists")
+        self.__init__(state["max_nodes"], state.get("max_elements", DEFAULT_MAX_ELEMENTS))
+        if len(records) > self._max_nodes:
+            raise GraphError(f"{len(records)} nodes are more than max_nodes={self._max_nodes}")
         try:
             with paused_gc():
                 for i, record in enumerate(records):
                     self._restore_node(i, record)
         finally:
             self._stamp = ("primal", 0)
-        if list(self._inputs) != state["inputs"]:
-            raise GraphError(f"inputs {state['inputs']!r} are not the input nodes' names")
+        if list(self._inputs) != inputs:
+            raise GraphError(f"inputs {show(inputs)} are not the input nodes' names")
 
     def _restore_node(self, i: int, record) -> None:
+        if type(record) is not tuple or len(record) != 6:
+            raise GraphError(f"node {i}: not a record (op, args, attrs, shape, role, order)")
         op, args, attrs, shape, role, order = record
-        if not isinstance(op, str) or op not in OPS:
-            raise GraphError(f"node {i}: unknown op {op!r}")
-        if not isinstance(role, str) or type(order) is not int or order < 0:
-            raise GraphError(f"node {i}: role must be a str and order an int >= 0")
-        self._stamp = (role, order)
+        if type(op) is not str or op not in OPS:
+            raise GraphError(f"node {i}: unknown op {show(op)}")
+        self._stamp = _checked_stamp(i, role, order, self._max_nodes)
         attrs = _checked_attrs(i, op, attrs)
         if op == "input":
-            got = self.input(dict(attrs)["name"], shape=shape).id
+            got = self.input(attrs[0][1], shape=shape).id
         elif op == "const":
-            got = self.const_id(dict(attrs)["value"])
+            got = self.const_id(attrs[0][1])
         else:
-            got = self.node_id(op, _checked_args(i, op, args), attrs)
+            opdef = _opdef(op, OPS[op].arity, dict(attrs))
+            got = self.create(opdef, _checked_args(i, op, args), dict(attrs))
         if got != i:
             raise GraphError(f"node {i} ({op}) repeats node {got}")
-        node = self.nx._node[i]
-        if node["shape"] != shape or node["args"] != args:
+        node = self._nx._node[i]
+        if not _same(node["attrs"], attrs):
             raise GraphError(
-                f"node {i} ({op}): args {args!r} and shape {shape!r} are not what its creation "
-                f"gives ({node['args']!r}, {node['shape']!r})"
+                f"node {i} ({op}): attrs {show(attrs)} are not what its creation gives "
+                f"({show(node['attrs'])})"
             )
+        if not _same(node["shape"], shape) or not _same(node["args"], args):
+            raise GraphError(
+                f"node {i} ({op}): args {show(args)} and shape {show(shape)} are not what its "
+                f"creation gives ({node['args']!r}, {node['shape']!r})"
+            )
+
+
+def _checked_limit(name: str, value, ceiling: int | None = None) -> int:
+    """A limit of ``Graph(...)``: a positive int (not a bool), at most ``ceiling``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise GraphError(f"Graph: {name} must be a positive int, got {type(value).__name__}")
+    if value < 1 or (ceiling is not None and value > ceiling):
+        bound = "" if ceiling is None else f" and at most {ceiling}"
+        raise GraphError(f"Graph: {name} must be a positive int{bound}, got {show(value)}")
+    return int(value)
+
+
+def _read_only(*args, **kwargs):
+    raise GraphError(
+        "Graph.nx is read-only: create nodes with the graph's calls (apply, input, const, "
+        "tensor functions); copy it (nx.DiGraph(g.nx)) to get a networkx graph you may change"
+    )
+
+
+def _read_only_digraph() -> nx.DiGraph:
+    """A DiGraph whose mutating methods raise GraphError, as networkx's own ``nx.freeze`` does
+    with its exception: the methods are shadowed on the instance, so reads cost nothing extra
+    and ``g.nx.copy()`` or ``nx.DiGraph(g.nx)`` are ordinary, mutable graphs."""
+    g = nx.DiGraph()
+    for name in NX_MUTATORS:
+        setattr(g, name, _read_only)
+    g.frozen = True  # nx.is_frozen(g.nx) is True
+    return g
+
+
+def _opdef(op, arity: int, attrs: dict):
+    """The OpDef of ``op`` applied to ``arity`` operands with attributes named ``attrs``."""
+    opdef = OPS.get(op) if isinstance(op, str) else None
+    if opdef is None or opdef.arity == 0:
+        raise GraphError(f"unknown op {show(op)}")
+    if arity != opdef.arity:
+        raise GraphError(f"{op} takes {opdef.arity} operands, got {arity}")
+    unknown = sorted(set(attrs) - set(opdef.attrs))
+    if unknown:
+        raise GraphError(f"{op} has no attribute {', '.join(map(show, unknown))}")
+    return opdef
 
 
 def _node_record(data: dict) -> tuple:
     return (data["op"], data["args"], data["attrs"], data["shape"], data["role"], data["order"])
 
 
+def _checked_stamp(i: int, role, order, max_nodes: int) -> tuple[str, int]:
+    """A pickled node's role and order: primal nodes have order 0, derivative nodes 1 or more."""
+    if role == "primal" and type(role) is str and type(order) is int and order == 0:
+        return role, order
+    if role == "grad" and type(role) is str and type(order) is int and 1 <= order <= max_nodes:
+        return role, order
+    raise GraphError(
+        f"node {i}: role {show(role)} and order {show(order)} are not 'primal' and 0 or "
+        "'grad' and a derivative order"
+    )
+
+
 def _checked_attrs(i: int, op: str, attrs) -> tuple:
     """A pickled node's attrs: (name, value) pairs, each name one the op has, in sorted order."""
     allowed = OPS[op].attrs
-    if not isinstance(attrs, tuple) or any(
-        not isinstance(a, tuple) or len(a) != 2 or a[0] not in allowed for a in attrs
+    if type(attrs) is not tuple or any(
+        type(a) is not tuple or len(a) != 2 or type(a[0]) is not str or a[0] not in allowed
+        for a in attrs
     ):
         raise GraphError(f"node {i} ({op}): attrs must be (name, value) pairs of {allowed}")
     names = [a[0] for a in attrs]
@@ -374,28 +515,67 @@ def _checked_attrs(i: int, op: str, attrs) -> tuple:
 def _checked_args(i: int, op: str, args) -> tuple[int, ...]:
     """A pickled node's operands: ``arity`` ids of earlier nodes (id order is topological)."""
     if (
-        not isinstance(args, tuple)
+        type(args) is not tuple
         or len(args) != OPS[op].arity
         or any(type(a) is not int or not 0 <= a < i for a in args)
     ):
-        raise GraphError(f"node {i} ({op}): args {args!r} are not {OPS[op].arity} earlier ids")
+        raise GraphError(f"node {i} ({op}): args {show(args)} are not {OPS[op].arity} earlier ids")
     return args
 
 
-def check_shape(shape, what: str) -> tuple[int, ...]:
-    """``shape`` as a tuple of positive ints; ShapeError naming ``what`` otherwise."""
+def _same(a, b) -> bool:
+    """``a == b`` with equal types all the way down (1 is not True, a list is not a tuple);
+    floats compare by bits and arrays by dtype, shape and bytes. An explicit stack."""
+    stack = [(a, b)]
+    while stack:
+        a, b = stack.pop()
+        if type(a) is not type(b):
+            return False
+        if type(a) is tuple:
+            if len(a) != len(b):
+                return False
+            stack.extend(zip(a, b))
+        elif type(a) is np.ndarray:
+            if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+                return False
+        elif type(a) is float:
+            if a.hex() != b.hex():
+                return False
+        elif type(a) not in (int, str, bool, type(None), type(Ellipsis)) or a != b:
+            return False
+    return True
+
+
+def check_shape(shape, what: str, limit: int = MAX_ELEMENTS) -> tuple[int, ...]:
+    """``shape`` as a tuple of positive ints with at most ``limit`` elements and ``MAX_NDIM``
+    dimensions; ShapeError naming ``what`` otherwise."""
     items = (shape,) if isinstance(shape, (int, np.integer)) else shape
-    try:
-        out = tuple(items)
-    except TypeError:
-        raise ShapeError(f"{what}: shape must be a tuple of ints, got {shape!r}") from None
+    if isinstance(items, (str, bytes, dict)):
+        raise ShapeError(f"{what}: shape must be a tuple of ints, got {show(shape)}")
+    try:  # any iterable, read once and no further than one entry past the limit
+        out = tuple(itertools.islice(items, MAX_NDIM + 1))
+    except Exception:  # noqa: BLE001 (a caller's object that does not iterate)
+        raise ShapeError(f"{what}: shape must be a tuple of ints, got {show(shape)}") from None
+    if len(out) > MAX_NDIM:
+        raise ShapeError(f"{what}: shape has more than {MAX_NDIM} dimensions")
     for n in out:
         if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ShapeError(f"{what}: shape must be a tuple of positive ints, got {shape!r}")
+            raise ShapeError(f"{what}: shape must be a tuple of positive ints, got {show(shape)}")
     out = tuple(int(n) for n in out)
-    if math.prod(out) > MAX_ELEMENTS:
-        raise ShapeError(f"{what}: shape {out} has more than {MAX_ELEMENTS} elements")
+    size = math.prod(out)
+    if size > limit:
+        raise ShapeError(
+            f"{what} shape {show(out)} has {_count(size)} elements, more than "
+            f"max_elements={limit}: raise Graph(max_elements=...)"
+        )
     return out
+
+
+def _count(n: int) -> str:
+    # 400 exactly, 4.6e+18 rather than 19 digits; a product of huge dimensions overflows a float.
+    if n < 10**6:
+        return str(n)
+    return f"{float(n):.2g}" if n.bit_length() < 1000 else f"about 2**{n.bit_length() - 1}"
 
 
 def reachable(graph: Graph, roots) -> list[int]:
@@ -536,6 +716,9 @@ class Expr:
 
     def __neg__(self) -> Expr:
         return self.graph.apply("neg", self)
+
+    def __abs__(self) -> Expr:
+        return self.graph.apply("abs", self)
 
     def __pos__(self) -> Expr:
         return self

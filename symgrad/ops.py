@@ -14,6 +14,7 @@ the operand gets no gradient (comparisons, the condition of ``where``).
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,18 +72,59 @@ class OpDef:
         return self.shape(self.name, shapes, attrs or {})
 
 
+MAX_NDIM = 64  # dimensions of any node: numpy 2's limit, so the interpreter evaluates any node
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_int(self, x, level):
+        # repr of an int of more than 4300 digits raises ValueError; 10**5000 is a hostile value.
+        return repr(x) if x.bit_length() <= 128 else f"<int of {x.bit_length()} bits>"
+
+
+_SHORT = _ShortRepr()
+_SHORT.maxstring = _SHORT.maxother = 40
+_SHORT.maxtuple = _SHORT.maxlist = 8
+
+
+def show(value) -> str:
+    """A short repr of a caller's value for a message: long strings and containers cut, a huge
+    int by its size, an object whose repr fails by its type. Never raises."""
+    try:
+        return _SHORT.repr(value)
+    except Exception:  # noqa: BLE001 (a caller's __repr__ may raise anything)
+        return f"<{type(value).__name__}>"
+
+
 def broadcast_shape(op: str, shapes: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
     """numpy broadcasting of elementwise operands; names the op, the operand and both shapes."""
     out: tuple[int, ...] = ()
     for pos, s in enumerate(shapes):
-        try:
-            out = tuple(np.broadcast_shapes(out, s))
-        except ValueError:
+        merged = _broadcast_pair(out, s)
+        if merged is None:
             raise ShapeError(
                 f"{op}: operand {pos} has shape {s}, which does not broadcast with "
                 f"shape {out} of the operands before it"
-            ) from None
+            )
+        out = merged
     return out
+
+
+def _broadcast_pair(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    # numpy's rule in Python ints: np.broadcast_shapes builds arrays, ~5 us a call, and fails
+    # with "array is too big" on shapes of more than 2**63 elements.
+    if a == b or not b:
+        return a
+    if not a:
+        return b
+    if len(a) < len(b):
+        a, b = b, a
+    b = (1,) * (len(a) - len(b)) + b
+    out = []
+    for m, n in zip(a, b):
+        if m != n and n != 1 and m != 1:
+            return None
+        out.append(m if n == 1 else n)
+    return tuple(out)
 
 
 OPS: dict[str, OpDef] = {}
@@ -301,9 +343,9 @@ MAX_EXTENT = 2**40  # no dimension, index, stride or padding of a float64 array 
 
 def _int(op: str, what: str, v) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise ShapeError(f"{op}: {what} must be an int, got {type(v).__name__}")
+        raise ShapeError(f"{op}: {what} must be an int, got {type(v).__name__} {show(v)}")
     if abs(int(v)) > MAX_EXTENT:
-        raise ShapeError(f"{op}: {what} {int(v)} is too large")
+        raise ShapeError(f"{op}: {what} {show(int(v))} is too large (more than 2**40)")
     return int(v)
 
 
@@ -319,8 +361,10 @@ def _axes(op: str, shape: tuple[int, ...], axis) -> tuple[int, ...]:
         if not -nd <= a < nd:
             raise ShapeError(f"{op}: axis {a} is out of range for operand 0 of shape {shape}")
         out.append(a % nd)
+        if len(out) > nd:  # a repeat for sure: stop before walking a huge tuple
+            break
     if len(set(out)) != len(out):
-        raise ShapeError(f"{op}: repeated axis in {axis!r}")
+        raise ShapeError(f"{op}: repeated axis in {show(axis)}")
     return tuple(sorted(out))
 
 
@@ -331,8 +375,8 @@ def kept_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]
 
 def _reduce_normalize(op, shapes, attrs):
     keep = attrs.get("keepdims", False)
-    if not isinstance(keep, (bool, np.bool_, int)):
-        raise ShapeError(f"{op}: keepdims must be True or False")
+    if not isinstance(keep, (bool, np.bool_)) and not (type(keep) is int and keep in (0, 1)):
+        raise ShapeError(f"{op}: keepdims must be True or False, got {show(keep)}")
     return {"axis": _axes(op, shapes[0], attrs.get("axis")), "keepdims": bool(keep)}
 
 
@@ -412,13 +456,18 @@ def _transpose_normalize(op, shapes, attrs):
     if axes is None:
         return {"axes": tuple(range(nd))[::-1]}
     if not isinstance(axes, (tuple, list)):
-        raise ShapeError(f"{op}: axes must be a tuple of ints, got {axes!r}")
+        raise ShapeError(f"{op}: axes must be a tuple of ints, got {show(axes)}")
+    if len(axes) != nd:
+        raise ShapeError(
+            f"{op}: axes {show(axes)} is not a permutation of the {nd} axes of operand 0 of "
+            f"shape {shapes[0]}"
+        )
     raw = tuple(_int(op, "axes entry", a) for a in axes)
     # An entry outside [-nd, nd) is an error, as in numpy (a bare modulo took 2 as 0 on a matrix).
     axes = tuple(a % nd for a in raw if -nd <= a < nd)
     if len(axes) != len(raw) or sorted(axes) != list(range(nd)):
         raise ShapeError(
-            f"{op}: axes {attrs.get('axes')!r} is not a permutation of the {nd} axes of "
+            f"{op}: axes {show(attrs.get('axes'))} is not a permutation of the {nd} axes of "
             f"operand 0 of shape {shapes[0]}"
         )
     return {"axes": axes}
@@ -435,13 +484,20 @@ _register("transpose", 1, lambda x, axes: np.transpose(x, axes),
           domain=(SMALL,))  # fmt: skip
 
 
-def _shape_attr(op, value) -> tuple[int, ...]:
-    items = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    return tuple(_int(op, "shape entry", n) for n in items)
+def _shape_attr(op, value, positive: bool = True) -> tuple[int, ...]:
+    """A ``shape`` attribute: an int or a tuple of at most MAX_NDIM ints, positive unless
+    ``positive`` is False (reshape's -1 is resolved by its normalize)."""
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    if len(items) > MAX_NDIM:
+        raise ShapeError(f"{op}: shape has {len(items)} entries, more than {MAX_NDIM}")
+    shape = tuple(_int(op, "shape entry", n) for n in items)
+    if positive and any(n < 1 for n in shape):
+        raise ShapeError(f"{op}: shape {shape} must hold positive ints")
+    return shape
 
 
 def _reshape_normalize(op, shapes, attrs):
-    shape = _shape_attr(op, attrs.get("shape", ()))
+    shape = _shape_attr(op, attrs.get("shape", ()), positive=False)
     size = _size(shapes[0])
     if shape.count(-1) == 1:
         rest = _size([n for n in shape if n != -1])
@@ -450,7 +506,7 @@ def _reshape_normalize(op, shapes, attrs):
     if any(n < 1 for n in shape) or _size(shape) != size:
         raise ShapeError(
             f"{op}: cannot reshape operand 0 of shape {shapes[0]} ({size} elements) to "
-            f"{attrs.get('shape')!r}"
+            f"{show(attrs.get('shape'))}"
         )
     return {"shape": shape}
 
@@ -463,11 +519,7 @@ _register("reshape", 1, lambda x, shape: np.reshape(x, shape),
 
 def _broadcast_normalize(op, shapes, attrs):
     shape = _shape_attr(op, attrs.get("shape", ()))
-    try:
-        ok = tuple(np.broadcast_shapes(shapes[0], shape)) == shape
-    except ValueError:
-        ok = False
-    if not ok or any(n < 1 for n in shape):
+    if _broadcast_pair(shapes[0], shape) != shape:
         raise ShapeError(f"{op}: operand 0 of shape {shapes[0]} does not broadcast to {shape}")
     return {"shape": shape}
 
@@ -481,10 +533,13 @@ _register("broadcast_to", 1, lambda x, shape: np.broadcast_to(x, shape).copy(),
 
 def _index_item(op: str, item, n: int):
     """One index entry against a dimension of ``n``: an int or ``("s", start, count, step)``."""
-    if isinstance(item, tuple) and len(item) == 4 and item[0] == "s":
-        item = slice(item[1], item[1] + item[2] * item[3], item[3])
-        if item.stop < 0:
-            item = slice(item.start, None, item.step)
+    if type(item) is tuple and len(item) == 4 and type(item[0]) is str and item[0] == "s":
+        # The canonical form (what this function returns, and what VJP rules pass on).
+        start, count, step = (_int(op, "slice bound", v) for v in item[1:])
+        if count < 1:
+            raise ShapeError(f"{op}: slice {show(item)} selects no element")
+        stop = start + count * step
+        item = slice(start, stop if stop >= 0 else None, step)
     if isinstance(item, slice):
         for part in (item.start, item.stop, item.step):
             if part is not None:
@@ -494,8 +549,13 @@ def _index_item(op: str, item, n: int):
         start, stop, step = item.indices(n)
         count = len(range(start, stop, step))
         if count == 0:
-            raise ShapeError(f"{op}: slice {item} of a dimension of {n} is empty")
+            raise ShapeError(f"{op}: slice {show(item)} of a dimension of {n} is empty")
         return ("s", start, count, step)
+    if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
+        raise ShapeError(
+            f"{op}: index entry {show(item)} ({type(item).__name__}) is not an int, a slice or "
+            "'...': array, list and None (newaxis) indices are not supported"
+        )
     k = _int(op, "index", item)
     if not -n <= k < n:
         raise ShapeError(f"{op}: index {k} is out of range for a dimension of {n}")
@@ -508,10 +568,12 @@ def normalize_index(op: str, shape: tuple[int, ...], index, what: str = "operand
     ``what`` names the indexed shape in messages (embed indexes its target ``shape`` attribute).
     """
     items = list(index) if isinstance(index, tuple) else [index]
-    if sum(1 for i in items if i is Ellipsis) > 1:
+    # By identity: ``Ellipsis in items`` compares with ==, which is ambiguous on an array entry.
+    dots = [k for k, item in enumerate(items) if item is Ellipsis]
+    if len(dots) > 1:
         raise ShapeError(f"{op}: an index can hold only one '...'")
-    if Ellipsis in items:
-        at = items.index(Ellipsis)
+    if dots:
+        at = dots[0]
         items[at : at + 1] = [slice(None)] * (len(shape) - len(items) + 1)
     if len(items) > len(shape):
         raise ShapeError(f"{op}: {len(items)} indices for {what} of shape {shape}")
@@ -641,12 +703,12 @@ _register("softmax", 1, _np_softmax,
 
 
 def _pair(op: str, what: str, v, low: int) -> tuple[int, int]:
-    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    pair = v if isinstance(v, (tuple, list)) else (v, v)
     if len(pair) != 2:
-        raise ShapeError(f"{op}: {what} must be an int or a pair of ints, got {v!r}")
+        raise ShapeError(f"{op}: {what} must be an int or a pair of ints, got {show(v)}")
     pair = tuple(_int(op, what, n) for n in pair)
     if min(pair) < low:
-        raise ShapeError(f"{op}: {what} must be >= {low}, got {v!r}")
+        raise ShapeError(f"{op}: {what} must be >= {low}, got {show(v)}")
     return pair
 
 

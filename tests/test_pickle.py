@@ -6,12 +6,16 @@ inputs, backend and options, and compiles again where it lands (from the object 
 CPU is the same). Checked: exact round trips (nodes, results, IR text), no machine code in a
 pickle, unpickling in a fresh interpreter with and without the cache, ``multiprocessing`` (spawn
 and fork) and ``ProcessPoolExecutor`` calling scalar batch and tensor functions in workers, and
-every structurally wrong state raising a SymgradError.
+every structurally wrong state raising a SymgradError. Crafted states (issue 10) for every op with
+attributes — out-of-range indices, bad reshapes and axes, stride 0, negative padding, wrong types,
+huge values, forward references — and random mutations of a valid state (hypothesis) end in a
+GraphError or a graph normal calls could have built, never a crash or another exception.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import multiprocessing
 import os
 import pickle
@@ -21,9 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import symgrad as sg
 from symgrad.errors import ArgumentError, GraphError, SymgradError
+from symgrad.graph import DEFAULT_MAX_ELEMENTS
+from tests.test_probe_graph import EXAMPLES, HOSTILE, Evil, example, hostile_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 ROSENBROCK = "(1 - a)**2 + 100*(b - a**2)**2"
@@ -397,3 +405,293 @@ def test_wrong_expr_is_a_graph_error():
     for args in [(graph, 99), (graph, -1), (graph, "1"), (graph, 1.0), ("graph", 0)]:
         with pytest.raises(GraphError, match="cannot unpickle an Expr"):
             pickle.loads(pickle.dumps(Reduced(function, args)))
+
+
+# --- crafted states for every op with attributes (issue 10) ------------------------------
+# A state is rebuilt through the checks of node creation (the op's normalize, its shape rule,
+# the graph's limits) and every node must come out exactly as recorded, so no pickle gives a
+# graph that normal calls could not build: compiled code never reads out of bounds.
+
+
+def op_state(op: str) -> tuple[dict, int]:
+    """A valid state whose last node is the example use of ``op``, and that node's id."""
+    g, operands, attrs = example(op)
+    e = g.apply(op, *operands, **attrs)
+    return g.__getstate__(), e.id
+
+
+def field(state: dict, i: int, name: str):
+    names = ["op", "args", "attrs", "shape", "role", "order"]
+    return state["nodes"][i][names.index(name)]
+
+
+def with_attr(state: dict, i: int, name: str, value) -> dict:
+    attrs = dict(field(state, i, "attrs"))
+    attrs[name] = value
+    return replace_node(state, i, attrs=tuple(sorted(attrs.items())))
+
+
+def loads_as_before_or_refused(state: dict, before: list) -> bool:
+    """True if ``state`` is refused with a GraphError; else it must load as the original."""
+    try:
+        copy = forged_loads(sg.Graph, state)
+    except GraphError as err:
+        assert str(err).startswith("cannot unpickle a Graph")
+        return True
+    assert records(copy) == before
+    return False
+
+
+def normal_code_could_build(graph: sg.Graph) -> None:
+    """Each node's attrs are what its op's normalize gives for them, and a copy is identical."""
+    for i in range(len(graph)):
+        node = graph.node(i)
+        opdef = sg.ops.OPS[node["op"]]
+        if opdef.normalize is not None:
+            shapes = tuple(graph.node(a)["shape"] for a in node["args"])
+            attrs = dict(node["attrs"])
+            assert opdef.normalize(node["op"], shapes, attrs) == attrs
+    assert records(roundtrip(graph)) == records(graph)
+
+
+@pytest.mark.parametrize("op", sorted(EXAMPLES))
+def test_valid_op_state_round_trips_and_compiles(op):
+    state, i = op_state(op)
+    copy = forged_loads(sg.Graph, state)
+    normal_code_could_build(copy)
+    values = {f"x{k}": np.linspace(-1.0, 1.0, math.prod(s)).reshape(s)
+              for k, s in enumerate(EXAMPLES[op][0])}  # fmt: skip
+    e = sg.Expr(copy, i)
+    want = sg.evaluate(e, **values)
+    assert np.allclose(sg.compile(e)(**values)[0], want, equal_nan=True)
+
+
+@pytest.mark.parametrize(("op", "attr"), hostile_cases())
+def test_hostile_attr_values_in_a_state_are_graph_errors(op, attr):
+    state, i = op_state(op)
+    before = records(forged_loads(sg.Graph, state))
+    refused = sum(
+        loads_as_before_or_refused(with_attr(op_state(op)[0], i, attr, value), before)
+        for value in HOSTILE
+    )
+    assert refused >= len(HOSTILE) - 1  # at most the canonical value itself loads
+
+
+def structural_damage(op: str) -> dict:
+    """Damage to the op node of ``op_state(op)`` other than attribute values."""
+    state, i = op_state(op)
+    attrs, shape = field(state, i, "attrs"), field(state, i, "shape")
+    args, arity = field(state, i, "args"), len(field(state, i, "args"))
+    other = "sin" if arity == 1 else "add"
+    out = {
+        "attr missing": replace_node(op_state(op)[0], i, attrs=attrs[1:]),
+        "attr unknown": replace_node(op_state(op)[0], i, attrs=(*attrs, ("zzz", 1))),
+        "attrs unsorted": replace_node(op_state(op)[0], i, attrs=attrs[::-1]),
+        "attrs a list": replace_node(op_state(op)[0], i, attrs=list(attrs)),
+        "attrs a dict": replace_node(op_state(op)[0], i, attrs=dict(attrs)),
+        "attr pair of 3": replace_node(op_state(op)[0], i, attrs=((*attrs[0], 1), *attrs[1:])),
+        "shape scalar": replace_node(op_state(op)[0], i, shape=()),
+        "shape longer": replace_node(op_state(op)[0], i, shape=(*shape, 1)),
+        "shape a list": replace_node(op_state(op)[0], i, shape=list(shape)),
+        "shape huge": replace_node(op_state(op)[0], i, shape=(2**62,) * len(shape)),
+        "args forward": replace_node(op_state(op)[0], i, args=(i + 1,) * arity),
+        "args self": replace_node(op_state(op)[0], i, args=(i,) * arity),
+        "args negative": replace_node(op_state(op)[0], i, args=(-1,) * arity),
+        "args too many": replace_node(op_state(op)[0], i, args=(*args, 0)),
+        "args bool": replace_node(op_state(op)[0], i, args=(False,) * arity),
+        "op unknown": replace_node(op_state(op)[0], i, op="launch"),
+        "op another": replace_node(op_state(op)[0], i, op=other),
+        "op input": replace_node(op_state(op)[0], i, op="input"),
+        "op const": replace_node(op_state(op)[0], i, op="const"),
+        "role unknown": replace_node(op_state(op)[0], i, role="evil"),
+        "order of a primal": replace_node(op_state(op)[0], i, order=3),
+        "grad of order 0": replace_node(op_state(op)[0], i, role="grad", order=0),
+        "order huge": replace_node(op_state(op)[0], i, role="grad", order=10**5000),
+        "record a list": {**state, "nodes": [*state["nodes"][:i], list(state["nodes"][i])]},
+    }
+    if len(attrs) == 1:
+        del out["attrs unsorted"]
+    return out
+
+
+@pytest.mark.parametrize("op", sorted(EXAMPLES))
+def test_structural_damage_to_an_op_node_is_a_graph_error(op):
+    for name, state in structural_damage(op).items():
+        with pytest.raises(GraphError, match="cannot unpickle a Graph"):
+            forged_loads(sg.Graph, state)
+            pytest.fail(f"{op}: {name} loaded")
+
+
+# The reported attacks, each a node normal code cannot build: attrs in canonical form but out of
+# range. Before, they loaded and the compiled code read out of bounds (a segfault, or heap bytes
+# as values), or unpickling raised ZeroDivisionError.
+ATTACKS = {
+    "getitem index out of range": ("getitem", "index", (5, ("s", 0, 2, 1))),
+    "getitem slice longer than its axis": ("getitem", "index", (1, ("s", 0, 99, 1))),
+    "getitem slice past the end": ("getitem", "index", (1, ("s", 3, 2, 1))),
+    "getitem negative start": ("getitem", "index", (1, ("s", -1, 2, 1))),
+    "getitem step 0": ("getitem", "index", (1, ("s", 0, 2, 0))),
+    "getitem negative step out": ("getitem", "index", (1, ("s", 1, 3, -1))),
+    "getitem huge index": ("getitem", "index", (2**62, ("s", 0, 2, 1))),
+    "getitem one entry short": ("getitem", "index", (1,)),
+    "embed index outside the shape": ("embed", "index", (3, ("s", 0, 2, 1))),
+    "embed shape too small": ("embed", "shape", (1, 1)),
+    "embed shape negative": ("embed", "shape", (-3, 4)),
+    "reshape size": ("reshape", "shape", (2, 7)),
+    "reshape -1 unresolved": ("reshape", "shape", (2, -1)),
+    "reshape zero": ("reshape", "shape", (0, 12)),
+    "broadcast_to incompatible": ("broadcast_to", "shape", (2, 4, 4)),
+    "broadcast_to huge": ("broadcast_to", "shape", (2**40, 3, 2**40)),
+    "sum axis out of range": ("sum", "axis", (5,)),
+    "sum axes unsorted": ("logsumexp", "axis", (1, 0)),
+    "sum axis negative": ("amax", "axis", (-1,)),
+    "sum axis repeated": ("mean", "axis", (0, 0)),
+    "keepdims an int": ("sum", "keepdims", 1),
+    "softmax axis an int": ("softmax", "axis", 0),
+    "transpose axes repeated": ("transpose", "axes", (0, 0, 1)),
+    "transpose axes out of range": ("transpose", "axes", (2, 0, 3)),
+    "transpose axes short": ("transpose", "axes", (1, 0)),
+    "conv stride 0": ("conv2d", "stride", (0, 1)),
+    "conv negative padding": ("conv2d", "padding", (-1, 0)),
+    "conv huge padding": ("conv2d", "padding", (2**40, 2**40)),
+    "conv stride a float": ("conv2d", "stride", (2.0, 1)),
+    "pool stride 0": ("avg_pool2d", "stride", (0, 2)),
+    "pool kernel larger than the input": ("max_pool2d", "kernel_size", (9, 9)),
+    "pool stride None": ("max_pool2d", "stride", None),
+    "windows kernel 0": ("windows", "kernel_size", (0, 2)),
+    "window_sum shape not its windows": ("window_sum", "shape", (1, 2, 6, 5)),
+    "window_sum stride 0": ("window_sum", "stride", (0, 2)),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_reported_attacks_are_graph_errors(attack):
+    op, attr, value = ATTACKS[attack]
+    state, i = op_state(op)
+    with pytest.raises(GraphError, match=f"cannot unpickle a Graph: .*{op}"):
+        forged_loads(sg.Graph, with_attr(state, i, attr, value))
+
+
+class DictState(dict):
+    """A dict subclass: a state must be a plain dict."""
+
+
+def state_damage() -> dict:
+    s = graph_state
+    one = {k: v for k, v in graph_state().items() if k != "max_elements"}
+    return {
+        "format 3": {**s(), "format": 3},
+        "format a str": {**s(), "format": "2"},
+        "format True": {**s(), "format": True},
+        "format 1 with max_elements": {**s(), "format": 1},
+        "format 2 without max_elements": one,
+        "extra key": {**s(), "payload": 1},
+        "state a subclass of dict": DictState(s()),
+        "max_elements 0": {**s(), "max_elements": 0},
+        "max_elements a str": {**s(), "max_elements": "big"},
+        "max_elements a float": {**s(), "max_elements": 1e9},
+        "max_elements a bool": {**s(), "max_elements": True},
+        "max_elements above the ceiling": {**s(), "max_elements": 2**41},
+        "max_elements below a node": {**s(), "max_elements": 3},
+        "max_nodes a bool": {**s(), "max_nodes": True},
+        "max_nodes negative": {**s(), "max_nodes": -5},
+        "inputs a tuple": {**s(), "inputs": ("x", "y")},
+        "inputs an array": {**s(), "inputs": np.array(["x", "y"])},
+        "nodes a tuple": {**s(), "nodes": tuple(s()["nodes"])},
+        "nodes an array": {**s(), "nodes": np.array([1, 2])},
+        "const an object array": replace_node(
+            s(), 2, attrs=(("value", np.array([[None, 1], [2, 3]], dtype=object)),)
+        ),
+        "const a list": replace_node(s(), 2, attrs=(("value", [[1.0, 1.0], [1.0, 1.0]]),)),
+        "const an int": replace_node(graph_state(), 2, attrs=(("value", 1),)),
+        "const float32": replace_node(s(), 2, attrs=(("value", np.ones((2, 2), np.float32)),)),
+        "input name an int": replace_node(s(), 0, attrs=(("name", 5),)),
+        "input name huge": replace_node(s(), 0, attrs=(("name", "x" * 10**6),)),
+        "input shape huge": replace_node(s(), 0, shape=(2**20, 2**20)),
+        "input shape an array": replace_node(s(), 0, shape=np.array([2])),
+        "input with args": replace_node(s(), 0, args=(0,)),
+    }
+
+
+@pytest.mark.parametrize("damage", sorted(state_damage()))
+def test_damaged_graph_state_is_a_graph_error(damage):
+    with pytest.raises(GraphError, match="cannot unpickle a Graph"):
+        forged_loads(sg.Graph, state_damage()[damage])
+
+
+def test_format_1_states_still_load():
+    state = graph_state()
+    del state["max_elements"]
+    copy = forged_loads(sg.Graph, {**state, "format": 1})
+    assert len(copy) == 5 and copy.max_elements == DEFAULT_MAX_ELEMENTS
+
+
+def test_max_elements_travels_and_bounds_the_restored_nodes():
+    g = sg.Graph(max_elements=12)
+    g.input("x", (3, 4))
+    copy = roundtrip(g)
+    assert copy.max_elements == 12 and records(copy) == records(g)
+    with pytest.raises(GraphError, match="max_elements=11"):
+        forged_loads(sg.Graph, {**g.__getstate__(), "max_elements": 11})
+
+
+def tensor_graph_state() -> dict:
+    """A state holding several tensor ops and a derivative (role grad, order 1)."""
+    g = sg.Graph()
+    x, w = g.input("x", (1, 2, 5, 5)), g.input("w", (3, 2, 2, 2))
+    y = sg.conv2d(x, w, stride=(2, 1), padding=(1, 0))
+    z = sg.max_pool2d(y, kernel_size=2, stride=1)
+    loss = sg.logsumexp(z.reshape(3, -1)[1:, ::2], axis=1).sum()
+    sg.build_grad(loss, [w])
+    return g.__getstate__()
+
+
+TENSOR_STATE = tensor_graph_state()
+TENSOR_RECORDS = records(forged_loads(sg.Graph, TENSOR_STATE))
+FIELDS = ["op", "args", "attrs", "shape", "role", "order"]
+# Hypothesis prints the values it draws: no int too long for str(), no object whose repr raises.
+PRINTABLE = [v for v in HOSTILE if not isinstance(v, Evil) and not
+             (type(v) is int and v.bit_length() > 1000) and Evil not in
+             map(type, v if isinstance(v, tuple) else ())]  # fmt: skip
+SMALL_VALUES = st.one_of(
+    st.sampled_from(PRINTABLE),
+    st.integers(-(2**70), 2**70),
+    st.tuples(st.integers(-3, 6)),
+    st.tuples(st.integers(-3, 6), st.integers(-3, 6)),
+    st.tuples(st.just("s"), st.integers(-3, 6), st.integers(-1, 6), st.integers(-2, 2)),
+)
+
+
+def mutated(state: dict, data) -> dict:
+    """``state`` with one random change: a field of a node, an attr value, or the node list."""
+    state = {**state, "nodes": list(state["nodes"])}
+    n = len(state["nodes"])
+    i = data.draw(st.integers(0, n - 1), label="node")
+    kind = data.draw(st.sampled_from(["field", "attr", "drop", "swap", "repeat"]), label="kind")
+    if kind == "field":
+        name = data.draw(st.sampled_from(FIELDS), label="field")
+        return replace_node(state, i, **{name: data.draw(SMALL_VALUES, label="value")})
+    if kind == "attr" and field(state, i, "attrs"):
+        attrs = field(state, i, "attrs")
+        k = data.draw(st.integers(0, len(attrs) - 1), label="attr")
+        return with_attr(state, i, attrs[k][0], data.draw(SMALL_VALUES, label="value"))
+    if kind == "swap":
+        j = data.draw(st.integers(0, n - 1), label="other")
+        state["nodes"][i], state["nodes"][j] = state["nodes"][j], state["nodes"][i]
+    elif kind == "repeat":
+        state["nodes"].insert(i, state["nodes"][data.draw(st.integers(0, n - 1))])
+    else:
+        del state["nodes"][i]
+    return state
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_randomly_mutated_states_load_as_normal_graphs_or_are_graph_errors(data):
+    state = mutated(TENSOR_STATE, data)
+    try:
+        copy = forged_loads(sg.Graph, state)
+    except GraphError as err:
+        assert str(err).startswith("cannot unpickle a Graph")
+        return
+    normal_code_could_build(copy)  # e.g. a role changed, or a canonical value put back
