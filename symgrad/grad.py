@@ -35,10 +35,11 @@ def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
     graph = _check_output(y, "y")
     wrt = _check_wrt(graph, wrt)
     with graph.atomic(), paused_gc():
+        seed = _seed(graph, seed, y.shape)
         active = _active_nodes(graph, y.id, {w.id for w in wrt})
         order = 1 + max((graph.node(i)["order"] for i in active), default=0)
         with graph.stamped("grad", order):
-            ct = _backward(graph, y, active, _seed(graph, seed))
+            ct = _backward(graph, y, active, seed)
             # The constant is hash-consed: every unconnected wrt shares one zero node.
             return [_apply(graph, *ct[w.id]) if w.id in ct else _zeros(graph, w.shape) for w in wrt]
 
@@ -51,9 +52,18 @@ def jacobian(ys, wrt) -> list[list[Expr]]:
     >>> J = jacobian([f, x + y], [x, y]); len(J), len(J[0])
     (2, 2)
     """
-    if isinstance(ys, Expr):
-        ys = [ys]
-    return [build_grad(y, wrt) for y in _as_list(ys, "ys")]
+    ys = [ys] if isinstance(ys, Expr) else _as_list(ys, "ys")
+    if not ys:
+        return []
+    # Every output and wrt is checked before the first gradient is built, and the graph is
+    # rolled back if one fails anyway: a bad ys[1] must not leave ys[0]'s gradient behind.
+    graph = _check_output(ys[0], "ys[0]")
+    for k, y in enumerate(ys[1:], 1):
+        if _check_output(y, f"ys[{k}]") is not graph:
+            raise GradError(f"ys[{k}] belongs to another graph than ys[0]")
+    wrt = _check_wrt(graph, wrt)
+    with graph.atomic():
+        return [build_grad(y, wrt) for y in ys]
 
 
 def hessian(y: Expr, wrt) -> list[list[Expr]]:
@@ -67,8 +77,17 @@ def hessian(y: Expr, wrt) -> list[list[Expr]]:
     >>> [[float(evaluate(h, x=3.0, y=2.0)) for h in row] for row in hessian(f, [x, y])]
     [[4.0, 6.0], [6.0, 0.0]]
     """
-    grads = build_grad(y, wrt)
-    return [build_grad(gi, wrt) for gi in grads]
+    graph = _check_output(y, "y")
+    wrt = _check_wrt(graph, wrt)
+    for k, w in enumerate(wrt):
+        if w.shape != ():
+            raise GradError(
+                f"hessian: wrt[{k}] has shape {w.shape}, not (): the Hessian takes scalar wrt "
+                "(use hvp for tensors, or sg.jacobian(grads, wrt) for their blocks)"
+            )
+    with graph.atomic():
+        grads = build_grad(y, wrt)
+        return [build_grad(gi, wrt) for gi in grads]
 
 
 def hvp(y: Expr, wrt, v) -> list[Expr]:
@@ -83,11 +102,14 @@ def hvp(y: Expr, wrt, v) -> list[Expr]:
     >>> [float(evaluate(e, x=3.0, y=2.0)) for e in hvp(f, [x, y], [1.0, 0.0])]
     [4.0, 6.0]
     """
-    wrt = list(wrt) if not isinstance(wrt, Expr) else [wrt]
-    v = _as_list(v, "v")
+    graph = _check_output(y, "y")
+    single = isinstance(wrt, Expr) and not isinstance(v, (list, tuple))
+    wrt = _check_wrt(graph, wrt)
+    v = [v] if single else _as_list(v, "v")  # hvp(y, x, 1.0) as hvp(y, [x], [1.0])
     if len(v) != len(wrt):
         raise GradError(f"hvp: v has {len(v)} entries but wrt has {len(wrt)}")
-    graph = _check_output(y, "y")
+    if not wrt:
+        return []
     with graph.atomic():
         grads = build_grad(y, wrt)
         total = None
@@ -254,8 +276,18 @@ def _check_wrt(graph: Graph, wrt) -> list[Expr]:
     return wrt
 
 
-def _seed(graph: Graph, seed) -> Expr:
-    return graph.const(1.0) if seed is None else _coerce(graph, seed, "seed")
+def _seed(graph: Graph, seed, shape: tuple[int, ...]) -> Expr:
+    """The output adjoint: 1, or ``seed`` (an Expr or a number) of ``y``'s shape exactly.
+
+    A seed of another shape is refused rather than broadcast or summed: a vector seed for a
+    scalar ``y`` would otherwise give the gradient times the seed's sum, silently.
+    """
+    if seed is None:
+        return graph.const(1.0)
+    seed = _coerce(graph, seed, "seed")
+    if seed.shape != shape:
+        raise GradError(f"seed has shape {seed.shape} but y has shape {shape}: they must be equal")
+    return seed
 
 
 def _coerce(graph: Graph, v, what: str) -> Expr:
@@ -265,8 +297,11 @@ def _coerce(graph: Graph, v, what: str) -> Expr:
         return v
     try:
         return graph.const(v)
-    except SymgradError:
-        raise GradError(f"{what} must be an Expr or a number, got {type(v).__name__}") from None
+    except SymgradError as err:
+        raise GradError(
+            f"{what} must be an Expr or a number (or an array of them), got "
+            f"{type(v).__name__}: {err}"
+        ) from None
 
 
 def _as_list(v, what: str) -> list:

@@ -92,7 +92,9 @@ def from_sympy(expr, graph: Graph | None = None):
     """The graph node of a SymPy expression (or a nested list of them), in ``graph`` or a new one.
 
     Symbols become inputs of the same name. Anything without a symgrad op raises ``GraphError``
-    naming it, and leaves ``graph`` as it was.
+    naming it, and leaves ``graph`` as it was; so do two different SymPy symbols of one name
+    (``Dummy("x")`` beside ``Symbol("x")``: one input would silently stand for both) and a
+    finite number too large for a float64 (``10**400``, as ``Graph.const`` refuses it).
 
     >>> import sympy
     >>> x, y = sympy.symbols("x y")
@@ -112,8 +114,9 @@ def from_sympy(expr, graph: Graph | None = None):
     except sp.SympifyError as err:
         raise GraphError(f"from_sympy: not a SymPy expression: {err}") from None
     memo: dict[int, tuple] = {}
+    symbols: dict[str, object] = {}  # input name -> the one SymPy symbol it stands for
     with graph.atomic():
-        nodes = [_node(graph, _convert(sp, graph, x, memo)) for x in leaves]
+        nodes = [_node(graph, _convert(sp, graph, x, memo, symbols)) for x in leaves]
     return _rebuild(expr, nodes)
 
 
@@ -130,7 +133,7 @@ def _node(graph: Graph, v) -> Expr:
     return graph.const(v) if isinstance(v, float) else v
 
 
-def _convert(sp, graph: Graph, root, memo: dict[int, tuple]):
+def _convert(sp, graph: Graph, root, memo: dict[int, tuple], symbols: dict):
     """Postorder over the SymPy tree with an explicit stack; ``memo``: id(obj) -> (obj, value).
 
     The memo keeps each object alive, so its ``id`` cannot be reused while the walk runs.
@@ -141,7 +144,7 @@ def _convert(sp, graph: Graph, root, memo: dict[int, tuple]):
         if id(obj) in memo:
             continue
         if plan is None:
-            plan = _plan(sp, obj)
+            plan = _plan(sp, obj, symbols)
             stack.append((obj, plan))
             stack.extend((k, None) for k in reversed(plan.kids) if id(k) not in memo)
             continue
@@ -156,13 +159,18 @@ class _Plan(NamedTuple):
     build: Callable
 
 
-def _plan(sp, obj) -> _Plan:
+def _plan(sp, obj, symbols: dict) -> _Plan:
     """The plan for ``obj``; ``GraphError`` naming it when symgrad has no op for it."""
     number = _number(sp, obj)
     if number is not None:
         return _Plan((), lambda g, vs: number)
     if obj.is_Symbol:
-        return _Plan((), lambda g, vs: g.input(obj.name))
+        name = _symbol_name(sp, obj, symbols)
+        return _Plan((), lambda g, vs: g.input(name))
+    if obj is sp.I:
+        raise GraphError(
+            "from_sympy: SymPy ImaginaryUnit (I) has no symgrad op: symgrad's values are real"
+        )
     for test, planner in _special_planners(sp):
         if test(obj):
             return planner(sp, obj)
@@ -170,6 +178,26 @@ def _plan(sp, obj) -> _Plan:
     if opname is None:
         raise GraphError(f"from_sympy: SymPy {type(obj).__name__} has no symgrad op")
     return _Plan(obj.args, lambda g, vs: _fold(g, opname, vs))
+
+
+def _symbol_name(sp, obj, symbols: dict) -> str:
+    """The input name of a SymPy symbol; GraphError if another symbol of the call has it.
+
+    ``Symbol("x")`` and ``Symbol("x", real=True)`` or ``Dummy("x")`` are different SymPy
+    symbols: mapping both to the input ``x`` would merge them, so that is refused, naming it.
+    """
+    if isinstance(obj, (sp.Dummy, sp.Wild)):
+        raise GraphError(
+            f"from_sympy: {type(obj).__name__} symbol {obj.name!r} is not a named input (it "
+            "differs from every Symbol of its name): substitute a Symbol for it first"
+        )
+    other = symbols.setdefault(obj.name, obj)
+    if other is not obj and other != obj:
+        raise GraphError(
+            f"from_sympy: two different SymPy symbols are named {obj.name!r} "
+            f"({sp.srepr(other)} and {sp.srepr(obj)}): one input cannot stand for both"
+        )
+    return obj.name
 
 
 def _number(sp, obj) -> float | None:
@@ -181,16 +209,29 @@ def _number(sp, obj) -> float | None:
     if obj.is_Rational:
         return _ratio(obj.p, obj.q)
     if obj.is_Number or obj.is_NumberSymbol:
-        return float(obj)
+        value = float(obj)
+        if math.isinf(value) and obj.is_finite:  # Float("1e500"): beyond float64's range
+            shown = obj.evalf(6)
+            raise GraphError(f"from_sympy: the number {shown} is too large for a float64")
+        return value
     return None
 
 
 def _ratio(p: int, q: int) -> float:
-    """p/q rounded once (Python's int division is correctly rounded); too large is +-inf."""
+    """p/q rounded once (Python's int division is correctly rounded); GraphError naming the
+    number when it is too large for a float64 (``Graph.const(10**400)`` refuses it alike)."""
     try:
         return p / q
     except OverflowError:
-        return math.inf if (p < 0) == (q < 0) else -math.inf
+        shown = _digits(p) if q == 1 else f"{_digits(p)}/{_digits(q)}"
+        raise GraphError(f"from_sympy: the number {shown} is too large for a float64") from None
+
+
+def _digits(n) -> str:
+    """An int as text, the middle of a long one elided: 10**400 is 1000...0000 (401 digits)."""
+    text = str(abs(n))
+    sign = "-" if n < 0 else ""
+    return sign + (text if len(text) <= 40 else f"{text[:12]}...{text[-8:]} ({len(text)} digits)")
 
 
 def _fold(graph: Graph, op: str, values: list):
@@ -239,9 +280,11 @@ def _plan_mul(sp, obj) -> _Plan:
     # p/q gives the numerator p and the denominator q. An item is a kid's index or a float.
     kids, num, den = [], [], []
     for f in obj.args:
-        if f.is_Rational and not f.is_Integer:
+        if f.is_Rational and not f.is_Integer and _fits(f.p) and _fits(f.q):
             num.append(_ratio(f.p, 1))
             den.append((_ratio(f.q, 1), 1.0))
+        elif f.is_Rational and not f.is_Integer:  # p or q beyond float64: the value p/q itself
+            num.append(_ratio(f.p, f.q))
         elif f.is_Pow and f.exp.is_Number and f.exp.is_extended_negative:
             kids.append(f.base)
             den.append((len(kids) - 1, -_number(sp, f.exp)))
@@ -249,6 +292,11 @@ def _plan_mul(sp, obj) -> _Plan:
             kids.append(f)
             num.append(len(kids) - 1)
     return _Plan(tuple(kids), lambda g, vs: _build_mul(g, num, den, vs))
+
+
+def _fits(n: int) -> bool:
+    """Whether the int ``n`` converts to a finite float64."""
+    return abs(n) < 2**1024 - 2**970  # the first int that rounds up to inf
 
 
 def _build_mul(graph: Graph, num: list, den: list, values: list):

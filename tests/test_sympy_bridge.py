@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
-from symgrad.errors import SymgradError
+from symgrad.errors import GraphError, SymgradError
 from symgrad.graph import Expr, Graph
 from symgrad.ops import OPS
 from symgrad.sympy_bridge import from_sympy, to_sympy
@@ -188,9 +188,8 @@ def test_rational_pi_and_e_are_constants():
         (sp.oo, math.inf),
         (-sp.oo, -math.inf),
         (sp.zoo, math.nan),
-        (sp.Integer(10) ** 400, math.inf),
-        (-(sp.Integer(10) ** 400), -math.inf),
-        (sp.Rational(1, 10**400), 0.0),
+        (sp.Rational(1, 10**400), 0.0),  # rounds to 0, as float(Fraction(1, 10**400)) does
+        (sp.Float("1e-400"), 0.0),
         (sp.true, 1.0),
         (2.5, 2.5),
     ],
@@ -199,6 +198,117 @@ def test_numbers(number, value):
     got = from_sympy(number)
     assert got.op == "const"
     assert got.value == value or (math.isnan(value) and math.isnan(got.value))
+
+
+@pytest.mark.parametrize(
+    "number, shown",
+    [
+        (sp.Integer(10) ** 400, r"100000000000\.\.\.00000000 \(401 digits\)"),
+        (-(sp.Integer(10) ** 400), r"-100000000000\.\.\.00000000 \(401 digits\)"),
+        (sp.Rational(10**400, 3), r"\(401 digits\)/3"),
+        (sp.Float("1e500"), r"1\.00000E\+500"),
+        (sp.Float("-2.5e400"), r"-2\.50000E\+400"),
+    ],
+)
+def test_a_finite_number_beyond_float64_is_refused_as_graph_const_refuses_it(number, shown):
+    g = Graph()
+    x = g.input("x")
+    with pytest.raises(GraphError, match="too large for a float64"):
+        g.const(10**400)
+    for expr in (number, sp.Symbol("x") + number, sp.Max(sp.Symbol("x"), number)):
+        with pytest.raises(GraphError, match=shown):
+            from_sympy(expr, g)
+        assert len(g) == 1 and g.inputs == {"x": x}
+    with pytest.raises(GraphError, match=shown):
+        from_sympy(sp.Symbol("x") ** number, g)  # an exponent too
+    assert len(g) == 1
+
+
+def test_a_rational_with_a_huge_denominator_is_its_value():
+    x = sp.Symbol("x")
+    e = from_sympy(sp.Mul(x, sp.Rational(3, 10**400), evaluate=False))
+    assert _eval1(e, x=2.0) == 0.0  # 6e-400 rounds to 0
+    e = from_sympy(sp.Mul(x, sp.Rational(10**400 + 1, 10**399), evaluate=False))
+    assert _eval1(e, x=2.0) == pytest.approx(20.0, rel=1e-15)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: sp.Dummy("x") + sp.Symbol("x"), "Dummy symbol 'x'"),
+        (lambda: sp.Dummy("x"), "Dummy symbol 'x'"),
+        (lambda: sp.Wild("x") * 2, "Wild symbol 'x'"),
+        (lambda: sp.Symbol("x") + sp.Symbol("x", real=True), "two different SymPy symbols .*'x'"),
+        (lambda: [sp.Symbol("y"), sp.Symbol("y", positive=True)], "named 'y'.*positive"),
+    ],
+)
+def test_different_sympy_symbols_of_one_name_are_refused(make, match):
+    g = Graph()
+    g.input("x") + 1.0
+    before = (len(g), list(g.nx.nodes(data=True)), list(g.inputs))
+    with pytest.raises(GraphError, match=match):
+        from_sympy(make(), g)
+    assert (len(g), list(g.nx.nodes(data=True)), list(g.inputs)) == before
+
+
+def test_one_symbol_used_twice_and_a_graph_input_of_its_name_are_one_input():
+    x = sp.Symbol("x", real=True)
+    g = Graph()
+    gx = g.input("x")
+    e = from_sympy([x * x, sp.sin(x)], g)
+    assert e[0].args[0] == gx and e[1].args == (gx,)  # x*x is x**2 in SymPy
+    assert from_sympy(to_sympy(e[0]) + x, g).op == "add"  # to_sympy's real Symbols round-trip
+
+
+@pytest.mark.parametrize(
+    "expr, match",
+    [
+        (sp.I, "ImaginaryUnit"),
+        (sp.Symbol("x") ** sp.I, "ImaginaryUnit"),
+        (1 + 2j, "ImaginaryUnit"),
+        (sp.Derivative(sp.Function("f")(sp.Symbol("x")), sp.Symbol("x")), "Derivative"),
+        (sp.Integral(sp.Symbol("x"), sp.Symbol("x")), "Integral"),
+        (sp.Matrix([1, 2]), "Matrix"),
+        (sp.MatrixSymbol("A", 2, 2), "MatrixSymbol"),
+        (sp.besselj(0, sp.Symbol("x")), "besselj"),
+        (sp.floor(sp.Symbol("x")), "floor"),
+        (sp.Sum(sp.Symbol("k"), (sp.Symbol("k"), 1, 3)), "Sum"),
+        (sp.Lambda(sp.Symbol("x"), 1), "Lambda"),
+        (sp.Interval(0, 1), "Interval"),
+        (sp.ITE(sp.Symbol("x") > 0, sp.Symbol("x") > 1, sp.Symbol("x") < 2), "ITE"),
+        ("x + 1", "not a SymPy expression"),
+        (None, "not a SymPy expression"),
+        (np.array([1.0, 2.0]), "not a SymPy expression"),
+        (sp.Symbol("1x"), "'1x' is not a name"),
+        (sp.Symbol("__x"), "'__x' is not a name"),
+    ],
+)
+def test_what_symgrad_has_no_op_for_is_a_graph_error_naming_it(expr, match):
+    g = Graph()
+    g.apply("sin", g.input("a"))
+    before = (len(g), list(g.nx.nodes(data=True)), list(g.inputs))
+    with pytest.raises(GraphError, match=match):
+        from_sympy(expr, g)
+    assert (len(g), list(g.nx.nodes(data=True)), list(g.inputs)) == before
+
+
+@pytest.mark.parametrize(
+    "expr, x, value",
+    [
+        (sp.zoo, 0.0, math.nan),  # complex infinity has no real value
+        (sp.Piecewise((sp.Symbol("x"), sp.Symbol("x") > 0)), -1.0, math.nan),
+        (sp.Piecewise((sp.Symbol("x"), sp.Symbol("x") > 0)), 2.0, 2.0),
+        (sp.true, 0.0, 1.0),
+        (sp.Symbol("x") < 1, 0.5, 1.0),  # a relational outside where is its 0/1 value
+        (sp.Eq(sp.Symbol("x"), 1), 0.5, 0.0),
+        (sp.oo * sp.Symbol("x"), 2.0, math.inf),
+        (sp.Pow(sp.Symbol("x"), sp.nan, evaluate=False), 2.0, math.nan),
+    ],
+)
+def test_edge_inputs_that_have_a_real_value_convert(expr, x, value):
+    e = from_sympy(expr)
+    got = e.value if e.op == "const" else float(_eval1(e, x=x))
+    assert got == value or (math.isnan(value) and math.isnan(got))
 
 
 def test_max_and_min_of_three_fold():
