@@ -23,7 +23,6 @@ long local run.
 
 from __future__ import annotations
 
-import errno
 import fractions
 import inspect
 import math
@@ -44,7 +43,6 @@ from symgrad.cli import main
 from symgrad.dot import to_dot
 from symgrad.errors import ArgumentError, GraphError, ParseError, SymgradError
 from symgrad.graph import DEFAULT_MAX_NODES, NAME_RE, Graph
-from symgrad.llvm import jit
 from symgrad.ops import FUNCTIONS, OPS
 from symgrad.parse import DEFAULT_MAX_DEPTH, DEFAULT_MAX_LENGTH, parse
 from tests.counting import count_work
@@ -517,140 +515,8 @@ def test_cli_with_odd_legal_names(capsys):
     assert out.splitlines() == ["f = 6", "df/dself = 3", "df/doutputs = 2"]
 
 
-# --- the object cache: it can only lose caching ---------------------------------------------------
-
-FORMULA = "sin(x) * y + exp(x / (1 + y*y))"
-POINT = (np.linspace(-2, 2, 7), 0.75)
-
-
-def compile_formula():
-    f = parse(FORMULA)
-    xs = list(f.graph.inputs.values())
-    return sg.compile([f, sg.build_grad(f, xs)], inputs=xs)
-
-
-def assert_correct(fn) -> None:
-    f = parse(FORMULA)
-    xs = list(f.graph.inputs.values())
-    want = sg.compile([f, sg.build_grad(f, xs)], inputs=xs, backend="numpy")(*POINT)
-    for got, expected in zip(fn(*POINT), want):
-        np.testing.assert_allclose(got, expected, rtol=1e-13)
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(folder))
-    return folder
-
-
-def contents(folder) -> list[str]:
-    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-
-
-def _fail(err: int):
-    def fail(*args, **kwargs):
-        raise OSError(err, os.strerror(err))
-
-    return fail
-
-
-def test_read_only_cache_directory_only_loses_caching(cache, monkeypatch):
-    cache.mkdir()
-    cache.chmod(0o500)
-    try:
-        if os.access(cache, os.W_OK):  # root writes anyway: make the write fail as it would
-            monkeypatch.setattr(jit.tempfile, "mkstemp", _fail(errno.EACCES))
-        for _ in range(2):
-            fn = compile_formula()
-            assert not fn._native.cache_hit
-            assert_correct(fn)
-        assert contents(cache) == []
-    finally:
-        cache.chmod(0o700)
-
-
-class _FullDisk:
-    """A file object that takes a few bytes, then fails as a full disk does."""
-
-    def __init__(self, fh):
-        self.fh = fh
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.fh.close()
-
-    def write(self, data: bytes) -> int:
-        self.fh.write(data[:10])
-        self.fh.flush()
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def test_full_disk_only_loses_caching(cache, monkeypatch):
-    fdopen = os.fdopen
-    with monkeypatch.context() as patch:
-        patch.setattr(jit.os, "fdopen", lambda fd, *a, **k: _FullDisk(fdopen(fd, *a, **k)))
-        fn = compile_formula()
-        assert not fn._native.cache_hit
-        assert_correct(fn)
-        assert contents(cache) == []  # the partly written temporary file is gone
-    assert not compile_formula()._native.cache_hit  # space again: the entry is written
-    assert compile_formula()._native.cache_hit
-
-
-def test_unreadable_entry_is_rebuilt(cache, monkeypatch):
-    compile_formula()
-    [entry] = cache.glob("*.o")
-    entry.chmod(0)
-    with monkeypatch.context() as patch:
-        if os.access(entry, os.R_OK):  # root reads anyway: make the read fail as it would
-            patch.setattr(jit.Path, "read_bytes", _fail(errno.EACCES))
-        fn = compile_formula()
-        assert not fn._native.cache_hit
-        assert_correct(fn)
-    assert compile_formula()._native.cache_hit  # the rebuilt entry replaced it
-
-
-def test_entry_that_is_a_directory_or_a_link_to_dev_null_is_rebuilt(cache):
-    compile_formula()
-    [entry] = cache.glob("*.o")
-    entry.unlink()
-    entry.mkdir()
-    fn = compile_formula()
-    assert not fn._native.cache_hit and entry.is_dir()  # cannot be replaced: left alone
-    assert_correct(fn)
-    assert contents(cache) == [entry.name]
-    entry.rmdir()
-    entry.symlink_to(os.devnull)
-    fn = compile_formula()
-    assert not fn._native.cache_hit
-    assert_correct(fn)
-    assert entry.is_file() and not entry.is_symlink()  # the link replaced, /dev/null untouched
-    assert compile_formula()._native.cache_hit
-
-
-def test_entry_of_random_bytes_is_rebuilt(cache):
-    compile_formula()
-    [entry] = cache.glob("*.o")
-    size = entry.stat().st_size
-    entry.write_bytes(np.random.default_rng(0).bytes(size))
-    fn = compile_formula()
-    assert not fn._native.cache_hit
-    assert_correct(fn)
-    assert compile_formula()._native.cache_hit
-
-
-@pytest.mark.parametrize("where", ["the folder", "its parent"])
-def test_cache_path_through_a_file_only_loses_caching(cache, monkeypatch, where):
-    cache.write_text("not a directory")
-    if where == "its parent":
-        monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(cache / "sub"))
-    fn = compile_formula()
-    assert not fn._native.cache_hit
-    assert_correct(fn)
-    assert cache.read_text() == "not a directory"
+# The object cache under hostile conditions (planted code, other users' folders, links, FIFOs,
+# huge files, a read-only folder, a full disk): tests/test_cache.py.
 
 
 # --- calling a compiled function with hostile arguments ----------------------------------------
