@@ -407,3 +407,12 @@ def test_max_of_signed_zeros_survives_optimize(g):
     x, y = g.input("x"), g.input("y")
     f = sg.max(x * 1.0, y)  # args sorted (y, x*1); optimized: (x, y)
     assert_same_values(f, sg.optimize(f))
+
+
+def test_optimize_keeps_the_graphs_limits():
+    # A graph whose limits were raised optimizes into a graph with the same limits: a big input
+    # would not fit the default max_elements.
+    g = sg.Graph(max_nodes=50, max_elements=2**28 + 8)
+    x = g.input("x", shape=(2**28 + 1,))
+    out = sg.optimize(sg.sum(x * 2.0))
+    assert (out.graph.max_nodes, out.graph.max_elements) == (50, 2**28 + 8)

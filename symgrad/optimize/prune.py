@@ -22,7 +22,7 @@ def rebuild(outputs, make_rule: Callable[[Graph], Rule] | None = None):
     """``outputs`` (Expr, list or list of lists) re-created in a fresh graph, through a rule."""
     flat, _ = flatten_outputs(outputs)
     old = flat[0].graph
-    new = Graph(max_nodes=old.max_nodes)
+    new = Graph(max_nodes=old.max_nodes, max_elements=old.max_elements)
     rule = make_rule(new) if make_rule else None
     mapped: dict[int, int] = {}
     with paused_gc():
