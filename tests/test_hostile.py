@@ -13,7 +13,7 @@ SymgradError, in bounded time, and nothing it already had breaks.
 - names that could be dangerous in generated code or DOT are rejected; odd but legal ones are
   harmless in DOT (escaped, pydot parses it), in the IR (names never reach it), in calls and in
   the command line (one error line, status 2);
-- a corrupt, unreadable or unwritable cache, or a full disk, only loses caching;
+- the object cache under hostile conditions: tests/test_cache.py;
 - a compiled function called with hostile arguments gives an ArgumentError or IEEE results.
 
 The fuzz tests run ``FUZZ_EXAMPLES`` examples each (derandomized in CI, tests/conftest.py); set
