@@ -11,7 +11,7 @@ among the nodes differentiated.
 
 from __future__ import annotations
 
-from symgrad.errors import GradError, SymgradError
+from symgrad.errors import GradError, GraphError, ShapeError, SymgradError
 from symgrad.graph import Expr, Graph, paused_gc, reachable
 from symgrad.ops import OPS
 
@@ -180,7 +180,10 @@ def _propagate(graph, i, node, total: Part, pending, active_set) -> None:
                 part_mask = mask
             contribution = _fit(contribution, args[pos].shape)
         except SymgradError as err:
-            raise GradError(f"{node['op']} (node {i}), operand {pos}: {err}") from err
+            # The graph's limits (max_nodes, max_elements) keep their class: they are not a
+            # rule that failed, and the caller raises the limit to get past them.
+            kind = type(err) if type(err) in (GraphError, ShapeError) else GradError
+            raise kind(f"{node['op']} (node {i}), operand {pos}: {err}") from err
         pending.setdefault(a, []).append((contribution, part_mask))
 
 

@@ -33,40 +33,37 @@ class ScipyObjective:
     def __init__(self, f: Expr, wrt, values: dict | None = None, backend: str = "llvm"):
         if not isinstance(f, Expr) or f.shape != ():
             raise GradError("scipy_objective: f must be a scalar Expr")
-        wrt = [wrt] if isinstance(wrt, Expr) else list(wrt)
-        for k, w in enumerate(wrt):
-            if not isinstance(w, Expr) or w.graph is not f.graph or w.op != "input":
-                raise GradError(f"scipy_objective: wrt[{k}] must be an input of f's graph")
         graph = f.graph
+        wrt = _checked_wrt(f, wrt)
         self.names = [w.name for w in wrt]
         self.shapes = [w.shape for w in wrt]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.size = sum(self.sizes)
-        self.values = dict(values or {})
+        self.values = _checked_values(values)
+        # Everything below builds nodes or compiles: a failure anywhere (an unknown value, a bad
+        # backend) removes the derivative nodes again, so a failed call leaves f's graph as is.
         with graph.atomic():
             grads = build_grad(f, wrt)
             directions = [graph.input(_fresh(graph, f"v_{w.name}"), shape=w.shape) for w in wrt]
             products = hvp(f, wrt, directions)
-        fixed = [n for n in compile(f, backend="numpy").inputs if n not in self.names]
-        unknown = sorted(set(self.values) - set(fixed))
-        if unknown:
-            raise ArgumentError(f"scipy_objective: values for {unknown} which f does not use")
-        missing = [n for n in fixed if n not in self.values]
-        if missing:
-            raise ArgumentError(f"scipy_objective: no value for input {', '.join(missing)}")
-        self._fixed = [self.values[n] for n in fixed]
-        inputs = self.names + fixed
-        self._value_grad = compile([f, *grads], inputs=inputs, backend=backend)
-        self._hvp = compile(products, inputs=inputs + [d.name for d in directions],
-                            backend=backend)  # fmt: skip
+            fixed = [n for n in compile(f, backend="numpy").inputs if n not in self.names]
+            unknown = sorted(set(self.values) - set(fixed))
+            if unknown:
+                raise ArgumentError(f"scipy_objective: values for {unknown} which f does not use")
+            missing = [n for n in fixed if n not in self.values]
+            if missing:
+                raise ArgumentError(f"scipy_objective: no value for input {', '.join(missing)}")
+            self._fixed = [self.values[n] for n in fixed]
+            inputs = self.names + fixed
+            self._value_grad = compile([f, *grads], inputs=inputs, backend=backend)
+            self._hvp = compile(products, inputs=inputs + [d.name for d in directions],
+                                backend=backend)  # fmt: skip
         self._scalar = not any(self.shapes)
         self._last: tuple[bytes, float, np.ndarray] | None = None
 
     def split(self, x) -> list:
         """The flat vector ``x`` as one value per parameter (floats for scalars)."""
-        x = np.asarray(x, dtype=np.float64)
-        if x.shape != (self.size,):
-            raise ArgumentError(f"x must have shape ({self.size},), got {x.shape}")
+        x = self._vector(x, "x")
         parts, k = [], 0
         for shape, n in zip(self.shapes, self.sizes):
             parts.append(float(x[k]) if not shape else x[k : k + n].reshape(shape))
@@ -76,11 +73,35 @@ class ScipyObjective:
     def flatten(self, parts) -> np.ndarray:
         """One value per parameter (a list, or a dict by name) as the flat vector."""
         if isinstance(parts, dict):
+            if set(parts) != set(self.names):
+                raise ArgumentError(
+                    f"parts: a dict needs exactly the keys {self.names}, "
+                    f"got {sorted(parts, key=str)}"
+                )
             parts = [parts[n] for n in self.names]
-        return np.concatenate([np.asarray(p, np.float64).reshape(-1) for p in parts])
+        elif not isinstance(parts, (list, tuple)) or len(parts) != len(self.names):
+            raise ArgumentError(
+                f"parts: expected a list of {len(self.names)} values or a dict by name, got "
+                f"{_kind(parts)}"
+            )
+        flat = [_real_array(p, f"parts[{k}]").reshape(-1) for k, p in enumerate(parts)]
+        for k, (p, n) in enumerate(zip(flat, self.sizes)):
+            if p.size != n:
+                raise ArgumentError(f"parts[{k}] ({self.names[k]}) has {p.size} values, not {n}")
+        return np.concatenate(flat)
+
+    def _vector(self, x, what: str) -> np.ndarray:
+        """``x`` as a float64 vector of ``size`` real numbers (nan and inf pass: f is IEEE)."""
+        x = _real_array(x, what)
+        if x.shape != (self.size,):
+            raise ArgumentError(
+                f"{what} must have shape ({self.size},): one real number per parameter, "
+                f"got shape {x.shape}"
+            )
+        return x
 
     def _evaluate(self, x) -> tuple[float, np.ndarray]:
-        x = np.asarray(x, dtype=np.float64)
+        x = self._vector(x, "x")
         key = x.tobytes()
         if self._last is None or self._last[0] != key:
             value, *grads = self._value_grad(*self.split(x), *self._fixed)
@@ -97,6 +118,7 @@ class ScipyObjective:
 
     def hessp(self, x, p) -> np.ndarray:
         """The Hessian of f at ``x`` times the flat vector ``p``."""
+        x, p = self._vector(x, "x"), self._vector(p, "p")
         return self.flatten(self._hvp(*self.split(x), *self._fixed, *self.split(p)))
 
     def hess(self, x) -> np.ndarray:
@@ -119,6 +141,56 @@ def scipy_objective(f: Expr, wrt, values: dict | None = None, backend: str = "ll
     ``hessp=obj.hessp`` (``"trust-ncg"``, ``"Newton-CG"``, ``"trust-krylov"``).
     """
     return ScipyObjective(f, wrt, values=values, backend=backend)
+
+
+def _checked_wrt(f: Expr, wrt) -> list[Expr]:
+    """``wrt`` as a list of distinct inputs of ``f``'s graph (GradError naming the bad one)."""
+    if isinstance(wrt, Expr):
+        wrt = [wrt]
+    if not isinstance(wrt, (list, tuple)) or not wrt:
+        raise GradError(
+            f"scipy_objective: wrt must be a non-empty list of inputs, got {_kind(wrt)}"
+        )
+    seen: dict[str, int] = {}
+    for k, w in enumerate(wrt):
+        if not isinstance(w, Expr) or w.graph is not f.graph or w.op != "input":
+            raise GradError(f"scipy_objective: wrt[{k}] must be an input of f's graph")
+        if w.name in seen:
+            raise GradError(f"scipy_objective: wrt[{k}] repeats wrt[{seen[w.name]}] ({w.name})")
+        seen[w.name] = k
+    return list(wrt)
+
+
+def _checked_values(values) -> dict:
+    """The fixed inputs: a dict of name -> real number or array of them (ArgumentError else)."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ArgumentError(
+            f"scipy_objective: values must be a dict of name -> value, got {_kind(values)}"
+        )
+    for name, v in values.items():
+        if not isinstance(name, str):
+            raise ArgumentError(f"scipy_objective: values: key {name!r} is not an input name")
+        _real_array(v, f"values[{name!r}]")
+    return dict(values)
+
+
+def _real_array(v, what: str) -> np.ndarray:
+    """``v`` as a float64 array, if it holds real numbers only (no text, complex, objects)."""
+    if isinstance(v, (str, bytes)):
+        raise ArgumentError(f"{what} must be real numbers, got {_kind(v)}")
+    try:
+        arr = np.asarray(v)
+    except (TypeError, ValueError) as err:  # a ragged list, an object numpy cannot read
+        raise ArgumentError(f"{what} must be real numbers, got {_kind(v)} ({err})") from None
+    if arr.dtype.kind not in "biuf":
+        raise ArgumentError(f"{what} must be real numbers, got {_kind(v)} of dtype {arr.dtype}")
+    return arr.astype(np.float64)
+
+
+def _kind(v) -> str:
+    return type(v).__name__
 
 
 def _fresh(graph, stem: str) -> str:

@@ -286,3 +286,33 @@ def test_random_gradients_match_central_differences(f):
         got = _call(grad, p)[0]
         if np.all(np.isfinite(expected)) and np.max(np.abs(expected)) < 1e6:
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_seed_of_y_shape_scales_the_gradient_and_any_other_shape_is_refused():
+    from symgrad.errors import GradError
+    from symgrad.interp import evaluate as ev
+
+    g = sg.Graph()
+    x = g.input("x")
+    f = x * x * x
+    [plain] = sg.build_grad(f, [x])
+    for seed in (2.5, np.float64(2.5), np.array(2.5), g.const(2.5)):
+        [d] = sg.build_grad(f, [x], seed=seed)
+        assert float(ev(d, x=2.0)) == 2.5 * float(ev(plain, x=2.0)) == 30.0
+    size = len(g)
+    for seed in (np.ones(3), [1.0, 2.0], g.input("s", shape=(3,))):
+        size = len(g)
+        with pytest.raises(GradError, match=r"seed has shape \(\d,\) but y has shape \(\)"):
+            sg.build_grad(f, [x], seed=seed)
+        assert len(g) == size
+
+
+def test_hvp_of_one_wrt_and_of_none():
+    from symgrad.interp import evaluate as ev
+
+    g = sg.Graph()
+    x = g.input("x")
+    f = x**3.0
+    [hv] = sg.hvp(f, x, 2.0)  # sg.hvp(y, x, v) as sg.hvp(y, [x], [v])
+    assert float(ev(hv, x=3.0)) == 36.0  # f'' = 6x = 18, times 2
+    assert sg.hvp(f, [], []) == [] and sg.jacobian([], [x]) == []

@@ -125,3 +125,78 @@ def test_bad_arguments():
         obj.fun([1.0, 2.0])
     assert obj.fun([2.0]) == 6.0
     assert len(f.graph) > before  # the successful call added its derivative nodes
+
+
+def _state(g):
+    return len(g), list(g.inputs), sorted(g.nx.edges)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({}, ArgumentError, "no value for input x"),
+        ({"values": {"x": 1.0}, "backend": "gpu"}, ArgumentError, "backend must be one of"),
+        ({"values": {"x": 1.0, "z": 2.0}}, ArgumentError, r"values for \['z'\]"),
+        ({"values": {"x": "a"}}, ArgumentError, r"values\['x'\] must be real numbers"),
+        ({"values": [1.0]}, ArgumentError, "values must be a dict"),
+    ],
+)
+def test_a_failed_construction_leaves_the_graph_as_it_was(kwargs, error, match):
+    f = sg.parse("a**2 * x")
+    a = f.graph.inputs["a"]
+    before = _state(f.graph)
+    with pytest.raises(error, match=match):
+        sg.scipy_objective(f, [a], **kwargs)
+    assert _state(f.graph) == before  # no derivative node and no direction input v_a left
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ("a", r"x must be real numbers, got str"),
+        ([1j, 0.0], "x must be real numbers.*complex128"),
+        ([[1.0, 2.0]], r"x must have shape \(2,\): one real number per parameter, got shape"),
+        ([1.0, 2.0, 3.0], r"x must have shape \(2,\)"),
+        ([[1.0], []], "x must be real numbers"),
+        (None, "x must be real numbers"),
+        ({"a": 1.0}, "x must be real numbers"),
+    ],
+)
+def test_a_bad_x_is_an_argument_error_naming_x(bad, match):
+    obj = rosen2("numpy")
+    for call in (obj.fun, obj.jac, obj.hess, obj.split, lambda x: obj.hessp(x, [1.0, 0.0])):
+        with pytest.raises(ArgumentError, match=match):
+            call(bad)
+    with pytest.raises(ArgumentError, match=match.replace("x must", "p must")):
+        obj.hessp([1.0, 1.0], bad)
+
+
+def test_non_finite_and_integer_x_are_numbers():
+    obj = rosen2("numpy")
+    assert np.isnan(obj.fun([np.nan, 1.0]))
+    assert obj.fun([np.inf, 0.0]) == np.inf
+    assert obj.fun([1, 1]) == 0.0 and obj.fun(np.array([1, 1], dtype=np.int32)) == 0.0
+
+
+def test_flatten_checks_its_parts():
+    g = sg.Graph()
+    w, b = g.input("w", shape=(3,)), g.input("b")
+    obj = sg.scipy_objective(sg.sum(w * w) + b * b, [w, b], backend="numpy")
+    np.testing.assert_array_equal(obj.flatten({"w": [1, 2, 3], "b": 4}), [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ArgumentError, match=r"keys \['w', 'b'\], got \['w'\]"):
+        obj.flatten({"w": [1, 2, 3]})
+    with pytest.raises(ArgumentError, match=r"parts\[0\] \(w\) has 2 values, not 3"):
+        obj.flatten([[1, 2], 4])
+    with pytest.raises(ArgumentError, match="a list of 2 values"):
+        obj.flatten([1.0])
+    with pytest.raises(ArgumentError, match=r"parts\[1\] must be real numbers"):
+        obj.flatten([[1, 2, 3], "b"])
+
+
+def test_wrt_is_a_non_empty_list_of_distinct_inputs():
+    f = sg.parse("a * b")
+    a = f.graph.inputs["a"]
+    for wrt, match in (([a, a], r"wrt\[1\] repeats wrt\[0\] \(a\)"), ([], "non-empty"),
+                       (None, "non-empty list")):  # fmt: skip
+        with pytest.raises(GradError, match=match):
+            sg.scipy_objective(f, wrt, values={"b": 1.0})
