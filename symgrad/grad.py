@@ -35,11 +35,10 @@ def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
     graph = _check_output(y, "y")
     wrt = _check_wrt(graph, wrt)
     with graph.atomic(), paused_gc():
-        seed = _seed(graph, seed, y.shape)
         active = _active_nodes(graph, y.id, {w.id for w in wrt})
         order = 1 + max((graph.node(i)["order"] for i in active), default=0)
         with graph.stamped("grad", order):
-            ct = _backward(graph, y, active, seed)
+            ct = _backward(graph, y, active, _seed(graph, seed, y.shape))
             # The constant is hash-consed: every unconnected wrt shares one zero node.
             return [_apply(graph, *ct[w.id]) if w.id in ct else _zeros(graph, w.shape) for w in wrt]
 
