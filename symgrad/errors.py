@@ -55,4 +55,11 @@ class LoweringError(SymgradError, RuntimeError):
 
 
 class ArgumentError(SymgradError, TypeError, ValueError):
-    """A bad call of a compiled function: missing, unknown or mis-shaped argument."""
+    """A bad call of a compiled function: missing, unknown or mis-shaped argument, or a value
+    that is not a real number (or an array of them) numpy holds as an int or float of <= 64 bits."""
+
+
+class SizeError(ArgumentError, MemoryError):
+    """A call whose batch or outputs would have more elements than the graph's ``max_elements``,
+    refused before anything is allocated. Both an ArgumentError (so callers catching those catch
+    it) and a MemoryError (what the allocation would have raised, if it did not swap first)."""

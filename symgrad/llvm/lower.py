@@ -132,20 +132,43 @@ def _emit_sigmoid(b: Body, x: str) -> str:
     return b.select(b.fcmp("oge", x, b.const(0.0)), pos, neg)
 
 
+def _emit_max(b: Body, x: str, y: str) -> str:
+    # np.maximum exactly (x86 numpy 2: maxpd plus a NaN test): x if x > y or x is NaN, else y.
+    # So a tie of ±0 gives y, like numpy, where llvm.maximum would give +0 whatever the order;
+    # and a NaN comes back with its own sign and payload, the first operand's if both are NaN.
+    return _first_if(b, b.fcmp("ogt", x, y), x, y)
+
+
+def _emit_min(b: Body, x: str, y: str) -> str:
+    # np.minimum: x if x < y or x is NaN, else y (a tie of ±0 gives y).
+    return _first_if(b, b.fcmp("olt", x, y), x, y)
+
+
+def _first_if(b: Body, wins: str, x: str, y: str) -> str:
+    nan = b.fcmp("uno", x, x)
+    return b.select(b.emit(f"or {b.mask_ty} {wins}, {nan}"), x, y)
+
+
 def _emit_relu(b: Body, x: str) -> str:
-    return b.intrinsic("llvm.maximum", x, b.const(0.0))
+    return _emit_max(b, x, b.const(0.0))  # np.maximum(x, 0.0): relu(-0.0) is +0.0
 
 
 def _emit_softplus(b: Body, x: str) -> str:
     e = b.libm("exp", "_ZGVdN4v_exp", b.emit(f"fneg {b.ty} {b.intrinsic('llvm.fabs', x)}"))
     lg = b.libm("log1p", "_ZGVdN4v_log1p", e)
-    return b.binop("fadd", b.intrinsic("llvm.maximum", x, b.const(0.0)), lg)
+    return b.binop("fadd", _emit_max(b, x, b.const(0.0)), lg)
 
 
 def _emit_where(b: Body, c: str, x: str, y: str) -> str:
     # numpy's truth test: c != 0, so nan selects x.
     return b.select(b.fcmp("une", c, b.const(0.0)), x, y)
 
+
+# Intrinsics whose IEEE-754-2019 semantics differ from numpy's on signed zeros: emitted as numpy.
+AS_NUMPY: dict[str, Callable[..., str]] = {
+    "llvm.maximum": _emit_max,
+    "llvm.minimum": _emit_min,
+}
 
 CUSTOM: dict[str, Callable[..., str]] = {
     "sign": _emit_sign,
@@ -166,6 +189,8 @@ def emit_node(b: Body, op: str, args: list[str]) -> str:
             return b.emit(f"fneg {b.ty} {args[0]}")
         return b.binop(low.name, *args)
     if low.kind == "intrinsic":
+        if low.name in AS_NUMPY:
+            return AS_NUMPY[low.name](b, *args)
         return b.intrinsic(low.name, *args)
     if low.kind == "libm":
         return b.libm(low.name, low.vector, *args)
