@@ -6,7 +6,8 @@ per node and summed once, when the node is reached; a missing entry is the symbo
 zero node is ever built. Each op's VJP rule (in ``ops.py``) builds graph nodes, which is why a
 gradient can be differentiated again: ``hessian`` and ``hvp`` are just ``build_grad`` applied to
 gradient nodes. New nodes carry ``role="grad"`` and ``order`` = one more than the highest order
-among the nodes differentiated.
+among the nodes differentiated. ``y`` is first rewritten into its stable form (stable.py), so
+the derivative of a naive ``log(1 + exp(x))``-style formula is the stable one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 from symgrad.errors import GradError, GraphError, ShapeError, SymgradError
 from symgrad.graph import Expr, Graph, paused_gc, reachable
 from symgrad.ops import OPS
+from symgrad.stable import stabilize
 
 
 def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
@@ -35,6 +37,9 @@ def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
     graph = _check_output(y, "y")
     wrt = _check_wrt(graph, wrt)
     with graph.atomic(), paused_gc():
+        # The derivative of the stable form (log1p, softplus, logsumexp, ...), whatever the
+        # order of calls: differentiating log(sigmoid(z)) as written gives nan where it underflows.
+        y = stabilize(y, keep=wrt)
         active = _active_nodes(graph, y.id, {w.id for w in wrt})
         order = 1 + max((graph.node(i)["order"] for i in active), default=0)
         with graph.stamped("grad", order):

@@ -4,7 +4,8 @@
 ``log(sigmoid(x)) -> -softplus(-x)``, ``log(1-sigmoid(x)) -> -softplus(x)`` and
 ``log(softmax(x)) -> x - logsumexp(x)``: the rewritten graph is within a few ulp of the exact
 value everywhere the tests sample, including where the naive formula is inaccurate or infinite;
-and build_grad of a naive cross-entropy, optimized first, is finite at logits of ±1000.
+and build_grad of a naive cross-entropy is the stable form's derivative, exact at logits of ±1000,
+whether optimize runs before it, after it or not at all (build_grad stabilizes ``y`` first).
 """
 
 from __future__ import annotations
@@ -121,3 +122,52 @@ def test_stable_derivatives():
     # exp(x - lse): lse ~ 1000 carries an absolute rounding of ulp(1000) ~ 1e-13, hence rtol.
     np.testing.assert_allclose(sg.compile(dl)(np.array([1000.0, 999.0, -1000.0]))[0],
                                [1 / (1 + np.exp(-1)), 1 / (1 + np.e), 0.0], rtol=1e-12)  # fmt: skip
+
+
+def naive_cross_entropy():
+    g = sg.Graph()
+    z, t = g.input("z", shape=(2,)), g.input("t", shape=(2,))
+    p = sg.sigmoid(z)
+    return sg.sum(-(t * sg.log(p) + (1 - t) * sg.log(1 - p))), z, t
+
+
+# z = (1000, -1000), t = (0, 1): both logits on the wrong side by 1000.
+Z, T = np.array([1000.0, -1000.0]), np.array([0.0, 1.0])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+@pytest.mark.parametrize("order", ["grad, then optimize", "optimize, then grad", "grad only"])
+def test_naive_cross_entropy_is_stable_in_any_order_of_calls(order, backend):
+    loss, z, t = naive_cross_entropy()
+    if order == "optimize, then grad":
+        loss = sg.optimize(loss)
+        z, t = loss.graph.inputs["z"], loss.graph.inputs["t"]
+    [dz] = sg.build_grad(loss, [z])
+    outputs = sg.optimize([loss, dz]) if order == "grad, then optimize" else [loss, dz]
+    _, grad = sg.compile(outputs, backend=backend)(Z, T)
+    # build_grad differentiates the stable form: sigmoid(z) - t, exactly.
+    np.testing.assert_array_equal(grad, [1.0, -1.0])
+    value = sg.compile(sg.optimize(loss), backend=backend)(Z, T)[0]
+    assert float(value) == 2000.0  # softplus(1000) twice
+
+
+def test_build_grad_leaves_a_stable_graph_alone():
+    g = sg.Graph()
+    x = g.input("x")
+    f = sg.log1p(sg.exp(x)) * x
+    before = len(g)
+    sg.build_grad(f, [x])
+    assert all(g.node(i)["op"] != "log" for i in range(len(g)))
+    assert len(g) > before  # the gradient, and no copy of f: nothing to rewrite
+    assert all(g.node(i)["role"] == "grad" for i in range(before, len(g)))
+
+
+def test_a_rewrite_never_drops_a_wrt_from_the_path():
+    # d log(s) / d s with s = sigmoid(x) is 1/s: log(sigmoid(x)) -> -softplus(-x) would lose s.
+    g = sg.Graph()
+    x = g.input("x")
+    s = sg.sigmoid(x)
+    [d] = sg.build_grad(sg.log(s), [s])
+    assert float(sg.evaluate(d, x=0.3)) == pytest.approx(1 + np.exp(-0.3), rel=1e-15)
+    [dx] = sg.build_grad(sg.log(s), [x])  # wrt the input: the stable form's derivative
+    assert float(sg.evaluate(dx, x=-1000.0)) == 1.0

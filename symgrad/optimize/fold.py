@@ -5,14 +5,11 @@ included — so ``x*1 -> x`` and ``x**0 -> 1`` (pow(nan, 0) is 1), never ``x*0 -
 ``x-x -> 0`` (both wrong for inf and nan). One deliberate exception, as customary: ``x+0 -> x``
 differs only in the sign of a zero result (-0.0 + 0 is +0.0).
 
-The *stability rewrites* are the other exception, and on purpose: they replace a formula that
-loses accuracy or overflows by the function that computes the same mathematical value well —
-``log(1 + x) -> log1p(x)``, ``exp(x) - 1 -> expm1(x)``, ``log(sum(exp(x))) -> logsumexp(x)``,
-``log(sigmoid(x)) -> -softplus(-x)``, ``log(1 - sigmoid(x)) -> -softplus(x)``,
-``log(softmax(x)) -> x - logsumexp(x)``. Their results differ from the naive formula's only
-where the naive one is inaccurate (tiny x) or broken (inf, -inf, nan at large |x|); each is
-checked against a high-precision reference in tests/test_stable.py. Their derivatives are the
-stable ones too (softplus' = sigmoid, logsumexp' = exp(x - logsumexp(x)), log1p' = 1/(1+x)).
+The *stability rewrites* (symgrad/stable.py, shared with build_grad) are the other exception,
+and on purpose: they replace a formula that loses accuracy or overflows by the function that
+computes the same mathematical value well (``log(1 + x) -> log1p(x)``, ...). Their derivatives
+are the stable ones too (softplus' = sigmoid, logsumexp' = exp(x - logsumexp(x)), log1p' =
+1/(1+x)).
 
 Rules are named ``local_<pattern>`` functions, tried in the order of ``RULES``; each returns a
 replacement ``Expr`` or None. Invariant of ``fold``: same values; no node unreachable.
@@ -26,17 +23,8 @@ from symgrad.graph import Expr, Graph, reachable
 from symgrad.llvm.kernel import flatten_outputs
 from symgrad.ops import OPS
 from symgrad.optimize.prune import prune, rebuild
-
-
-def _const(e: Expr, value: float | None = None) -> bool:
-    """Is ``e`` a scalar constant (equal to ``value``, bit-for-bit on the sign of zero)?"""
-    if e.op != "const" or e.shape:
-        return False
-    if value is None:
-        return True
-    v = e.value
-    return v == value and np.signbit(v) == np.signbit(value)
-
+from symgrad.stable import RULES as STABLE_RULES
+from symgrad.stable import is_const as _const
 
 MAX_FOLDED_SIZE = 4096  # a constant tensor op folds only if its result is at most this big
 
@@ -147,69 +135,13 @@ def local_strict_self(g, op, args, attrs):
     return None
 
 
-# Stability rewrites (see the module docstring): same mathematical value, computed well.
-
-
-def _attrs(e: Expr) -> dict:
-    return dict(e.graph.node(e.id)["attrs"])
-
-
-def local_log1p(g, op, args, attrs):
-    # Case for log(1 + x) -> log1p(x) and log(1 - x) -> log1p(-x).
-    (a,) = args
-    if a.op == "add":
-        for one, x in (a.args, a.args[::-1]):
-            if _const(one, 1.0) and x.shape == a.shape:
-                return g.apply("log1p", x)
-    if a.op == "sub" and _const(a.args[0], 1.0) and a.args[1].shape == a.shape:
-        x = a.args[1]
-        if x.op == "sigmoid":  # log(1 - sigmoid(x)) = -softplus(x)
-            return g.apply("neg", g.apply("softplus", x.args[0]))
-        return g.apply("log1p", g.apply("neg", x))
-    return None
-
-
-def local_expm1(g, op, args, attrs):
-    # Case for exp(x) - 1 -> expm1(x).
-    e, one = args
-    if e.op == "exp" and _const(one, 1.0) and e.shape == e.args[0].shape:
-        return g.apply("expm1", e.args[0])
-    return None
-
-
-def local_logsumexp(g, op, args, attrs):
-    # Case for log(sum(exp(x), axis)) -> logsumexp(x, axis): no overflow at large x.
-    (s,) = args
-    if s.op == "sum" and s.args[0].op == "exp":
-        return g.apply("logsumexp", s.args[0].args[0], **_attrs(s))
-    return None
-
-
-def local_log_sigmoid(g, op, args, attrs):
-    # Case for log(sigmoid(x)) -> -softplus(-x): finite where sigmoid underflows to 0.
-    (s,) = args
-    if s.op == "sigmoid":
-        return g.apply("neg", g.apply("softplus", g.apply("neg", s.args[0])))
-    return None
-
-
-def local_log_softmax(g, op, args, attrs):
-    # Case for log(softmax(x, axis)) -> x - logsumexp(x, axis, keepdims=True).
-    (s,) = args
-    if s.op == "softmax":
-        x = s.args[0]
-        lse = g.apply("logsumexp", x, axis=_attrs(s)["axis"], keepdims=True)
-        return g.apply("sub", x, lse)
-    return None
-
-
 # The rules, in the order they are tried, by the op they look at; constants fold first for all.
 RULES = {
     "mul": (local_mul_one, local_mul_neg_neg),
     "div": (local_div_one, local_mul_neg_neg),
     "add": (local_add_zero, local_add_neg),
-    "sub": (local_add_zero, local_add_neg, local_expm1),
-    "log": (local_log1p, local_logsumexp, local_log_sigmoid, local_log_softmax),
+    "sub": (local_add_zero, local_add_neg, *STABLE_RULES["sub"]),
+    "log": STABLE_RULES["log"],
     "neg": (local_neg_neg,),
     "pow": (local_pow_small,),
     "where": (local_where_same,),
