@@ -123,12 +123,13 @@ BAD_OBJECTS = {
     "str": ("1.0", "got the str '1.0'"),
     "bytes": (b"1", "got the bytes b'1'"),
     "None": (None, "got None"),
-    "object": (NoFloat(), "got a NoFloat: NoFloat()"),
-    "dict": ({"a": 1.0}, "got a dict"),
-    "set": ({1.0}, "got a set"),
-    "range": (range(3), "got a range"),
-    "memoryview": (memoryview(b"ab"), "got a memoryview"),
-    "generator": ((v for v in [1.0]), "got a generator"),
+    "object": (NoFloat(), "of type NoFloat: NoFloat()"),
+    "dict": ({"a": 1.0}, "of type dict"),
+    "set": ({1.0}, "of type set"),
+    "range": (range(3), "of type range"),
+    "memoryview": (memoryview(b"ab"), "of type memoryview"),
+    "generator": ((v for v in [1.0]), "of type generator"),
+    "an Expr": (sg.Graph().input("x"), "of type Expr: <Expr 0: input x>"),
 }
 BAD_ARRAYS = {
     "object array": (np.array([1.0, 2.0], dtype=object), "an array of dtype object"),
@@ -136,6 +137,7 @@ BAD_ARRAYS = {
     "list with a huge int": ([1.0, 10**400], "its item [1]: the int 1000"),
     "list with a Fraction": ([[1.0, fractions.Fraction(1, 2)]], "its item [0, 1]: Fraction"),
     "list with a Decimal": ([Decimal(1)], "its item [0]: Decimal('1') is a Decimal"),
+    "object array with a bool": (np.array([1.0, np.True_], object), "its item [1] is np.True_"),
     "list with None": ([1.0, None], "its item [1] is None, not a number"),
     "ragged list": ([[1.0, 2.0], [3.0]], "a ragged nested list"),
     "ragged tuple": (((1.0,), 2.0), "a ragged nested list"),
@@ -146,7 +148,7 @@ BAD_ARRAYS = {
     "complex array": (np.ones(3, complex), "got dtype complex128"),
     "list of complex": ([1j, 1.0], "got dtype complex128"),
     "datetime array": (np.array(["2020-01-01"], "datetime64[D]"), "got dtype datetime64[D]"),
-    "datetime scalar": (np.datetime64("2020-01-01"), "got a datetime64"),
+    "datetime scalar": (np.datetime64("2020-01-01"), "of type datetime64"),
     "timedelta array": (np.array([1], "timedelta64[s]"), "got dtype timedelta64[s]"),
     "structured array": (np.zeros(3, dtype=[("a", "f8")]), "got dtype [('a', '<f8')]"),
     "bool array": (np.array([True, False]), "bools (dtype bool) are not numbers here"),
@@ -189,7 +191,7 @@ def test_a_bad_value_of_a_tensor_function_names_the_argument(tfn, value, fragmen
 
 def test_bad_values_keep_their_classes():
     # The counts the report gives; a value moved between classes shows up here.
-    assert (len(BAD_NUMBERS), len(BAD_OBJECTS), len(BAD_ARRAYS)) == (11, 9, 22)
+    assert (len(BAD_NUMBERS), len(BAD_OBJECTS), len(BAD_ARRAYS)) == (11, 10, 23)
 
 
 def test_evaluate_reports_bad_values_as_the_call_does():

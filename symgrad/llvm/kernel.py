@@ -687,9 +687,10 @@ def _bad_object_array(arr: np.ndarray) -> str:
 
 
 def _good_item(item) -> bool:
+    """An item of an object array that numpy would convert like a number in an array."""
     if isinstance(item, (float, np.floating, np.integer)):
         return np.asarray(item).dtype.itemsize <= 8
-    return type(item) is int and -(2**63) <= item < 2**64  # noqa: E721 (not a bool)
+    return isinstance(item, int) and not isinstance(item, bool) and -(2**63) <= item < 2**64
 
 
 def _bad_value(v) -> str:
@@ -706,7 +707,7 @@ def _bad_value(v) -> str:
         return f"expected a real number or array, got the {type(v).__name__} {_short(v)}"
     if v is None:
         return "expected a real number or array, got None"
-    return f"expected a real number or array, got a {type(v).__name__}: {_short(v)}"
+    return f"expected a real number or array, got a value of type {type(v).__name__}: {_short(v)}"
 
 
 def _bad_int(v: int) -> str:
