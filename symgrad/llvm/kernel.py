@@ -28,6 +28,7 @@ _MISSING = object()  # an argument not given (None is a value, and a wrong one)
 # Graph.max_elements' default, for a graph that has no such attribute (pickled by an older
 # symgrad): 2**28 float64 is 2 GiB per array.
 DEFAULT_MAX_ELEMENTS = 2**28
+F64 = np.dtype(np.float64)  # numpy's own instance: an identity test is the cheapest check
 
 
 def flatten_outputs(outputs) -> tuple[list[Expr], list[tuple[int, ...]]]:
@@ -531,7 +532,7 @@ def _broadcast(values: list, names: tuple[str, ...], limit: int, per_point: int)
         raise _size_error([a.shape for a in arrays], names, tuple(batch), per_point, limit)
     if n == 0:  # an argument may still be larger than the empty batch: (0, 1) and (1, 2**40)
         _check_argument_sizes(arrays, names, limit)
-    return [a.astype(np.float64, copy=False) for a in arrays], tuple(batch)
+    return [a if a.dtype is F64 else a.astype(F64) for a in arrays], tuple(batch)
 
 
 def _broadcast_error(
