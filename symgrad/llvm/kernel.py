@@ -1,7 +1,9 @@
 """``CompiledFunction``: the call contract of a compiled graph, whatever backend runs it.
 
 It owns argument checking (keywords or positionals, names checked, values converted to float64
-arrays that must broadcast together), the output layout (an ``Expr`` gives an array of the batch
+arrays that must broadcast together, each bad value named and described), the size limit (a
+batch's outputs within ``graph.max_elements``, checked from shapes before anything is
+allocated), the output layout (an ``Expr`` gives an array of the batch
 shape, a list of n gives batch + (n,), a list of lists batch + (n, m)) and the backend's executor:
 ``"numpy"`` runs the reference interpreter, ``"llvm"`` native code. Nothing here imports llvmlite
 at module level, so the numpy backend never pays for it.
@@ -737,7 +739,9 @@ def compile(outputs, inputs=None, backend: str = "llvm", **options) -> CompiledF
     ``threads`` (None: chosen by batch size and work per point; or an int >= 1) and ``opt``
     (1: LLVM's passes; 0: none, for debugging). The call returns one float64 array per item of
     ``outputs``: an Expr gives the batch shape, a list of n batch + (n,), a list of lists
-    batch + (n, m); tensor graphs give their nodes' shapes.
+    batch + (n, m); tensor graphs give their nodes' shapes. A call whose batch elements times
+    outputs per point exceed ``graph.max_elements`` is a SizeError (an ArgumentError), raised
+    before anything is allocated; raise the limit on the graph, at any time.
 
     >>> import symgrad as sg
     >>> g = sg.Graph(); x = g.input("x")
