@@ -3,10 +3,10 @@
 It owns argument checking (keywords or positionals, names checked, values converted to float64
 arrays that must broadcast together, each bad value named and described), the size limit (a
 batch's outputs within ``graph.max_elements``, checked from shapes before anything is
-allocated), the output layout (an ``Expr`` gives an array of the batch
-shape, a list of n gives batch + (n,), a list of lists batch + (n, m)) and the backend's executor:
-``"numpy"`` runs the reference interpreter, ``"llvm"`` native code. Nothing here imports llvmlite
-at module level, so the numpy backend never pays for it.
+allocated), the output layout (an ``Expr`` gives an array of the batch shape, a list of n gives
+batch + (n,), a list of lists batch + (n, m)) and the backend's executor: ``"numpy"`` runs the
+reference interpreter, ``"llvm"`` native code. Nothing here imports llvmlite at module level, so
+the numpy backend never pays for it.
 """
 
 from __future__ import annotations
