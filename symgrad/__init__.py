@@ -19,6 +19,7 @@ from symgrad.errors import (
     LoweringError,
     ParseError,
     ShapeError,
+    SizeError,
     SymgradError,
 )
 from symgrad.grad import build_grad, hessian, hvp, jacobian
@@ -64,6 +65,7 @@ __all__ = [
     "LoweringError",
     "ParseError",
     "ShapeError",
+    "SizeError",
     "SymgradError",
     "build_grad",
     "compile",
@@ -79,6 +81,6 @@ __all__ = [
     "to_dot",
     "to_svg",
     "to_sympy",
-    *_FUNCTIONS,
-    *_TENSOR_FUNCTIONS,
+    # sg.max and sg.min are both an op and a reduction (one function): listed once.
+    *dict.fromkeys([*_FUNCTIONS, *_TENSOR_FUNCTIONS]),
 ]

@@ -475,6 +475,7 @@ NO_GRAPH = {
     "LoweringError": "an exception class",
     "ParseError": "an exception class",
     "ShapeError": "an exception class",
+    "SizeError": "an exception class",
     "SymgradError": "an exception class",
 }
 
