@@ -1,5 +1,7 @@
-"""Shared test set-up: the hypothesis profiles (CI runs derandomized, so runs repeat exactly), and
-the notebook runner fixture."""
+"""Shared test set-up: the hypothesis profiles (CI runs derandomized, so runs repeat exactly) and
+the fixtures several test files use: a fresh graph ``g``, ``no_cache`` (compiles never touch the
+user's object cache), the notebook runner and a notebook test module's ``results``. Helpers that
+are not fixtures: tests/toolbox.py."""
 
 import importlib.util
 import os
@@ -7,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+import symgrad as sg
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -20,6 +24,20 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=60, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def g() -> sg.Graph:
+    return sg.Graph()
+
+
+@pytest.fixture
+def no_cache(monkeypatch):
+    """The object cache off (and no size cap from the caller's environment): each test compiles
+    for real unless it sets a folder of its own. Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("no_cache")``."""
+    monkeypatch.setenv("SYMGRAD_CACHE_DIR", "off")
+    monkeypatch.delenv("SYMGRAD_CACHE_MAX_BYTES", raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +60,12 @@ def notebook():
         return done[name]
 
     return run
+
+
+@pytest.fixture(scope="module")
+def results(notebook, request) -> dict:
+    """The RESULTS that the notebook named by the test module's ``NAME`` prints, fresh."""
+    name = request.module.NAME
+    fresh, _, _ = notebook(name)
+    assert fresh is not None, f"{name} printed no RESULTS line"
+    return fresh

@@ -9,12 +9,7 @@ from hypothesis import given
 import symgrad as sg
 from symgrad.ops import OPS
 from tests.strategies import expressions
-
-DIFF_OPS = sorted(n for n, op in OPS.items() if op.elementwise and op.arity and op.differentiable)
-FLAT_OPS = sorted(
-    n for n, op in OPS.items() if op.elementwise and op.arity and not op.differentiable
-)
-H = 1e-6
+from tests.toolbox import DIFF_OPS, FLAT_OPS, central_difference, domain_sample
 
 
 def _op_graph(name: str):
@@ -24,19 +19,7 @@ def _op_graph(name: str):
 
 
 def _points(name: str, n: int = 6, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    lo, hi = np.array(OPS[name].domain).T
-    return lo + (hi - lo) * rng.random((n, len(lo)))
-
-
-def _central(f, x: np.ndarray, h: float = H) -> np.ndarray:
-    """Central differences of the numpy function f(vector) at x, one per coordinate."""
-    out = []
-    for k in range(len(x)):
-        e = np.zeros_like(x)
-        e[k] = h
-        out.append((f(x + e) - f(x - e)) / (2 * h))
-    return np.array(out)
+    return np.column_stack(domain_sample(name, n, seed))
 
 
 def _call(fn, point):
@@ -62,7 +45,7 @@ def test_first_derivative_matches_central_differences(name):
     grad = sg.compile([sg.build_grad(f, xs)], inputs=xs, backend="numpy")
     value = sg.compile(f, backend="numpy")
     for p in _points(name):
-        expected = _central(lambda q: float(_call(value, q)[0]), p)
+        expected = central_difference(lambda q: float(_call(value, q)[0]), p)
         np.testing.assert_allclose(_call(grad, p)[0], expected, rtol=1e-6, atol=1e-6)
 
 
@@ -72,7 +55,7 @@ def test_second_derivative_matches_central_differences(name):
     hess = sg.compile([sg.hessian(f, xs)], inputs=xs, backend="numpy")
     grad = sg.compile([sg.build_grad(f, xs)], inputs=xs, backend="numpy")
     for p in _points(name, seed=1):
-        expected = _central(lambda q: _call(grad, q)[0], p, h=1e-5)
+        expected = central_difference(lambda q: _call(grad, q)[0], p, step=1e-5)
         np.testing.assert_allclose(_call(hess, p)[0], expected, rtol=1e-5, atol=1e-5)
 
 
@@ -282,7 +265,7 @@ def test_random_gradients_match_central_differences(f):
     value = sg.compile(f, backend="numpy")
     grad = sg.compile([sg.build_grad(f, wrt)], backend="numpy")
     for p in np.random.default_rng(0).uniform(-1.5, 1.5, (3, len(wrt))):
-        expected = _central(lambda q: float(_call(value, q)[0]), p)
+        expected = central_difference(lambda q: float(_call(value, q)[0]), p)
         got = _call(grad, p)[0]
         if np.all(np.isfinite(expected)) and np.max(np.abs(expected)) < 1e6:
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

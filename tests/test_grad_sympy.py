@@ -24,6 +24,7 @@ import symgrad as sg
 from symgrad.graph import Expr, reachable
 from symgrad.ops import OPS
 from tests.strategies import expressions
+from tests.toolbox import DIFF_OPS, domain_sample
 
 NAMES = ("x", "y")
 SYMBOLS = [sp.Symbol(n, real=True) for n in NAMES]
@@ -37,7 +38,6 @@ RTOL, ATOL = 1e-7, 1e-9
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 MODULES = [{"erf": _erf, "DiracDelta": lambda *args: 0.0}, "numpy"]
 
-DIFF_OPS = sorted(n for n, op in OPS.items() if op.elementwise and op.arity and op.differentiable)
 # Where each op with a kink has it: a function of the operands that is zero there.
 KINKS = {
     "abs": lambda a: a,
@@ -124,15 +124,11 @@ def test_random_expressions_with_max_min_match_sympy_away_from_kinks(f):
 
 def _op_points(name: str, n: int = 8) -> np.ndarray:
     """``n`` points of the op's domain, at least KINK_GAP from its kink (if it has one)."""
-    rng = np.random.default_rng(sum(map(ord, name)))
-    lo, hi = np.array(OPS[name].domain).T
+    candidates = np.column_stack(domain_sample(name, 4 * n, sum(map(ord, name))))
     kink = KINKS.get(name)
-    points = []
-    while len(points) < n:
-        p = lo + (hi - lo) * rng.random(len(lo))
-        if kink is None or abs(kink(*p)) >= KINK_GAP:
-            points.append(p)
-    return np.array(points)
+    points = [p for p in candidates if kink is None or abs(kink(*p)) >= KINK_GAP]
+    assert len(points) >= n, name
+    return np.array(points[:n])
 
 
 @pytest.mark.parametrize("name", DIFF_OPS)

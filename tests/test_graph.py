@@ -17,16 +17,11 @@ import symgrad as sg
 from symgrad.errors import GraphError, SymgradError
 from symgrad.ops import OPS
 from tests.strategies import expressions
+from tests.toolbox import BINARY_OPS, ELEMENTWISE_OPS
 
 NODE_FIELDS = {"op", "args", "attrs", "shape", "role", "order"}
-BINARY = sorted(n for n, op in OPS.items() if op.elementwise and op.arity == 2)
-COMMUTATIVE = [n for n in BINARY if OPS[n].commutative]
-ORDERED = [n for n in BINARY if not OPS[n].commutative]
-
-
-@pytest.fixture
-def g():
-    return sg.Graph()
+COMMUTATIVE = [n for n in BINARY_OPS if OPS[n].commutative]
+ORDERED = [n for n in BINARY_OPS if not OPS[n].commutative]
 
 
 def snapshot(g):
@@ -298,7 +293,7 @@ def test_numpy_scalars_stay_exprs(g, number):
 # --- sg.<function> for every op ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(n for n, op in OPS.items() if op.elementwise and op.arity))
+@pytest.mark.parametrize("name", ELEMENTWISE_OPS)
 def test_function_for_every_op(g, name):
     xs = [g.input(f"x{k}") for k in range(OPS[name].arity)]
     e = getattr(sg, name)(*xs)
@@ -308,7 +303,7 @@ def test_function_for_every_op(g, name):
     assert e.id == g.apply(name, *xs).id
 
 
-@pytest.mark.parametrize("name", sorted(n for n, op in OPS.items() if op.elementwise and op.arity))
+@pytest.mark.parametrize("name", ELEMENTWISE_OPS)
 def test_function_takes_numbers_beside_an_expr(g, name):
     x = g.input("x")
     operands = [x] + [1.5] * (OPS[name].arity - 1)

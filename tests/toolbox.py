@@ -1,0 +1,67 @@
+"""The tests' toolbox: what several test files need, written once (shared fixtures: conftest.py;
+random expressions: strategies.py; counting work: counting.py).
+
+- op lists derived from the registry, so adding an op adds it to every test parametrized by them;
+- ``domain_sample``: values inside an op's registry ``domain``;
+- ``central_difference``: the one finite-difference routine, for scalars and arrays;
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from symgrad.ops import OPS
+
+# --- op lists from the registry ------------------------------------------------------------------
+
+ELEMENTWISE_OPS = sorted(n for n, op in OPS.items() if op.elementwise and op.arity)
+DIFF_OPS = [n for n in ELEMENTWISE_OPS if OPS[n].differentiable]
+FLAT_OPS = [n for n in ELEMENTWISE_OPS if not OPS[n].differentiable]  # piecewise constant
+BINARY_OPS = [n for n in ELEMENTWISE_OPS if OPS[n].arity == 2]
+TENSOR_OPS = [n for n, op in OPS.items() if not op.elementwise]  # in registry order
+
+
+# --- sampling an op's domain ---------------------------------------------------------------------
+
+
+def domain_sample(name: str, shape=(), rng: int | np.random.Generator = 0) -> list[np.ndarray]:
+    """Values drawn uniformly inside op ``name``'s registry domain: one array per operand, each
+    of ``shape`` (a list of shapes gives operand k the shape ``shape[k]``). ``rng`` is a seed or
+    a Generator; operands are drawn in order, all of operand 0 first.
+
+    >>> [v.shape for v in domain_sample("atan2", 5)]
+    [(5,), (5,)]
+    """
+    rng = np.random.default_rng(rng)  # a Generator is passed through as it is
+    domain = OPS[name].domain
+    shapes = shape if isinstance(shape, list) else [shape] * len(domain)
+    return [rng.uniform(lo, hi, s) for (lo, hi), s in zip(domain, shapes, strict=True)]
+
+
+# --- finite differences --------------------------------------------------------------------------
+
+
+def central_difference(f: Callable, x, step: float = 1e-6) -> np.ndarray:
+    """Central differences of ``f`` at ``x``, one for each entry of ``x``: an array of shape
+    ``shape(x) + shape(f(x))`` whose entry ``[k]`` estimates the derivative of ``f`` in ``x[k]``.
+
+    ``x`` is a number or an array and ``f`` returns a number or an array (so the differences of
+    a gradient are a Hessian, and ``central_difference(lambda t: g(x + t*v), 0.0)`` is the
+    derivative of ``g`` along ``v``). The step is chosen per entry, ``step * max(1, |x[k]|)``,
+    so it stays relative to large values; the quotient divides by the distance between the two
+    points as doubles, not by the step as written.
+
+    >>> round(float(central_difference(lambda v: v**3, 2.0)), 6)  # 3 x**2 at 2
+    12.0
+    """
+    x = np.asarray(x, dtype=np.float64)
+    rows = []
+    for k in np.ndindex(x.shape):
+        h = step * max(1.0, abs(float(x[k])))
+        up, down = x.copy(), x.copy()
+        up[k] += h
+        down[k] -= h
+        rows.append((np.asarray(f(up), np.float64) - np.asarray(f(down))) / (up[k] - down[k]))
+    return np.array(rows).reshape(x.shape + rows[0].shape)
