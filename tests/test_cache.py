@@ -48,9 +48,8 @@ import pytest
 
 import symgrad as sg
 from symgrad.llvm import cache, jit
+from tests.toolbox import FORMULA, ROOT, compile_formula, run_python
 
-ROOT = Path(__file__).resolve().parents[1]
-FORMULA = "sin(x) * y + exp(x / (1 + y*y))"
 POINTS = [(np.linspace(-2, 2, 7), 0.75), (0.3, -1.2)]  # a batch (the loop and its tail), a point
 OLD_MAGIC = b"SYMGRAD-OBJ-2\n"  # the format before 3: a plain sha256 anyone can compute
 NOBODY = 65534
@@ -59,11 +58,8 @@ ROOT_ONLY = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def _no_cache(monkeypatch):
-    # No test touches the user's cache: each sets a folder of its own.
-    monkeypatch.setenv("SYMGRAD_CACHE_DIR", "off")
-    monkeypatch.delenv("SYMGRAD_CACHE_MAX_BYTES", raising=False)
+# No test touches the user's cache: each sets a folder of its own.
+pytestmark = pytest.mark.usefixtures("no_cache")  # tests/conftest.py
 
 
 @pytest.fixture
@@ -71,12 +67,6 @@ def folder(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(path))
     return path
-
-
-def compile_formula(text: str = FORMULA):
-    f = sg.parse(text)
-    xs = list(f.graph.inputs.values())
-    return sg.compile([f, sg.build_grad(f, xs)], inputs=xs)
 
 
 def assert_correct(fn, text: str = FORMULA) -> None:
@@ -227,7 +217,7 @@ def test_second_process_loads_from_the_cache(folder):
     fn = compiled_without_hit()
     code = """
         import json
-        from tests.test_cache import compile_formula
+        from tests.toolbox import compile_formula
         fn = compile_formula()
         value = [r.tolist() for r in fn(0.3, -1.2)]
         print(json.dumps({"hit": fn._native.cache_hit, "value": value, "ir": fn.llvm_ir}))
@@ -237,14 +227,6 @@ def test_second_process_loads_from_the_cache(folder):
     report = json.loads(done.stdout)
     value = [r.tolist() for r in fn(0.3, -1.2)]
     assert report == {"hit": True, "value": value, "ir": fn.llvm_ir}  # the same IR, too
-
-
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    """``code`` in a fresh interpreter at the repository root, with ``env`` added."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
 
 
 def _corruptions():
@@ -592,7 +574,7 @@ def test_second_user_cannot_plant_in_the_victims_own_folder(shared, monkeypatch,
 UMASK_ZERO = """
     import json, os
     os.umask(0)
-    from tests.test_cache import compile_formula
+    from tests.toolbox import compile_formula
     hits = [compile_formula()._native.cache_hit for _ in range(2)]
     print(json.dumps(hits))
 """

@@ -30,7 +30,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,14 +40,13 @@ import symgrad as sg
 from symgrad.errors import ArgumentError
 from symgrad.ops import OPS
 from tests.strategies import expressions
+from tests.toolbox import ELEMENTWISE_OPS, FORMULA, ROOT, compile_formula, domain_sample, run_python
 
-ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 4  # lanes of the batch kernel's vector loop
 POINT_ULPS = 4
 DERIVED_REL = 1e-13
 CONDITION_ULPS = 16
 LIBMVEC = "_ZGVdN4"  # prefix of glibc's 4-lane AVX2 function names
-OP_NAMES = sorted(n for n, op in OPS.items() if op.elementwise and op.arity >= 1)
 BATCH_LENGTHS = (1, 3, 4, 5, 8, 1003)
 DBL_MAX = float(np.finfo(np.float64).max)
 
@@ -63,10 +61,7 @@ EDGES = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _no_cache(monkeypatch):
-    # Every test compiles for real unless it sets a cache directory of its own.
-    monkeypatch.setenv("SYMGRAD_CACHE_DIR", "off")
+pytestmark = pytest.mark.usefixtures("no_cache")  # tests/conftest.py
 
 
 # --- comparing results ---------------------------------------------------------------------------
@@ -149,11 +144,6 @@ def op_functions(name: str):
     return sg.compile(outputs, inputs=xs), sg.compile(outputs, inputs=xs, backend="numpy")
 
 
-def domain_sample(name: str, n: int, seed: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return [rng.uniform(lo, hi, n) for lo, hi in OPS[name].domain]
-
-
 def oracle(name: str, ref, *args) -> tuple:
     """numpy's results for op ``name``, corrected in the one place where numpy is not the
     reference; the correction says why, and the kernel must match the corrected value.
@@ -173,7 +163,7 @@ def sign_of_zero_bug(names) -> list:
     return list(names)
 
 
-@pytest.mark.parametrize("name", OP_NAMES)
+@pytest.mark.parametrize("name", ELEMENTWISE_OPS)
 def test_op_at_single_points(name):
     fn, ref = op_functions(name)
     cols = domain_sample(name, 25, seed=1)
@@ -184,7 +174,7 @@ def test_op_at_single_points(name):
 
 
 @pytest.mark.parametrize("n", BATCH_LENGTHS)
-@pytest.mark.parametrize("name", OP_NAMES)
+@pytest.mark.parametrize("name", ELEMENTWISE_OPS)
 def test_op_over_batches(name, n):
     fn, ref = op_functions(name)
     cols = domain_sample(name, n, seed=n)
@@ -201,7 +191,7 @@ def special_combinations(name: str) -> np.ndarray:
     return np.array(list(itertools.product(values, repeat=OPS[name].arity)))
 
 
-@pytest.mark.parametrize("name", sign_of_zero_bug(OP_NAMES))
+@pytest.mark.parametrize("name", sign_of_zero_bug(ELEMENTWISE_OPS))
 def test_op_at_special_values_in_a_batch(name):
     fn, ref = op_functions(name)
     combos = special_combinations(name)
@@ -210,7 +200,7 @@ def test_op_at_special_values_in_a_batch(name):
     assert_agree(got, oracle(name, ref, *cols), tolerance(fn, got), lambda b: tuple(combos[b[0]]))
 
 
-@pytest.mark.parametrize("name", sign_of_zero_bug(OP_NAMES))
+@pytest.mark.parametrize("name", sign_of_zero_bug(ELEMENTWISE_OPS))
 def test_op_at_special_values_one_point_at_a_time(name):
     fn, ref = op_functions(name)
     points = list(map(tuple, special_combinations(name).tolist()))
@@ -304,10 +294,7 @@ def test_polynomial_batch_does_not_depend_on_its_length():
         assert identical(fn(*(c[:n] for c in cols)), tuple(r[:n] for r in whole)), n
 
 
-@pytest.mark.parametrize(
-    "name",
-    sorted(n for n, op in OPS.items() if op.llvm is not None and op.arity >= 1 and op.elementwise),
-)
+@pytest.mark.parametrize("name", ELEMENTWISE_OPS)
 def test_op_batch_does_not_depend_on_its_length(name, request):
     """A point's result is the same whether it falls in the 4-lane loop or in the tail."""
     fn, _ = op_functions(name)
@@ -419,25 +406,6 @@ def test_empty_batch():
     fn, _ = two_input_function()
     got = fn(np.zeros(0), 1.0)
     assert [r.shape for r in got] == [(0,), (0, 2), (0, 2, 2)]
-
-
-# --- a formula, and a fresh interpreter (the object cache has its own tests: test_cache.py) -------
-
-FORMULA = "sin(x) * y + exp(x / (1 + y*y))"
-
-
-def compile_formula(text: str = FORMULA):
-    f = sg.parse(text)
-    xs = list(f.graph.inputs.values())
-    return sg.compile([f, sg.build_grad(f, xs)], inputs=xs)
-
-
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
-    """``code`` in a fresh interpreter at the repository root, with ``env`` added."""
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
 
 
 # --- memory over 1,000 functions -----------------------------------------------------------------

@@ -4,15 +4,25 @@ random expressions: strategies.py; counting work: counting.py).
 - op lists derived from the registry, so adding an op adds it to every test parametrized by them;
 - ``domain_sample``: values inside an op's registry ``domain``;
 - ``central_difference``: the one finite-difference routine, for scalars and arrays;
+- ``compile_formula``: a formula and its gradient, compiled (``FORMULA`` by default);
+- ``run_python``: code in a fresh interpreter at the repository root.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
+import symgrad as sg
 from symgrad.ops import OPS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # --- op lists from the registry ------------------------------------------------------------------
 
@@ -26,15 +36,15 @@ TENSOR_OPS = [n for n, op in OPS.items() if not op.elementwise]  # in registry o
 # --- sampling an op's domain ---------------------------------------------------------------------
 
 
-def domain_sample(name: str, shape=(), rng: int | np.random.Generator = 0) -> list[np.ndarray]:
+def domain_sample(name: str, shape=(), seed: int | np.random.Generator = 0) -> list[np.ndarray]:
     """Values drawn uniformly inside op ``name``'s registry domain: one array per operand, each
-    of ``shape`` (a list of shapes gives operand k the shape ``shape[k]``). ``rng`` is a seed or
+    of ``shape`` (a list of shapes gives operand k the shape ``shape[k]``). ``seed`` is a seed or
     a Generator; operands are drawn in order, all of operand 0 first.
 
     >>> [v.shape for v in domain_sample("atan2", 5)]
     [(5,), (5,)]
     """
-    rng = np.random.default_rng(rng)  # a Generator is passed through as it is
+    rng = np.random.default_rng(seed)  # a Generator is passed through as it is
     domain = OPS[name].domain
     shapes = shape if isinstance(shape, list) else [shape] * len(domain)
     return [rng.uniform(lo, hi, s) for (lo, hi), s in zip(domain, shapes, strict=True)]
@@ -65,3 +75,23 @@ def central_difference(f: Callable, x, step: float = 1e-6) -> np.ndarray:
         down[k] -= h
         rows.append((np.asarray(f(up), np.float64) - np.asarray(f(down))) / (up[k] - down[k]))
     return np.array(rows).reshape(x.shape + rows[0].shape)
+
+
+# --- compiling a formula, and a fresh interpreter -------------------------------------------------
+
+FORMULA = "sin(x) * y + exp(x / (1 + y*y))"
+
+
+def compile_formula(text: str = FORMULA):
+    """``[f, its gradient]`` for the formula ``text``, compiled; arguments in order of appearance."""
+    f = sg.parse(text)
+    xs = list(f.graph.inputs.values())
+    return sg.compile([f, sg.build_grad(f, xs)], inputs=xs)
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter at the repository root, with ``env`` added."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
