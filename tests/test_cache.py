@@ -48,7 +48,16 @@ import pytest
 
 import symgrad as sg
 from symgrad.llvm import cache, jit
-from tests.toolbox import FORMULA, ROOT, compile_formula, run_python
+from tests.toolbox import (
+    EXACT,
+    FORMULA,
+    ROOT,
+    big_matmul,
+    compare,
+    compile_formula,
+    run_python,
+    values_for,
+)
 
 POINTS = [(np.linspace(-2, 2, 7), 0.75), (0.3, -1.2)]  # a batch (the loop and its tail), a point
 OLD_MAGIC = b"SYMGRAD-OBJ-2\n"  # the format before 3: a plain sha256 anyone can compute
@@ -211,6 +220,18 @@ def test_cache_off_writes_nothing(tmp_path, monkeypatch):
     for _ in range(2):
         compiled_without_hit()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_object_cache_hit_on_second_compile(tmp_path, monkeypatch):
+    monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(tmp_path))
+    outputs = big_matmul()
+    first = sg.compile(outputs)
+    second = sg.compile(outputs)
+    assert not first._native.cache_hit
+    assert second._native.cache_hit
+    assert list(tmp_path.glob("*.o"))
+    vals = values_for(first)
+    compare(second(**vals), first(**vals), EXACT)
 
 
 def test_second_process_loads_from_the_cache(folder):

@@ -3,7 +3,8 @@
 Every tensor op of the registry over many attribute settings, the fusion and layout edge cases of
 the loop writer (vector loop and scalar remainder, broadcasting, gathers, stages), every kind of
 output, compiled gradients (each tensor op, an MLP's hvp and training step), the call contract
-(argument errors, threads, the object cache, IR text) and random tensor programs (hypothesis).
+(argument errors, threads, IR text) and random tensor programs (hypothesis); the object cache
+of a tensor function: test_cache.py.
 The oracle is ``sg.compile(outputs, backend="numpy")``.
 
 Tolerances, and why each is what it is:
@@ -41,10 +42,16 @@ from symgrad.llvm.jit import blas_dgemm
 from symgrad.llvm.loops import BLAS_MIN_FLOPS
 from symgrad.llvm.lower import hex_double
 from symgrad.ops import OPS, indexed_shape, normalize_index
+from tests.toolbox import (
+    ELEMENTWISE_OPS,
+    EXACT,
+    TENSOR_OPS,
+    big_matmul,
+    compare,
+    domain_sample,
+    values_for,
+)
 
-TENSOR_OPS = [n for n, op in OPS.items() if not op.elementwise]
-ELEMENTWISE = sorted(n for n, op in OPS.items() if op.elementwise and op.arity >= 1)
-EXACT = None
 LIBM = {"rtol": 1e-13, "atol": 0.0}
 SUMMED = {"rtol": 1e-12, "atol": 1e-12}
 SPECIAL = np.array([
@@ -54,10 +61,7 @@ SPECIAL = np.array([
 ])  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _no_cache(monkeypatch):
-    # Every test compiles for real unless it sets a cache directory of its own.
-    monkeypatch.setenv("SYMGRAD_CACHE_DIR", "off")
+pytestmark = pytest.mark.usefixtures("no_cache")  # tests/conftest.py
 
 
 @pytest.fixture
@@ -72,25 +76,6 @@ def no_blas(monkeypatch):
 
 
 # --- comparing compiled and interpreted ---------------------------------------------------------
-
-
-def values_for(fn, seed: int = 0, scale: float = 1.0) -> dict[str, np.ndarray]:
-    """Standard normal values (times ``scale``) for the arguments of ``fn``, by their shapes."""
-    rng = np.random.default_rng(seed)
-    return {n: scale * rng.standard_normal(fn.graph.inputs[n].shape) for n in fn.inputs}
-
-
-def compare(got, want, tol, label="") -> None:
-    assert len(got) == len(want)
-    for k, (a, b) in enumerate(zip(got, want)):
-        msg = f"{label} output {k}"
-        assert a.shape == b.shape, msg
-        assert a.dtype == np.float64, msg
-        if tol is EXACT:
-            np.testing.assert_array_equal(a, b, err_msg=msg)
-        else:
-            np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=msg)
-            np.testing.assert_allclose(a, b, err_msg=msg, **tol)
 
 
 def check(outputs, tol=EXACT, values=None, seed=0, label="", **options):
@@ -460,7 +445,7 @@ def test_stages_interleave_reductions_views_and_elementwise():
     check(outputs, SUMMED)
 
 
-@pytest.mark.parametrize("name", ELEMENTWISE)
+@pytest.mark.parametrize("name", ELEMENTWISE_OPS)
 def test_every_elementwise_op_on_a_matrix(name):
     # A 3x5 input is 15 contiguous elements (three 4-lane steps and three scalar ones); its
     # transpose is a gather. Special values include nan, ±inf, ±0, a subnormal, ±700, 1e300:
@@ -474,8 +459,7 @@ def test_every_elementwise_op_on_a_matrix(name):
     outputs = [g.apply(name, *args), g.apply(name, *(a.T for a in args))]
     special = {f"a{k}": np.roll(SPECIAL, k, axis=1) for k in range(op.arity)}
     check(outputs, tol, special, label=f"{name} special")
-    rng = np.random.default_rng(7)
-    inside = {f"a{k}": rng.uniform(*op.domain[k], (3, 5)) for k in range(op.arity)}
+    inside = {f"a{k}": v for k, v in enumerate(domain_sample(name, (3, 5), seed=7))}
     check(outputs, tol, inside, label=f"{name} domain")
 
 
@@ -685,13 +669,7 @@ def test_mlp_hvp():
     compare(fn(**vals), sg.compile([loss, *hv], backend="numpy")(**vals), SUMMED)
 
 
-# --- 5. matmul through BLAS or the loop, calls, threads, cache, text ---------------------------
-
-
-def _big_matmul():
-    g = sg.Graph()
-    x, y = g.input("x", (40, 50)), g.input("y", (50, 60))
-    return [x @ y, x.T.T @ y[:, ::-1], sg.relu(x @ y[:, 1:41]).T @ x]
+# --- 5. matmul through BLAS or the loop, calls, threads, text ----------------------------------
 
 
 def test_matmul_calls_blas_only_when_big_and_laid_out_for_it():
@@ -699,9 +677,9 @@ def test_matmul_calls_blas_only_when_big_and_laid_out_for_it():
     if blas is None:
         pytest.skip("numpy's OpenBLAS dgemm is not found in this process")
     assert 40 * 50 * 60 >= BLAS_MIN_FLOPS > 8 * 8 * 8
-    fn = sg.compile(_big_matmul())
+    fn = sg.compile(big_matmul())
     assert f"call void @{blas}(" in fn.llvm_ir
-    check(_big_matmul(), SUMMED)
+    check(big_matmul(), SUMMED)
     g = sg.Graph()
     small = sg.compile([g.input("a", (8, 8)) @ g.input("b", (8, 8))])
     assert blas not in small.llvm_ir
@@ -715,22 +693,22 @@ def test_matmul_calls_blas_only_when_big_and_laid_out_for_it():
 @pytest.mark.usefixtures("no_blas")
 def test_matmul_without_blas_is_the_loop():
     assert blas_dgemm() is None
-    fn = sg.compile(_big_matmul())
+    fn = sg.compile(big_matmul())
     assert "dgemm" not in fn.llvm_ir
-    check(_big_matmul(), SUMMED)
+    check(big_matmul(), SUMMED)
     for label, build, tol in _matmul_cases():
         check(build(sg.Graph()), tol, label=f"no BLAS {label}")
 
 
 def test_matmul_results_do_not_depend_on_blas(monkeypatch):
     # The two paths differ only in the order of additions: within SUMMED of each other.
-    with_blas = sg.compile(_big_matmul())
+    with_blas = sg.compile(big_matmul())
     vals = values_for(with_blas)
     first = with_blas(**vals)
     monkeypatch.setenv("SYMGRAD_BLAS", "off")
     blas_dgemm.cache_clear()
     try:
-        without = sg.compile(_big_matmul())(**vals)
+        without = sg.compile(big_matmul())(**vals)
     finally:
         monkeypatch.delenv("SYMGRAD_BLAS")
         blas_dgemm.cache_clear()
@@ -818,18 +796,6 @@ def test_eight_threads_get_the_serial_results():
     for k in range(8):
         for j in range(16):
             compare(results[k][j], serial[(k + j) % 8], EXACT)
-
-
-def test_object_cache_hit_on_second_compile(tmp_path, monkeypatch):
-    monkeypatch.setenv("SYMGRAD_CACHE_DIR", str(tmp_path))
-    outputs = _big_matmul()
-    first = sg.compile(outputs)
-    second = sg.compile(outputs)
-    assert not first._native.cache_hit
-    assert second._native.cache_hit
-    assert list(tmp_path.glob("*.o"))
-    vals = values_for(first)
-    compare(second(**vals), first(**vals), EXACT)
 
 
 def test_ir_and_asm_text():

@@ -17,6 +17,7 @@ from symgrad.graph import Graph
 from symgrad.ops import FUNCTIONS
 from symgrad.parse import _SPECS, parse
 from symgrad.tensor import TENSOR_FUNCTIONS
+from tests.toolbox import central_difference
 
 SHAPES = {
     "A": (2, 3, 4),
@@ -49,11 +50,6 @@ def run(text: str, seed: int = 0):
     e = parse(text, shapes=SHAPES)
     values = arrays(seed)
     return sg.evaluate(e, **{n: values[n] for n in e.graph.inputs}), values
-
-
-@pytest.fixture
-def g():
-    return Graph()
 
 
 def inputs(g):
@@ -776,18 +772,6 @@ GRADIENTS = [
 ]
 
 
-def finite_difference(f, values: dict, name: str, h: float = 1e-6) -> np.ndarray:
-    out = np.zeros(np.shape(values[name]))
-    for i in np.ndindex(out.shape):
-        plus, minus = dict(values), dict(values)
-        plus[name] = np.array(values[name], dtype=float)
-        minus[name] = np.array(values[name], dtype=float)
-        plus[name][i] += h
-        minus[name][i] -= h
-        out[i] = (sg.evaluate(f, **plus) - sg.evaluate(f, **minus)) / (2 * h)
-    return out
-
-
 @pytest.mark.parametrize(("text", "shapes"), GRADIENTS, ids=[t for t, _ in GRADIENTS])
 def test_gradients_of_parsed_formulas_match_finite_differences(text, shapes):
     f = parse(text, shapes=shapes)
@@ -805,7 +789,10 @@ def test_gradients_of_parsed_formulas_match_finite_differences(text, shapes):
         got = sg.evaluate(grad, **values)
         assert got.shape == shapes.get(name, ())
         assert np.abs(got).max() > 1e-3  # a gradient worth checking, not a saturated zero
-        np.testing.assert_allclose(got, finite_difference(f, values, name), rtol=1e-6, atol=1e-7)
+        want = central_difference(
+            lambda v, name=name: sg.evaluate(f, **{**values, name: v}), values[name]
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 
 
 def test_a_scalar_input_in_a_tensor_formula():

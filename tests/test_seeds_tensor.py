@@ -16,22 +16,13 @@ import numpy as np
 import pytest
 
 import symgrad as sg
+from tests.toolbox import central_difference
 
 BACKENDS = ["llvm", "numpy"]
 
 
 def sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
-
-
-def central_diff(f, x, h):
-    """Central differences of the scalar function ``f`` over every entry of the array ``x``."""
-    out = np.empty_like(x)
-    for k in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[k] = h
-        out[k] = (f(x + e) - f(x - e)) / (2 * h)
-    return out
 
 
 # --- seed 000 ----------------------------------------------------------------------------------
@@ -115,7 +106,7 @@ def test_seed000_conv_avgpool_mse_step_reproduces_the_printed_kernel(backend):
     np.testing.assert_allclose(gw, implied, rtol=0, atol=1e-12)
     # ... and central finite differences of the compiled loss (quadratic in w: exact but rounding).
     lab = np.full((1, 1, 1, 1), label)
-    fd = central_diff(
+    fd = central_difference(
         lambda w: float(fn(x[None, None], w[None, None], lab)[0]), SEED000_W_BEFORE, 1e-4
     )
     np.testing.assert_allclose(gw, fd, rtol=0, atol=1e-9)
@@ -140,7 +131,7 @@ def test_seed000_conv_avgpool_mse_random_data_matches_hand_formula(backend):
         assert float(loss) == pytest.approx((y - label) ** 2, rel=1e-13)
         hand = 2 * (y - label) / 4 * window_sums(x)
         np.testing.assert_allclose(gw[0, 0], hand, rtol=1e-12, atol=1e-14)
-        fd = central_diff(
+        fd = central_difference(
             lambda w, x=x, lab=lab: float(fn(x[None, None], w[None, None], lab)[0]), w, 1e-4
         )
         np.testing.assert_allclose(gw[0, 0], fd, rtol=1e-9, atol=1e-10)
@@ -303,12 +294,11 @@ def test_seed002_hvp_wrt_W2_equals_finite_differences_of_the_gradient(backend):
         V = rng.standard_normal((2, 2))
         _, dW2, hv = fn(x, label, w1, b1, w2, b2, V)
         np.testing.assert_allclose(dW2, seed002_by_hand(x, label, w1, b1, w2, b2)[3], rtol=1e-12)
-        h = 1e-5  # central differences of the hand-written gradient along V
 
-        def grad_w2(W2):
-            return seed002_by_hand(x, label, w1, b1, W2, b2)[3]
+        def grad_w2(t, V=V):  # the hand-written gradient at W2 = w2 + t V
+            return seed002_by_hand(x, label, w1, b1, w2 + t * V, b2)[3]
 
-        fd = (grad_w2(w2 + h * V) - grad_w2(w2 - h * V)) / (2 * h)
+        fd = central_difference(grad_w2, 0.0, step=1e-5)  # its derivative along V
         assert hv.shape == (2, 2)
         np.testing.assert_allclose(hv, fd, rtol=1e-7, atol=1e-11)
 

@@ -17,15 +17,12 @@ import numpy as np
 import pytest
 
 import symgrad as sg
-from symgrad.ops import OPS
+from tests.toolbox import TENSOR_OPS, central_difference, domain_sample
 
 try:
     import scipy.special as sps
 except ImportError:  # pragma: no cover - the loops below stand in
     sps = None
-
-TENSOR_OPS = [n for n, op in OPS.items() if not op.elementwise]
-EPS = 1e-6
 
 
 # ------------------------------------------------------------------------------------------------
@@ -600,18 +597,6 @@ def test_tensor_functions_reject_non_expr():
 # ------------------------------------------------------------------------------------------------
 
 
-def _fd_grad(f, values: dict, name: str, eps: float = EPS) -> np.ndarray:
-    """Central differences of the scalar ``f(values)`` in each element of ``values[name]``."""
-    x = np.asarray(values[name], np.float64)
-    out = np.zeros(x.shape)
-    for k in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[k] += eps
-        xm[k] -= eps
-        out[k] = (f({**values, name: xp}) - f({**values, name: xm})) / (2 * eps)
-    return out
-
-
 def _check_grads(loss, wrt, values, rtol=1e-6, atol=1e-8):
     grads = sg.build_grad(loss, wrt)
     f = sg.compile(loss, backend="numpy")
@@ -619,7 +604,9 @@ def _check_grads(loss, wrt, values, rtol=1e-6, atol=1e-8):
     got = fn(**{n: values[n] for n in f.inputs})
     for w, gw in zip(wrt, got):
         assert gw.shape == w.shape
-        want = _fd_grad(lambda vals: float(f(**vals)[0]), values, w.name)
+        want = central_difference(
+            lambda v, name=w.name: float(f(**{**values, name: v})[0]), values[w.name]
+        )
         np.testing.assert_allclose(gw, want, rtol=rtol, atol=atol, err_msg=w.name)
     return got
 
@@ -660,8 +647,7 @@ def test_broadcasting_gradients_have_the_operand_shapes(name, shapes):
     a, b = g.input("a", shape=shapes[0]), g.input("b", shape=shapes[1])
     out = g.apply(name, a, b)
     assert out.shape == np.broadcast_shapes(*shapes)
-    (lo0, hi0), (lo1, hi1) = OPS[name].domain
-    values = {"a": rng.uniform(lo0, hi0, shapes[0]), "b": rng.uniform(lo1, hi1, shapes[1])}
+    values = dict(zip("ab", domain_sample(name, list(shapes), rng), strict=True))
     ga, gb = _check_grads(_random_projection(out, rng), [a, b], values)
     assert ga.shape == shapes[0] and gb.shape == shapes[1]
 
@@ -741,10 +727,9 @@ def test_hvp_matches_differences_of_the_gradient():
         vals = {**values, "W1": values["W1"] + t * V1, "W2": values["W2"] + t * V2}
         return grad(**{n: vals[n] for n in grad.inputs})
 
-    h = 1e-5
-    plus, minus = at(h), at(-h)
     for k in range(2):
-        np.testing.assert_allclose(got[k], (plus[k] - minus[k]) / (2 * h), rtol=1e-6, atol=1e-7)
+        want = central_difference(lambda t, k=k: at(t)[k], 0.0, step=1e-5)
+        np.testing.assert_allclose(got[k], want, rtol=1e-6, atol=1e-7)
 
 
 def test_hvp_of_a_single_tensor_wrt():
@@ -757,8 +742,7 @@ def test_hvp_of_a_single_tensor_wrt():
     [hv] = sg.hvp(loss, [W], [g.const(V)])
     [gW] = sg.build_grad(loss, [W])
     fg = sg.compile(gW, backend="numpy")
-    h = 1e-5
-    want = (fg(W=Wv + h * V)[0] - fg(W=Wv - h * V)[0]) / (2 * h)
+    want = central_difference(lambda t: fg(W=Wv + t * V)[0], 0.0, step=1e-5)
     np.testing.assert_allclose(sg.evaluate(hv, W=Wv), want, rtol=1e-6, atol=1e-8)
     with pytest.raises(sg.GradError, match=r"v\[0\]"):
         sg.hvp(loss, [W], [g.const(np.ones((3, 2)))])
@@ -775,12 +759,13 @@ def test_hessian_in_a_tensor_graph_with_scalar_wrt():
     values = {"a": 0.7, "b": -0.3, "X": rng.normal(size=(3, 4))}
     got = np.array(sg.evaluate(H, **values)).reshape(2, 2)
     grad = sg.compile(sg.build_grad(y, [a, b]), backend="numpy")
-    h = 1e-5
-    for j, name in enumerate("ab"):
-        plus = grad(**{**values, name: values[name] + h})
-        minus = grad(**{**values, name: values[name] - h})
-        for i in range(2):
-            np.testing.assert_allclose(got[i, j], (plus[i] - minus[i]) / (2 * h), rtol=1e-6)
+    # Row j of the differences: the gradient's derivative in (a, b)[j], column j of H.
+    fd = central_difference(
+        lambda ab: np.array(grad(**{**values, "a": ab[0], "b": ab[1]})),
+        [values["a"], values["b"]],
+        step=1e-5,
+    )
+    np.testing.assert_allclose(got, fd.T, rtol=1e-6)
     np.testing.assert_allclose(got, got.T, rtol=1e-12)
     with pytest.raises(sg.GradError, match="scalar"):
         sg.hessian(y, [X])

@@ -5,6 +5,8 @@ random expressions: strategies.py; counting work: counting.py).
 - ``domain_sample``: values inside an op's registry ``domain``;
 - ``central_difference``: the one finite-difference routine, for scalars and arrays;
 - ``compile_formula``: a formula and its gradient, compiled (``FORMULA`` by default);
+- ``values_for``, ``compare``: arguments for a compiled tensor function, and its results
+  compared with another's (``EXACT``: bit for bit); ``big_matmul``: matmuls big enough for BLAS;
 - ``run_python``: code in a fresh interpreter at the repository root.
 """
 
@@ -77,13 +79,47 @@ def central_difference(f: Callable, x, step: float = 1e-6) -> np.ndarray:
     return np.array(rows).reshape(x.shape + rows[0].shape)
 
 
+# --- compiled tensor functions -------------------------------------------------------------------
+
+EXACT = None  # the tolerance of ``compare`` that asks for equal values
+
+
+def values_for(fn, seed: int = 0, scale: float = 1.0) -> dict[str, np.ndarray]:
+    """Standard normal values (times ``scale``) for the arguments of ``fn``, by their shapes."""
+    rng = np.random.default_rng(seed)
+    return {n: scale * rng.standard_normal(fn.graph.inputs[n].shape) for n in fn.inputs}
+
+
+def compare(got, want, tol, label="") -> None:
+    """Results ``got`` against ``want``: the same number, shapes and dtype (float64), and values
+    equal (``tol`` EXACT) or within ``tol`` (assert_allclose keywords) with nan in the same
+    places."""
+    assert len(got) == len(want)
+    for k, (a, b) in enumerate(zip(got, want)):
+        msg = f"{label} output {k}"
+        assert a.shape == b.shape, msg
+        assert a.dtype == np.float64, msg
+        if tol is EXACT:
+            np.testing.assert_array_equal(a, b, err_msg=msg)
+        else:
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b), err_msg=msg)
+            np.testing.assert_allclose(a, b, err_msg=msg, **tol)
+
+
+def big_matmul() -> list:
+    """Three matmuls big enough for BLAS (40x50 by 50x60), two of them through views."""
+    g = sg.Graph()
+    x, y = g.input("x", (40, 50)), g.input("y", (50, 60))
+    return [x @ y, x.T.T @ y[:, ::-1], sg.relu(x @ y[:, 1:41]).T @ x]
+
+
 # --- compiling a formula, and a fresh interpreter -------------------------------------------------
 
 FORMULA = "sin(x) * y + exp(x / (1 + y*y))"
 
 
 def compile_formula(text: str = FORMULA):
-    """``[f, its gradient]`` for the formula ``text``, compiled; arguments in order of appearance."""
+    """``[f, its gradient]`` for the formula ``text``, compiled; arguments in the inputs' order."""
     f = sg.parse(text)
     xs = list(f.graph.inputs.values())
     return sg.compile([f, sg.build_grad(f, xs)], inputs=xs)
