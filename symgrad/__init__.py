@@ -12,6 +12,7 @@ second derivatives are just more graph); ``optimize`` prunes, de-duplicates and 
 [3600.0, -4800.0, -4800.0, -2640.0]
 """
 
+from symgrad.compile import CompiledFunction, compile
 from symgrad.errors import (
     ArgumentError,
     GradError,
@@ -26,7 +27,6 @@ from symgrad.grad import build_grad, hessian, hvp, jacobian
 from symgrad.graph import FUNCTIONS as _FUNCTIONS
 from symgrad.graph import Expr, Graph
 from symgrad.interp import evaluate
-from symgrad.llvm.kernel import CompiledFunction, compile
 from symgrad.optimize import optimize
 from symgrad.parse import parse  # after the submodule import, so sg.parse is the function
 from symgrad.scipy_bridge import ScipyObjective, scipy_objective

@@ -1,52 +1,61 @@
-"""The numpy reference interpreter: the oracle the compiled code is tested against.
+"""The numpy backend: the reference interpreter, the oracle compiled code is tested against.
 
-A ``Program`` is the list of nodes reachable from some outputs, in id order (a topological order),
-each evaluated once with its op's ``numpy`` field. ``evaluate`` runs one with IEEE semantics
-(numpy's: ``log(-1)`` is nan, ``1/0`` is inf, no warnings).
+It runs a ``Program`` step by step, each node once with its op's ``numpy`` field, with IEEE
+semantics (numpy's: ``log(-1)`` is nan, ``1/0`` is inf, no warnings). ``evaluate`` is its public
+face; ``sg.compile(..., backend="numpy")`` reaches it through ``executor``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from symgrad.graph import Expr, Graph, reachable
+from symgrad.compile import compile
+from symgrad.graph import Expr
 from symgrad.ops import OPS
+from symgrad.program import Program
 
 
-@dataclass(frozen=True)
-class Program:
-    """What the interpreter runs: steps ``(id, op, args, attrs)`` and the output ids."""
+def run(program: Program, values: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Output values of ``program``, given an array (or float) for every input name."""
+    env: dict[int, np.ndarray] = {}
+    with np.errstate(all="ignore"):
+        for i, op, args, attrs in program.steps:
+            if op == "input":
+                env[i] = np.asarray(values[attrs["name"]], dtype=np.float64)
+            elif op == "const":
+                env[i] = np.asarray(attrs["value"], np.float64)
+            else:
+                env[i] = np.asarray(OPS[op].numpy(*(env[a] for a in args), **attrs), np.float64)
+    return [env[o] for o in program.outputs]
 
-    graph: Graph
-    steps: tuple[tuple[int, str, tuple[int, ...], dict], ...]
-    inputs: tuple[str, ...]  # names of the reachable inputs, in creation order
-    outputs: tuple[int, ...]
 
-    @classmethod
-    def of(cls, graph: Graph, outputs: list[int]) -> Program:
-        steps, names = [], []
-        for i in reachable(graph, outputs):
-            node = graph.node(i)
-            attrs = dict(node["attrs"])
-            if node["op"] == "input":
-                names.append(attrs["name"])
-            steps.append((i, node["op"], node["args"], attrs))
-        return cls(graph, tuple(steps), tuple(names), tuple(outputs))
+class Interpreter:
+    """The numpy backend's executor: a compiled function's calls run ``program`` in numpy."""
 
-    def run(self, values: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Output values, given an array (or float) for every input name."""
-        env: dict[int, np.ndarray] = {}
-        with np.errstate(all="ignore"):
-            for i, op, args, attrs in self.steps:
-                if op == "input":
-                    env[i] = np.asarray(values[attrs["name"]], dtype=np.float64)
-                elif op == "const":
-                    env[i] = np.asarray(attrs["value"], np.float64)
-                else:
-                    env[i] = np.asarray(OPS[op].numpy(*(env[a] for a in args), **attrs), np.float64)
-        return [env[o] for o in self.outputs]
+    def __init__(self, program: Program, inputs: tuple[str, ...]):
+        self.program, self.inputs = program, inputs
+
+    def run_points(self, arrays: list[np.ndarray], batch: tuple[int, ...], flat: list) -> None:
+        """Fill the flat output views from arguments that broadcast to ``batch``."""
+        del batch  # numpy broadcasts the arguments itself
+        self.run_tensor(arrays, flat)
+
+    def run_tensor(self, arrays: list[np.ndarray], flat: list) -> None:
+        """Fill the flat output arrays from arguments of their declared shapes."""
+        for view, value in zip(flat, run(self.program, dict(zip(self.inputs, arrays)))):
+            view[...] = value
+
+
+def check_options(options: dict) -> dict:
+    """The numpy backend has no options of its own; those of the llvm backend are ignored, so
+    one call works with either backend."""
+    return options
+
+
+def executor(program: Program, flat: list, inputs: tuple[str, ...], tensor: bool, options: dict):
+    """The executor ``sg.compile(..., backend="numpy")`` calls."""
+    del flat, tensor, options  # the same interpreter runs scalar and tensor programs
+    return Interpreter(program, inputs)
 
 
 def evaluate(outputs, /, **values):
@@ -55,11 +64,10 @@ def evaluate(outputs, /, **values):
     An ``Expr`` gives one float64 array; a list (or nested list) gives the tuple that
     ``sg.compile(outputs, backend="numpy")`` would return.
 
+    >>> from symgrad.graph import Graph
     >>> g = Graph(); x = g.input("x"); float(evaluate(x * x + 1, x=3.0))
     10.0
     """
-    from symgrad.llvm.kernel import compile
-
     items = [outputs] if isinstance(outputs, Expr) else outputs
     fn = compile(items, backend="numpy")
     # Values for inputs the outputs do not use are accepted, as a user evaluating several

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from symgrad.compile import compile
 from symgrad.errors import ArgumentError, GradError
 from symgrad.grad import build_grad, hvp
 from symgrad.graph import Expr
-from symgrad.llvm.kernel import compile
 
 
 class ScipyObjective:

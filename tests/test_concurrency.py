@@ -21,7 +21,7 @@ import pytest
 
 import symgrad as sg
 from symgrad.graph import paused_gc
-from symgrad.llvm.jit import THREAD_MIN_POINTS
+from symgrad.llvm.kernels import THREAD_MIN_POINTS
 
 THREADS = 8
 # ~15 libm calls per point: dear enough that batches are split over the thread pool.

@@ -224,8 +224,7 @@ def rounding_bound(outputs, values: dict) -> tuple:
     respect to the inner nodes), evaluated by numpy. Cancellation (0.25*cos(x) + tanh'(x) near
     1e-3) and ill-conditioned functions (sin of pow(490001, 0.9)) widen the bound just where the
     two backends' libm roundings legitimately drift apart; a wrong lowering still fails."""
-    from symgrad.graph import Expr
-    from symgrad.interp import reachable
+    from symgrad.graph import Expr, reachable
 
     def bound(y) -> np.ndarray:
         if isinstance(y, list):  # a vector or matrix item: its entries along the last axes

@@ -27,8 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from symgrad.errors import LoweringError
-from symgrad.interp import Program
+from symgrad.llvm.entry import fast_entry
 from symgrad.ops import OPS
+from symgrad.program import Program
 
 WIDTH = 4
 VEC = f"<{WIDTH} x double>"
@@ -243,68 +244,6 @@ def lower(program: Program, inputs: tuple[str, ...], vector_ok: Callable[[str], 
     batch = _batch_kernel(program, slot, vector_ok)
     declares = sorted(point[1] | batch[1])
     return "\n".join([*declares, "", point[0], batch[0], fast_entry(len(slot)), ATTRIBUTES])
-
-
-def fast_entry(n_in: int) -> str:
-    """``sg_fast``: a CPython ``METH_FASTCALL`` function around ``sg_point``.
-
-    Called as ``fast(out, x0, ..., xn)`` with ``out`` a fresh float64 array and every x an exact
-    Python float, it reads the floats' values straight from the objects, writes the outputs into
-    ``out``'s data and returns ``out``; for anything else it returns ``self`` (a float, bound when
-    the function object is made) and the caller takes the general path. So a call from Python
-    costs one C call, with no ctypes conversion. Layouts used (CPython >= 3.11, non-debug, and
-    numpy's public array struct): ``ob_refcnt`` at byte 0 and ``ob_type`` at 8 of every object,
-    a float's value at 16, an array's ``data`` pointer at 16. ``self``'s type is the float type.
-    """
-    size = max(n_in, 1)
-    lines = [
-        "define ptr @sg_fast(ptr %self, ptr %args, i64 %nargs) #1 {",
-        "entry:",
-        f"  %buf = alloca [{size} x double], align 8",
-        "  %ftp = getelementptr inbounds i8, ptr %self, i64 8",
-        "  %ftype = load ptr, ptr %ftp, align 8",
-        f"  %nok = icmp eq i64 %nargs, {n_in + 1}",
-        "  br i1 %nok, label %check0, label %fail",
-    ]
-    for k in range(n_in):
-        lines += [
-            f"check{k}:",
-            f"  %ap{k} = getelementptr inbounds ptr, ptr %args, i64 {k + 1}",
-            f"  %a{k} = load ptr, ptr %ap{k}, align 8",
-            f"  %tp{k} = getelementptr inbounds i8, ptr %a{k}, i64 8",
-            f"  %t{k} = load ptr, ptr %tp{k}, align 8",
-            f"  %ok{k} = icmp eq ptr %t{k}, %ftype",
-            f"  br i1 %ok{k}, label %load{k}, label %fail",
-            f"load{k}:",
-            f"  %vp{k} = getelementptr inbounds i8, ptr %a{k}, i64 16",
-            f"  %v{k} = load double, ptr %vp{k}, align 8",
-            f"  %bp{k} = getelementptr inbounds [{size} x double], ptr %buf, i64 0, i64 {k}",
-            f"  store double %v{k}, ptr %bp{k}, align 8",
-            f"  br label %check{k + 1}",
-        ]
-    lines += [
-        f"check{n_in}:",
-        "  %arr = load ptr, ptr %args, align 8",
-        "  %dp = getelementptr inbounds i8, ptr %arr, i64 16",
-        "  %data = load ptr, ptr %dp, align 8",
-        "  call void @sg_point(ptr %buf, ptr %data)",
-        *return_new_reference("%arr"),
-        "fail:",
-        *return_new_reference("%self"),
-        "}",
-    ]
-    return "\n".join(lines)
-
-
-def return_new_reference(obj: str) -> list[str]:
-    """IR lines returning the Python object ``obj`` as a new reference (its ob_refcnt + 1)."""
-    n = obj.lstrip("%")
-    return [
-        f"  %{n}.rc = load i64, ptr {obj}, align 8",
-        f"  %{n}.rc1 = add i64 %{n}.rc, 1",
-        f"  store i64 %{n}.rc1, ptr {obj}, align 8",
-        f"  ret ptr {obj}",
-    ]
 
 
 def _point_kernel(program: Program, slot, vector_ok) -> tuple[str, set[str]]:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from symgrad.graph import Expr, Graph, reachable
-from symgrad.llvm.kernel import flatten_outputs
 from symgrad.ops import OPS
 from symgrad.optimize.prune import prune, rebuild
+from symgrad.outputs import flatten_outputs
 from symgrad.stable import RULES as STABLE_RULES
 from symgrad.stable import is_const as _const
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from symgrad.graph import Expr, Graph, paused_gc, reachable
-from symgrad.llvm.kernel import flatten_outputs
+from symgrad.outputs import flatten_outputs, restructure
 
 # A rewrite rule sees the op, the already-mapped operands and the attrs, and returns a
 # replacement Expr or None to build the node as it is. A pass hands ``rebuild`` a factory that
@@ -31,7 +31,7 @@ def rebuild(outputs, make_rule: Callable[[Graph], Rule] | None = None):
             new._stamp = (node["role"], node["order"])  # the copy keeps its primal/grad role
             mapped[i] = _copy(new, node, mapped, rule)
     new._stamp = ("primal", 0)
-    return _restructure(outputs, new, mapped)
+    return restructure(outputs, new, mapped)
 
 
 def _copy(new: Graph, node: dict, mapped: dict[int, int], rule: Rule | None) -> int:
@@ -46,12 +46,6 @@ def _copy(new: Graph, node: dict, mapped: dict[int, int], rule: Rule | None) -> 
         if replacement is not None:
             return replacement.id
     return new.node_id(op, ids, attrs)
-
-
-def _restructure(outputs, new: Graph, mapped: dict[int, int]):
-    if isinstance(outputs, Expr):
-        return Expr(new, mapped[outputs.id])
-    return [_restructure(item, new, mapped) for item in outputs]
 
 
 def prune(outputs):

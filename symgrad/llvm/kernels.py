@@ -1,0 +1,350 @@
+"""The llvm backend's executors: compiled kernels, run at one point, over a batch, or as tensors.
+
+``executor`` is what ``sg.compile(..., backend="llvm")`` calls (``compile.py`` finds it by name).
+A scalar graph gets ``NativeKernels``: ``sg_point`` for one point and ``sg_batch`` for n points
+(``lower.py``), split over threads when the batch and the work per point repay them, with
+``sg_fast`` as the one-C-call entry from Python (``entry.py``). A tensor graph gets a
+``TensorKernel``: its composite ops expanded (``optimize/expand.py``), planned (``plan.py``) and
+written as loops (``loops.py``). Both compile through ``jit.py``, which owns the engines' code and
+the object cache. Each object owns its execution engine: an engine that is collected leaves
+dangling function pointers (llvmlite issue #232).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numpy as np
+
+from symgrad.arguments import contiguous
+from symgrad.errors import ArgumentError, LoweringError
+from symgrad.llvm.entry import method
+from symgrad.llvm.jit import (
+    _check_symbols,
+    _llvm,
+    _load_engine,
+    _lock,
+    _loop_target,
+    _object_code,
+    _optimized_module,
+    _python_symbols,
+    _target,
+    blas_dgemm,
+    vector_ok,
+)
+from symgrad.llvm.loops import lower_tensor
+from symgrad.llvm.lower import EXACT_POWERS, WIDTH, lower
+from symgrad.ops import OPS
+from symgrad.optimize.expand import expand
+from symgrad.program import Program
+
+THREAD_MIN_POINTS = 1 << 15  # below this many points per thread, threads cost more than they save
+
+
+# Threads pay only for kernels with enough arithmetic per point. Measured on 2 cores (benchmarks/
+# RESULTS.md): Rosenbrock's value + gradient, ~20 cheap ops per point and bound by memory, ran at
+# 1.9 ns/point on one thread and 2.5 on two; the 20-fold nest (~300 ops, 60 libm calls) at 182
+# vs 94. The cost counts an op 1 and a libm call LIBM_COST.
+THREAD_MIN_COST = 64
+
+
+LIBM_COST = 8
+
+
+def _cost_per_point(program: Program) -> int:
+    """A rough count of the work per point: ops 1, libm calls (and their kin) LIBM_COST."""
+    cost, consts = 0, {}
+    for i, op, args, attrs in program.steps:
+        if op == "const":
+            consts[i] = attrs["value"]
+        low = OPS[op].llvm
+        cheap = op == "pow" and consts.get(args[1]) in EXACT_POWERS  # one fmul or fdiv
+        cost += LIBM_COST if low and low.kind in ("libm", "custom") and not cheap else 1
+    return cost
+
+
+class NativeKernels:
+    """The two compiled kernels of one function, and the engine that keeps them alive."""
+
+    def __init__(self, program: Program, inputs: tuple[str, ...], threads: int | None, opt: int):
+        # The kernel computes each distinct non-constant output once; constants and repeats
+        # (a Hessian's zeros and its symmetric half) are filled in here, not stored per point.
+        self.outs = OutputPlan(program.graph, list(program.outputs))
+        self.n_fast_out = len(self.outs.kernel_ids)
+        program = Program.of(program.graph, self.outs.kernel_ids)
+        self.n_in, self.n_out = len(inputs), len(program.outputs)
+        self.threads = threads or os.cpu_count() or 1
+        if threads is None and _cost_per_point(program) < THREAD_MIN_COST:
+            self.threads = 1
+        self.opt = opt
+        self.llvm_ir = lower(program, inputs, vector_ok)
+        _check_symbols(self.llvm_ir)
+        self.cache_hit = False
+        self._engine = self._load(self._object_code())
+        self._bind_functions()
+
+    def _object_code(self) -> bytes:
+        self.cache_hit, payload = _object_code(self.llvm_ir, self.opt)
+        return payload
+
+    def _load(self, payload: bytes):
+        return _load_engine(payload)
+
+    def _bind_functions(self) -> None:
+        point = self._engine.get_function_address("sg_point")
+        batch = self._engine.get_function_address("sg_batch")
+        if not point or not batch:
+            raise LoweringError("compiled module lacks its kernels")
+        vp = ctypes.c_void_p
+        self.point = ctypes.CFUNCTYPE(None, vp, vp)(point)
+        self.batch = ctypes.CFUNCTYPE(None, vp, vp, vp, ctypes.c_int64)(batch)
+        self._buffers = threading.local()  # per thread: calls from many threads never share
+        self.fast = method(self._engine.get_function_address("sg_fast"))
+
+    @property
+    def asm(self) -> str:
+        """Host assembly of both kernels."""
+        tm, _, _ = _target()
+        with _lock:
+            context = _llvm().create_context()
+            return tm.emit_assembly(_optimized_module(self.llvm_ir, self.opt, context))
+
+    def expand(self, kernel_out: np.ndarray) -> np.ndarray:
+        """All flat outputs of one point, from the kernel's (``sg_point``'s or ``sg_fast``'s)."""
+        return self.outs.expand(kernel_out)
+
+    def run_points(self, arrays: list[np.ndarray], batch: tuple[int, ...], flat: list) -> None:
+        """Fill the flat output views from float64 arguments that broadcast to ``batch``."""
+        if not batch:
+            for view, value in zip(flat, self.expand(self.run_point([float(a) for a in arrays]))):
+                view[...] = value
+            return
+        n = math.prod(batch)
+        full = [a if a.size == 1 else contiguous(a, batch) for a in arrays]
+        self.run_batch(full, n, [flat[k] for k in self.outs.first])
+        self.outs.fill(flat)
+
+    def run_point(self, values) -> np.ndarray:
+        """Flat outputs at one point (a fresh array); ``values`` are the inputs, in order."""
+        try:
+            cin, out, out_ptr = self._buffers.point
+        except AttributeError:
+            cin, out, out_ptr = self._buffers.point = self._point_buffers()
+        cin[:] = values
+        self.point(cin, out_ptr)
+        return out.copy()
+
+    def _point_buffers(self):
+        out = np.empty(self.n_out)
+        return (ctypes.c_double * self.n_in)(), out, ctypes.c_void_p(out.ctypes.data)
+
+    def run_batch(self, arrays: list[np.ndarray], n: int, outs: list[np.ndarray]) -> None:
+        """Fill ``outs`` (contiguous, n doubles each) from inputs of size 1 or n, contiguous."""
+        if n == 0:
+            return
+        flat = [a.reshape(-1) for a in arrays]
+        main = n - n % WIDTH
+        if main:
+            ins, strides, keep = self._inputs(flat, lambda a: a)
+            out_ptrs = np.array([o.ctypes.data for o in outs], np.uint64)
+            self._run_main(ins, strides, out_ptrs, main)
+            del keep
+        if main < n:
+            self._run_rest(flat, main, n, [o.reshape(-1) for o in outs])
+
+    def _inputs(self, flat: list[np.ndarray], window):
+        """Pointer and stride arrays for the kernel; ``keep`` holds every buffer pointed at."""
+        ins, strides = np.empty(self.n_in, np.uint64), np.empty(self.n_in, np.int64)
+        keep = []
+        for k, a in enumerate(flat):
+            if a.size == 1:  # loop-invariant: four copies feed the 4-lane load
+                a, strides[k] = np.full(WIDTH, a[0]), 0
+            else:
+                a, strides[k] = window(a), 1
+            keep.append(a)
+            ins[k] = a.ctypes.data
+        return ins, strides, keep
+
+    def _run_main(self, ins, strides, out_ptrs, n: int) -> None:
+        chunks = self._chunks(n)
+        if len(chunks) == 1:
+            self.batch(ins.ctypes.data, strides.ctypes.data, out_ptrs.ctypes.data, n)
+            return
+        jobs = [self._chunk_args(ins, strides, out_ptrs, lo, hi) for lo, hi in chunks]
+        list(_pool().map(lambda args: self.batch(*args[:4]), jobs))
+
+    def _run_rest(self, flat, lo: int, n: int, outs) -> None:
+        # The last n % 4 points go through the same 4-lane code on a padded copy, so their
+        # results are those they would have anywhere else in a batch.
+        def window(a):
+            pad = np.empty(WIDTH)
+            pad[: n - lo] = a[lo:n]
+            pad[n - lo :] = a[n - 1]  # a real value in the unused lanes: no nan or denormal work
+            return pad
+
+        ins, strides, keep = self._inputs(flat, window)
+        scratch = np.empty((max(self.n_out, 1), WIDTH))
+        out_ptrs = np.array([row.ctypes.data for row in scratch[: self.n_out]], np.uint64)
+        self.batch(ins.ctypes.data, strides.ctypes.data, out_ptrs.ctypes.data, WIDTH)
+        for k, o in enumerate(outs):
+            o[lo:n] = scratch[k, : n - lo]
+        del keep
+
+    def _chunks(self, n: int) -> list[tuple[int, int]]:
+        parts = min(self.threads, max(n // THREAD_MIN_POINTS, 1))
+        step = -(-n // parts)
+        step += -step % WIDTH  # chunks start on a multiple of the vector width
+        return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
+
+    @staticmethod
+    def _chunk_args(ins, strides, out_ptrs, lo: int, hi: int):
+        shifted_in = (ins + (strides.astype(np.uint64) * np.uint64(8 * lo))).astype(np.uint64)
+        shifted_out = out_ptrs + np.uint64(8 * lo)
+        # The arrays must outlive the call: the tuple keeps them referenced.
+        return (shifted_in.ctypes.data, strides.ctypes.data, shifted_out.ctypes.data, hi - lo,
+                shifted_in, shifted_out)  # fmt: skip
+
+
+class TensorKernel:
+    """The compiled ``sg_tensor`` of a tensor graph, its plan and its engine."""
+
+    def __init__(self, flat: list, inputs: tuple[str, ...], threads: int | None, opt: int):
+        del threads  # a tensor step runs on one thread; BLAS threads on its own
+        expanded = expand(list(flat))
+        graph = expanded[0].graph
+        self.order = [e.id for e in expanded]
+        self.distinct = list(dict.fromkeys(self.order))
+        program = Program.of(graph, self.distinct)
+        self.opt = opt
+        self.llvm_ir, self.plan = lower_tensor(
+            program, inputs, self.distinct, vector_ok, blas_dgemm()
+        )
+        _python_symbols()
+        _check_symbols(self.llvm_ir)
+        self.n_in = len(inputs)
+        self.cache_hit, payload = _object_code(self.llvm_ir, opt, _loop_target(), "loops")
+        self._engine = _load_engine(payload)
+        address = self._engine.get_function_address("sg_tensor")
+        if not address:
+            raise LoweringError("compiled module lacks its kernel")
+        self.kernel = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
+        self.fast = method(self._engine.get_function_address("sg_tensor_fast"))
+        self._first = {i: k for k, i in reversed(list(enumerate(self.order)))}
+        # Per call, only list lookups: where each kernel output goes, and which flat outputs
+        # repeat an earlier one (copied after the kernel).
+        self._out_pos = [self._first[i] for i in self.distinct]
+        self._repeats = [(pos, self._first[i]) for pos, i in enumerate(self.order)
+                         if self._first[i] != pos]  # fmt: skip
+        self._scratch = threading.local()
+        # The constant arrays the kernel reads through bufs (read-only, owned by the graph).
+        self._constants = [graph.attr(i, "value") for i in self.plan.passed]
+
+    @property
+    def asm(self) -> str:
+        with _lock:
+            context = _llvm().create_context()
+            module = _optimized_module(self.llvm_ir, self.opt, context)
+            return _loop_target().emit_assembly(module)
+
+    def run_tensor(self, arrays: list[np.ndarray], flat: list[np.ndarray]) -> None:
+        """Inputs (contiguous, declared shapes) -> ``flat`` output arrays (contiguous)."""
+        try:
+            scratch = self._scratch.buffer
+        except AttributeError:
+            scratch = self._scratch.buffer = np.empty(max(self.plan.scratch, 1))
+        if self.fast is not None:
+            self.fast.call(*arrays, *[flat[k] for k in self._out_pos], scratch, *self._constants)
+        else:
+            self._run_ctypes(arrays, flat, scratch)
+        for pos, first in self._repeats:
+            flat[pos][...] = flat[first]
+
+    def _run_ctypes(self, arrays, flat, scratch) -> None:
+        n_out = len(self.distinct)
+        ptrs = np.empty(self.n_in + n_out + 1 + len(self._constants), np.uint64)
+        for k, a in enumerate(arrays):
+            ptrs[k] = a.ctypes.data
+        for k, pos in enumerate(self._out_pos):
+            ptrs[self.n_in + k] = flat[pos].ctypes.data
+        ptrs[self.n_in + n_out] = scratch.ctypes.data
+        for k, c in enumerate(self._constants):
+            ptrs[self.n_in + n_out + 1 + k] = c.ctypes.data
+        self.kernel(ptrs.ctypes.data)
+
+
+@lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="symgrad")
+
+
+# A forked child has none of its parent's threads but would inherit the pool, whose idle count
+# says its workers are waiting: its first threaded batch would queue work no thread serves, and
+# wait forever (multiprocessing's fork context did). The child makes a pool of its own.
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
+def check_options(options: dict) -> dict:
+    """The llvm backend's options, checked: ``threads`` (None or >= 1), ``opt`` (0 or 1)."""
+    unknown = sorted(set(options) - {"threads", "opt"})
+    if unknown:
+        raise ArgumentError(f"compile: unknown option {unknown[0]!r} (options: threads, opt)")
+    threads, opt = options.get("threads"), options.get("opt", 1)
+    if threads is not None and (type(threads) is not int or threads < 1):
+        raise ArgumentError(f"compile: threads must be None or an int >= 1, got {threads!r}")
+    if opt not in (0, 1) or type(opt) is not int:
+        raise ArgumentError(f"compile: opt must be 0 (no IR passes) or 1, got {opt!r}")
+    return {"threads": threads, "opt": opt}
+
+
+class OutputPlan:
+    """Which flat outputs the kernel computes, and how the others follow from them."""
+
+    def __init__(self, graph, ids: list[int]):
+        self.kernel_ids: list[int] = []
+        self.first: list[int] = []  # flat position of each kernel output
+        slot_of: dict[int, int] = {}
+        self.copies: list[tuple[int, int]] = []  # (flat position, kernel slot)
+        self.consts: list[tuple[int, float]] = []  # (flat position, value)
+        for pos, i in enumerate(ids):
+            node = graph.node(i)
+            if node["op"] == "const":
+                self.consts.append((pos, dict(node["attrs"])["value"]))
+            elif i in slot_of:
+                self.copies.append((pos, slot_of[i]))
+            else:
+                slot_of[i] = len(self.kernel_ids)
+                self.kernel_ids.append(i)
+                self.first.append(pos)
+        self.trivial = not self.copies and not self.consts
+        # For one point: flat outputs = take(kernel outputs + constants, index).
+        self.index = np.empty(len(ids), np.intp)
+        self.index[self.first] = range(len(self.first))
+        for pos, slot in self.copies:
+            self.index[pos] = slot
+        for j, (pos, _) in enumerate(self.consts):
+            self.index[pos] = len(self.first) + j
+        self.const_values = np.array([v for _, v in self.consts], np.float64)
+
+    def expand(self, kernel_out: np.ndarray) -> np.ndarray:
+        if self.trivial:
+            return kernel_out
+        return np.concatenate((kernel_out, self.const_values))[self.index]
+
+    def fill(self, flat: list[np.ndarray]) -> None:
+        """Complete a batch: repeats copied from their first place, constants broadcast."""
+        for pos, slot in self.copies:
+            flat[pos][...] = flat[self.first[slot]]
+        for pos, value in self.consts:
+            flat[pos].fill(value)
+
+
+def executor(program: Program, flat: list, inputs: tuple[str, ...], tensor: bool, options: dict):
+    """The kernels that run ``program`` (whose outputs are ``flat``) with arguments ``inputs``."""
+    if tensor:
+        return TensorKernel(flat, inputs, **options)
+    return NativeKernels(program, inputs, **options)
