@@ -19,11 +19,6 @@ def compile_np(outputs, inputs=None):
 
 
 @pytest.fixture
-def g():
-    return sg.Graph()
-
-
-@pytest.fixture
 def fxy(g):
     """f(x, y) = x - 2*y: operand order matters, so a swapped binding shows."""
     x, y = g.input("x"), g.input("y")

@@ -17,13 +17,6 @@ SEED_001_GRADS = [7.0, 7.0, -1.0]  # derivative_f_a, derivative_f_b, derivative_
 SEED_001_AFTER_STEP = -6.0113999999999965  # update(5, -6, 7) with h = 0.01
 
 
-@pytest.fixture(scope="module")
-def results(notebook):
-    fresh, _, _ = notebook(NAME)
-    assert fresh is not None, f"{NAME} printed no RESULTS line"
-    return fresh
-
-
 def test_seed_000_as_oneflow_printed(results):
     assert results["seed000_loss"] == SEED_000_LOSS
     assert results["seed000_grads"] == SEED_000_GRADS

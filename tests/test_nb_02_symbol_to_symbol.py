@@ -15,13 +15,6 @@ NAME = "02_symbol_to_symbol.ipynb"
 x = sympy.Symbol("x")
 
 
-@pytest.fixture(scope="module")
-def results(notebook):
-    fresh, _, _ = notebook(NAME)
-    assert fresh is not None, f"{NAME} printed no RESULTS line"
-    return fresh
-
-
 def sympy_nest(k: int, family: str):
     f = x
     for _ in range(k):

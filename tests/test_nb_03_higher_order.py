@@ -25,18 +25,11 @@ SCIPY_DERIVATIVES = {"jac": rosen_der, "hess": rosen_hess, "hessp": rosen_hess_p
 COUNTS = ("nit", "nfev", "njev", "nhev")
 
 
-@pytest.fixture(scope="module")
-def results(notebook):
-    fresh, _, seconds = notebook(NAME)
-    assert fresh is not None, f"{NAME} printed no RESULTS line"
-    return fresh, seconds
-
-
 # --- 1. the small function -----------------------------------------------------------------------
 
 
 def test_small_function_derivatives_match_the_hand_formulas(results):
-    r, _ = results
+    r = results
     x, y = r["small_point"]
     assert (x, y) == (0.5, -1.0)
     e = np.exp(x * y)
@@ -70,7 +63,7 @@ def newton(x0, damped, tol=1e-10, max_iter=100):
 
 
 def test_rosenbrock_hessian_and_gradient_at_the_start(results):
-    r, _ = results
+    r = results
     np.testing.assert_allclose(r["rosen2_hessian_at_start"], rosen_hess(X0), rtol=1e-15)
     np.testing.assert_allclose(r["rosen2_gradient_at_start"], rosen_der(X0), rtol=1e-14)
     # By hand: d2f/dx2 = 2 - 400 (y - 3 x^2), d2f/dxdy = -400 x, d2f/dy2 = 200.
@@ -78,7 +71,7 @@ def test_rosenbrock_hessian_and_gradient_at_the_start(results):
 
 
 def test_newton_iterations_match_a_replay_with_scipys_derivatives(results):
-    r, _ = results
+    r = results
     for kind, damped in [("pure", False), ("damped", True)]:
         iterations, final = newton(X0, damped)
         assert r[f"newton_{kind}_iterations"] == iterations, kind
@@ -95,7 +88,7 @@ X0_100 = np.linspace(-1.5, 1.5, N)
 
 
 def test_hessian_in_100_variables_matches_rosen_hess(results):
-    r, _ = results
+    r = results
     H = rosen_hess(X0_100)
     np.testing.assert_allclose(r["rosen100_hessian_diagonal"], np.diag(H), rtol=1e-13)
     np.testing.assert_allclose(r["rosen100_hessian_offdiagonal"], np.diag(H, 1), rtol=1e-13,
@@ -123,7 +116,7 @@ def scipy_runs(x0):
 def test_scipy_in_2_variables_matches_scipys_own_rosenbrock_exactly(results):
     # In 2 variables symgrad's derivatives equal rosen_der / rosen_hess to the last bit, so
     # every minimizer takes the same path: identical counts and end points.
-    r, _ = results
+    r = results
     runs = scipy_runs(X0)
     for key in (*COUNTS, "success"):
         assert r[f"scipy2_{key}"] == [run[key] for run in runs], key
@@ -136,7 +129,7 @@ def test_scipy_in_2_variables_matches_scipys_own_rosenbrock_exactly(results):
 def test_scipy_in_100_variables_is_close_to_scipys_own_rosenbrock(results):
     # In 100 variables symgrad's sum rounds differently from numpy's (1 ulp), and a few hundred
     # iterations amplify that: counts agree to a few percent, outcomes exactly.
-    r, _ = results
+    r = results
     runs = scipy_runs(X0_100)
     for key in COUNTS:
         for k, (got, run) in enumerate(zip(r[f"scipy100_{key}"], runs)):

@@ -16,15 +16,8 @@ NAME = "04_native_code.ipynb"
 MIX = "exp(-x**2-y**2)*cos(3*x)*log(1+y**2) + tanh(x*y)/(1+x**2) + sqrt(1+x**2+y**2)"
 
 
-@pytest.fixture(scope="module")
-def results(notebook):
-    fresh, _, seconds = notebook(NAME)
-    assert fresh is not None, f"{NAME} printed no RESULTS line"
-    return fresh, seconds
-
-
 def test_scalar_module_has_the_three_kernels_of_the_abi(results):
-    r, _ = results
+    r = results
     assert r["scalar_defines_sg_point"] and r["scalar_defines_sg_batch"]
     assert r["scalar_defines_sg_fast"]
     assert r["scalar_function_count"] == 3
@@ -32,18 +25,18 @@ def test_scalar_module_has_the_three_kernels_of_the_abi(results):
 
 def test_point_kernel_loads_each_input_once_and_stores_each_output_once(results):
     # Rosenbrock's value and gradient: inputs x, y; outputs f, df/dx, df/dy.
-    r, _ = results
+    r = results
     assert r["point_loads"] == 2
     assert r["point_stores"] == 3
 
 
 def test_no_fast_math_flags_anywhere(results):
-    r, _ = results
+    r = results
     assert r["fast_math_flags"] == 0
 
 
 def test_rosenbrock_value_and_gradient_match_scipy(results):
-    r, _ = results
+    r = results
     p = np.array([1.5, 2.0])
     expected = [rosen(p), *rosen_der(p)]
     np.testing.assert_allclose(r["rosen_value_grad_at_1.5_2"], expected, rtol=1e-15)
@@ -51,7 +44,7 @@ def test_rosenbrock_value_and_gradient_match_scipy(results):
 
 
 def test_mix_value_and_gradient_match_sympy(results):
-    r, _ = results
+    r = results
     x, y = sympy.symbols("x y")
     f = sympy.sympify(MIX)
     at = {x: sympy.Rational(1, 2), y: sympy.Rational(-7, 10)}
@@ -60,7 +53,7 @@ def test_mix_value_and_gradient_match_sympy(results):
 
 
 def test_batch_results_agree_with_the_interpreter(results):
-    r, _ = results
+    r = results
     assert r["rosen_batch_equals_interpreter"] is True  # + - * only: bit for bit
     assert r["mix_batch_close_to_interpreter"] is True
     assert r["one_thread_equals_default"] is True
@@ -82,7 +75,7 @@ def tanh_layer():
 
 
 def test_tensor_layer_matches_numpy_backprop(results):
-    r, _ = results
+    r = results
     loss, dW, db = tanh_layer()
     assert r["tensor_loss"] == pytest.approx(loss, rel=1e-14)
     np.testing.assert_allclose(r["tensor_grad_b"], db, rtol=1e-12, atol=1e-16)
@@ -94,6 +87,6 @@ def test_tensor_layer_matches_numpy_backprop(results):
 def test_tensor_kernel_calls_dgemm_for_both_products(results):
     # X @ W (64x32 @ 32x48) and X^T @ delta (32x64 @ 64x48): each 98,304 multiply-adds, above
     # the 32**3 threshold of docs/tensors.md; dL/dX is not asked for, so no third product.
-    r, _ = results
+    r = results
     assert r["tensor_defines_sg_tensor"] is True
     assert r["tensor_dgemm_calls"] == 2

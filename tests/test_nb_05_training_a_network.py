@@ -16,13 +16,6 @@ import pytest
 NAME = "05_training_a_network.ipynb"
 
 
-@pytest.fixture(scope="module")
-def results(notebook):
-    fresh, _, seconds = notebook(NAME)
-    assert fresh is not None, f"{NAME} printed no RESULTS line"
-    return fresh, seconds
-
-
 def sigmoid(z):
     return 1 / (1 + np.exp(-z))
 
@@ -100,7 +93,7 @@ def spiral_replay():
 
 
 def test_spiral_losses_match_a_numpy_replay_of_algorithm_3_1(results, spiral_replay):
-    r, _ = results
+    r = results
     assert r["spiral_initial_loss"] == pytest.approx(spiral_replay["initial"], rel=1e-12)
     assert r["spiral_first_batch_loss"] == pytest.approx(spiral_replay["first_batch"], rel=1e-12)
     assert r["spiral_loss_after_100_steps"] == pytest.approx(spiral_replay["after_100"], rel=1e-10)
@@ -110,7 +103,7 @@ def test_spiral_losses_match_a_numpy_replay_of_algorithm_3_1(results, spiral_rep
 
 
 def test_spiral_network_learned(results):
-    r, _ = results
+    r = results
     assert r["spiral_initial_loss"] > 0.5  # about log 2 for an untrained network
     assert r["spiral_loss_after_100_steps"] < r["spiral_initial_loss"]
     assert r["spiral_final_loss"] < 0.1 * r["spiral_initial_loss"]
@@ -125,7 +118,7 @@ SEED000_W_AFTER = np.array([[0.2587, -0.2642], [-0.1831, -0.0884]])
 
 
 def test_conv_step_reproduces_the_seeds_printed_kernel(results):
-    r, _ = results
+    r = results
     grad, w_after = np.array(r["conv_grad"]), np.array(r["conv_w_after"])
     # The input was built so that (y - t)^2 = 1 and the gradient is the one the printout implies.
     assert r["conv_loss"] == pytest.approx(1.0, rel=1e-14)
@@ -139,7 +132,7 @@ def test_conv_step_reproduces_the_seeds_printed_kernel(results):
 def test_conv_input_built_from_the_seed_formula_gives_that_gradient(results):
     # The notebook's construction, redone here: dL/dw = 1/2 (y - t) S with the window sums S of
     # an explicit-loop cross-correlation, then mean pooling; independent of symgrad.
-    r, _ = results
+    r = results
     g = (SEED000_W_BEFORE - SEED000_W_AFTER) / SEED000_LR
     x = np.random.default_rng(2023).standard_normal((3, 3))
     for a in range(2):
@@ -200,7 +193,7 @@ def cnn_forward(X, K, c, W, b):
 
 
 def test_cnn_initial_loss_matches_numpy_and_the_cnn_learned(results):
-    r, _ = results
+    r = results
     X, y = bars(N_IMG, np.random.default_rng(3))
     z = cnn_forward(X, *cnn_init(np.random.default_rng(4)))
     assert r["cnn_initial_loss"] == pytest.approx(bce_with_logits(z, y[:, None]), rel=1e-12)

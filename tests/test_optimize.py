@@ -57,11 +57,6 @@ def describe(e):
     return (e.op, *(describe(a) for a in e.args))
 
 
-@pytest.fixture
-def g():
-    return sg.Graph()
-
-
 # --- the rules, one pattern each ----------------------------------------------------------------
 
 # (name, pattern over inputs x, y, expected optimized form); a tuple form is (op, *operands).

@@ -16,11 +16,6 @@ from symgrad.parse import parse
 NAMES = ("a", "b", "c", "x", "y", "z")
 
 
-@pytest.fixture
-def g():
-    return Graph()
-
-
 def leaves(g):
     """The inputs a..z of ``g`` by name, plus ``c_`` = ``g.const``."""
     return {**{n: g.input(n) for n in NAMES}, "c_": g.const}
