@@ -29,6 +29,7 @@ from symgrad.errors import (
 )
 from symgrad.graph import FUNCTIONS
 from symgrad.ops import OPS
+from tests.toolbox import snapshot
 
 
 class Env:
@@ -57,30 +58,6 @@ class Case(NamedTuple):
     match: str
     setup: Callable | None = None
     xfail: str | None = None
-
-
-def _snapshot(g: sg.Graph) -> tuple:
-    """Everything a call could change, comparable: array attributes by shape and bytes, floats
-    by repr (so a nan compares equal to itself)."""
-
-    def plain(v):
-        if isinstance(v, np.ndarray):
-            return ("array", v.dtype.str, v.shape, v.tobytes())
-        if isinstance(v, tuple):
-            return tuple(plain(a) for a in v)
-        return repr(v)
-
-    nodes = [(i, sorted((k, plain(d[k])) for k in d)) for i, d in g.nx.nodes(data=True)]
-    return (
-        len(g),
-        g.nx.number_of_nodes(),
-        nodes,
-        sorted(g.nx.edges),
-        list(g.inputs),
-        [e.id for e in g.inputs.values()],
-        g.max_nodes,
-        g.max_elements,
-    )
 
 
 CASES: list[Case] = []
@@ -452,13 +429,13 @@ def test_a_failed_call_changes_nothing(c: Case):
     e = Env()
     if c.setup:
         c.setup(e)
-    before, before_other = _snapshot(e.g), _snapshot(e.other)
+    before, before_other = snapshot(e.g), snapshot(e.other)
     with pytest.raises(SymgradError) as info:
         c.call(e)
     assert isinstance(info.value, c.error), f"{type(info.value).__name__}: {info.value}"
     assert info.match(c.match)
-    assert _snapshot(e.g) == before
-    assert _snapshot(e.other) == before_other
+    assert snapshot(e.g) == before
+    assert snapshot(e.other) == before_other
     # The hash-consing tables and the derivative stamp are back as well: a new node gets the
     # next id, as a primal node.
     e.g.max_nodes = max(e.g.max_nodes, len(e.g) + 2)

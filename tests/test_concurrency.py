@@ -22,6 +22,7 @@ import pytest
 import symgrad as sg
 from symgrad.graph import paused_gc
 from symgrad.llvm.kernels import THREAD_MIN_POINTS
+from tests.toolbox import same
 
 THREADS = 8
 # ~15 libm calls per point: dear enough that batches are split over the thread pool.
@@ -45,12 +46,6 @@ def tensor_step(graph: sg.Graph | None = None, k: int = 1):
 def tensor_values(seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.standard_normal((6, 5)), rng.standard_normal((5, 40))
-
-
-def same(left, right) -> bool:
-    return len(left) == len(right) and all(
-        a.shape == b.shape and np.array_equal(a, b, equal_nan=True) for a, b in zip(left, right)
-    )
 
 
 def together(work, n: int = THREADS) -> list:

@@ -17,24 +17,10 @@ import pytest
 
 import symgrad as sg
 from symgrad.errors import ArgumentError
+from tests.toolbox import rosenbrock, same
 
 dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
-
-ROSENBROCK = "(1 - a)**2 + 100*(b - a**2)**2"
-
-
-def rosenbrock(**options):
-    """Rosenbrock's value, gradient and Hessian: one item of each layout."""
-    f = sg.parse(ROSENBROCK)
-    wrt = [f.graph.inputs["a"], f.graph.inputs["b"]]
-    return sg.compile([f, sg.build_grad(f, wrt), sg.hessian(f, wrt)], **options)
-
-
-def same(left, right) -> bool:
-    return len(left) == len(right) and all(
-        a.shape == b.shape and np.array_equal(a, b, equal_nan=True) for a, b in zip(left, right)
-    )
 
 
 @pytest.mark.parametrize("scheduler", ["synchronous", "threads"])

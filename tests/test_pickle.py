@@ -31,17 +31,9 @@ from hypothesis import strategies as st
 import symgrad as sg
 from symgrad.errors import ArgumentError, GraphError, SymgradError
 from symgrad.graph import DEFAULT_MAX_ELEMENTS
-from tests.test_probe_graph import EXAMPLES, HOSTILE, Evil, example, hostile_cases
+from tests.toolbox import EXAMPLES, HOSTILE, Evil, example, hostile_cases, rosenbrock, same
 
 ROOT = Path(__file__).resolve().parents[1]
-ROSENBROCK = "(1 - a)**2 + 100*(b - a**2)**2"
-
-
-def rosenbrock(**options):
-    """Rosenbrock's value, gradient and Hessian, compiled."""
-    f = sg.parse(ROSENBROCK)
-    wrt = [f.graph.inputs["a"], f.graph.inputs["b"]]
-    return sg.compile([f, sg.build_grad(f, wrt), sg.hessian(f, wrt)], **options)
 
 
 def tensor_step(**options):
@@ -63,13 +55,6 @@ def tensor_values(seed: int = 0) -> dict[str, np.ndarray]:
 def batch(n: int = 10_001, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.uniform(-2.0, 2.0, n), rng.uniform(-1.0, 3.0, n)
-
-
-def same(left: tuple, right: tuple) -> bool:
-    """Bit-for-bit equal results (nan equal to nan)."""
-    return len(left) == len(right) and all(
-        a.shape == b.shape and np.array_equal(a, b, equal_nan=True) for a, b in zip(left, right)
-    )
 
 
 def roundtrip(obj):

@@ -4,8 +4,9 @@ mutation of ``g.nx`` and the per-node element limit ``max_elements``.
 
 Every bad input must end in a ShapeError or GraphError that names the op (or the argument), never
 another exception, and the graph must be exactly as it was before the failed call (node count and
-``list(g.nx.nodes(data=True))``). ``EXAMPLES`` and ``HOSTILE`` are shared with test_pickle.py,
-which feeds the same values to unpickling.
+``list(g.nx.nodes(data=True))``, and more: tests/toolbox.py ``snapshot``). ``EXAMPLES`` and
+``HOSTILE`` (tests/toolbox.py) are shared with test_pickle.py, which feeds the same values to
+unpickling.
 """
 
 from __future__ import annotations
@@ -18,74 +19,7 @@ import symgrad as sg
 from symgrad.errors import GraphError, ShapeError, SymgradError
 from symgrad.graph import DEFAULT_MAX_ELEMENTS, MAX_ELEMENTS, NX_MUTATORS
 from symgrad.ops import MAX_NDIM, OPS
-
-
-class Evil:
-    """A value whose repr, equality, hash, len, iteration and int conversion all raise."""
-
-    def __repr__(self):
-        raise RuntimeError("repr")
-
-    def __eq__(self, other):
-        raise RuntimeError("eq")
-
-    def __hash__(self):
-        raise RuntimeError("hash")
-
-    def __len__(self):
-        raise RuntimeError("len")
-
-    def __iter__(self):
-        raise RuntimeError("iter")
-
-    def __index__(self):
-        raise RuntimeError("index")
-
-
-# One valid use of every op with attributes: operand shapes and attributes.
-EXAMPLES = {
-    "getitem": ([(3, 4)], {"index": (1, slice(0, 2))}),
-    "embed": ([(2,)], {"index": (1, slice(0, 2)), "shape": (3, 4)}),
-    "sum": ([(3, 4)], {"axis": (1,), "keepdims": True}),
-    "mean": ([(3, 4)], {"axis": 0, "keepdims": False}),
-    "amax": ([(3, 4)], {"axis": -1, "keepdims": True}),
-    "logsumexp": ([(3, 4)], {"axis": (-1,), "keepdims": False}),
-    "softmax": ([(3, 4)], {"axis": 0}),
-    "transpose": ([(2, 3, 4)], {"axes": (2, 0, 1)}),
-    "reshape": ([(3, 4)], {"shape": (2, -1)}),
-    "broadcast_to": ([(3, 1)], {"shape": (2, 3, 4)}),
-    "windows": ([(1, 2, 5, 5)], {"kernel_size": (2, 2), "stride": (1, 2)}),
-    "window_sum": ([(1, 2, 4, 2, 2, 2)],
-                   {"kernel_size": (2, 2), "stride": (1, 2), "shape": (1, 2, 5, 5)}),
-    "conv2d": ([(1, 2, 5, 5), (3, 2, 2, 2)], {"stride": (2, 1), "padding": (1, 0)}),
-    "avg_pool2d": ([(1, 2, 5, 5)], {"kernel_size": (2, 3), "stride": (1, 2)}),
-    "max_pool2d": ([(1, 2, 5, 5)], {"kernel_size": 2, "stride": None}),
-}  # fmt: skip
-
-# Values no attribute should take blindly: zero, negative, huge, bool, float, None, strings,
-# nested tuples, numpy scalars and arrays, containers, objects whose every method raises.
-HOSTILE = [
-    0, -1, -3, 7, 2**41, -(2**41), 2**62, 10**5000, True, False, np.bool_(True), 1.5, -0.0,
-    float("nan"), float("inf"), None, "a", "", b"x", (), (0,), (-1,), (1, 2, 3), (2**41, 1),
-    ((1,),), ((1, 2), 3), [1, 2], [[1]], (1.0, 2.0), (True, 1), np.int64(1), np.int64(-1),
-    np.int64(2**62), np.uint64(2**63), np.float64(2.0), np.array([1, 2]), np.array(1),
-    np.array([[1]]), {"a": 1}, {1, 2}, slice(None), slice(0, 2), Ellipsis, object(), Evil(),
-    (Evil(),), tuple(range(100)), (1,) * (MAX_NDIM + 1), 1 + 1j, ("s", 0, 1, 1),
-    (("s", 0, 1, 1),), (("s", 0, 99, 1),), (("s", "a", 1, 1),), (("s", np.array([1]), 1, 1),),
-    ((np.array([0, 1]), 0, 1, 1),), (Ellipsis, Ellipsis), (0, 0, 0, 0, 0),
-]  # fmt: skip
-
-
-def snapshot(g: sg.Graph):
-    """What a failed call must leave as it was (graphs here hold no array constants)."""
-    return len(g), list(g.nx.nodes(data=True)), sorted(g.nx.edges), list(g.inputs)
-
-
-def example(op: str, graph: sg.Graph | None = None):
-    g = graph or sg.Graph()
-    shapes, attrs = EXAMPLES[op]
-    operands = [g.input(f"x{k}", shape) for k, shape in enumerate(shapes)]
-    return g, operands, attrs
+from tests.toolbox import EXAMPLES, HOSTILE, Evil, example, hostile_cases, snapshot
 
 
 def assert_refused(g: sg.Graph, call, *words: str):
@@ -119,10 +53,6 @@ def test_examples_are_valid(op):
 
 
 # --- hostile attribute values through g.apply ----------------------------------------------
-
-
-def hostile_cases():
-    return [(op, name) for op in sorted(EXAMPLES) for name in OPS[op].attrs]
 
 
 @pytest.mark.parametrize(("op", "attr"), hostile_cases())

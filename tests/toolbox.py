@@ -4,7 +4,11 @@ random expressions: strategies.py; counting work: counting.py).
 - op lists derived from the registry, so adding an op adds it to every test parametrized by them;
 - ``domain_sample``: values inside an op's registry ``domain``;
 - ``central_difference``: the one finite-difference routine, for scalars and arrays;
+- ``snapshot``: everything a failed call must leave as it was in a graph;
+- ``EXAMPLES``, ``example``, ``HOSTILE``, ``hostile_cases``: one valid use of every op with
+  attributes, and values no attribute should take blindly (graph probes and unpickling);
 - ``compile_formula``: a formula and its gradient, compiled (``FORMULA`` by default);
+- ``rosenbrock``: Rosenbrock's value, gradient and Hessian, compiled; ``same``: equal results;
 - ``values_for``, ``compare``: arguments for a compiled tensor function, and its results
   compared with another's (``EXACT``: bit for bit); ``big_matmul``: matmuls big enough for BLAS;
 - ``run_python``: code in a fresh interpreter at the repository root.
@@ -22,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 import symgrad as sg
-from symgrad.ops import OPS
+from symgrad.ops import MAX_NDIM, OPS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +83,102 @@ def central_difference(f: Callable, x, step: float = 1e-6) -> np.ndarray:
     return np.array(rows).reshape(x.shape + rows[0].shape)
 
 
+# --- graphs: a snapshot, and hostile attribute values ---------------------------------------------
+
+
+def snapshot(g: sg.Graph) -> tuple:
+    """Everything a call could change, comparable: array attributes by shape and bytes, floats
+    by repr (so a nan compares equal to itself)."""
+
+    def plain(v):
+        if isinstance(v, np.ndarray):
+            return ("array", v.dtype.str, v.shape, v.tobytes())
+        if isinstance(v, tuple):
+            return tuple(plain(a) for a in v)
+        return repr(v)
+
+    nodes = [(i, sorted((k, plain(d[k])) for k in d)) for i, d in g.nx.nodes(data=True)]
+    return (
+        len(g),
+        g.nx.number_of_nodes(),
+        nodes,
+        sorted(g.nx.edges),
+        list(g.inputs),
+        [e.id for e in g.inputs.values()],
+        g.max_nodes,
+        g.max_elements,
+    )
+
+
+class Evil:
+    """A value whose repr, equality, hash, len, iteration and int conversion all raise."""
+
+    def __repr__(self):
+        raise RuntimeError("repr")
+
+    def __eq__(self, other):
+        raise RuntimeError("eq")
+
+    def __hash__(self):
+        raise RuntimeError("hash")
+
+    def __len__(self):
+        raise RuntimeError("len")
+
+    def __iter__(self):
+        raise RuntimeError("iter")
+
+    def __index__(self):
+        raise RuntimeError("index")
+
+
+# One valid use of every op with attributes: operand shapes and attributes.
+EXAMPLES = {
+    "getitem": ([(3, 4)], {"index": (1, slice(0, 2))}),
+    "embed": ([(2,)], {"index": (1, slice(0, 2)), "shape": (3, 4)}),
+    "sum": ([(3, 4)], {"axis": (1,), "keepdims": True}),
+    "mean": ([(3, 4)], {"axis": 0, "keepdims": False}),
+    "amax": ([(3, 4)], {"axis": -1, "keepdims": True}),
+    "logsumexp": ([(3, 4)], {"axis": (-1,), "keepdims": False}),
+    "softmax": ([(3, 4)], {"axis": 0}),
+    "transpose": ([(2, 3, 4)], {"axes": (2, 0, 1)}),
+    "reshape": ([(3, 4)], {"shape": (2, -1)}),
+    "broadcast_to": ([(3, 1)], {"shape": (2, 3, 4)}),
+    "windows": ([(1, 2, 5, 5)], {"kernel_size": (2, 2), "stride": (1, 2)}),
+    "window_sum": ([(1, 2, 4, 2, 2, 2)],
+                   {"kernel_size": (2, 2), "stride": (1, 2), "shape": (1, 2, 5, 5)}),
+    "conv2d": ([(1, 2, 5, 5), (3, 2, 2, 2)], {"stride": (2, 1), "padding": (1, 0)}),
+    "avg_pool2d": ([(1, 2, 5, 5)], {"kernel_size": (2, 3), "stride": (1, 2)}),
+    "max_pool2d": ([(1, 2, 5, 5)], {"kernel_size": 2, "stride": None}),
+}  # fmt: skip
+
+# Values no attribute should take blindly: zero, negative, huge, bool, float, None, strings,
+# nested tuples, numpy scalars and arrays, containers, objects whose every method raises.
+HOSTILE = [
+    0, -1, -3, 7, 2**41, -(2**41), 2**62, 10**5000, True, False, np.bool_(True), 1.5, -0.0,
+    float("nan"), float("inf"), None, "a", "", b"x", (), (0,), (-1,), (1, 2, 3), (2**41, 1),
+    ((1,),), ((1, 2), 3), [1, 2], [[1]], (1.0, 2.0), (True, 1), np.int64(1), np.int64(-1),
+    np.int64(2**62), np.uint64(2**63), np.float64(2.0), np.array([1, 2]), np.array(1),
+    np.array([[1]]), {"a": 1}, {1, 2}, slice(None), slice(0, 2), Ellipsis, object(), Evil(),
+    (Evil(),), tuple(range(100)), (1,) * (MAX_NDIM + 1), 1 + 1j, ("s", 0, 1, 1),
+    (("s", 0, 1, 1),), (("s", 0, 99, 1),), (("s", "a", 1, 1),), (("s", np.array([1]), 1, 1),),
+    ((np.array([0, 1]), 0, 1, 1),), (Ellipsis, Ellipsis), (0, 0, 0, 0, 0),
+]  # fmt: skip
+
+
+def example(op: str, graph: sg.Graph | None = None):
+    """``(graph, operands, attrs)``: op ``op``'s EXAMPLES entry, its operands inputs x0, x1, ..."""
+    g = graph or sg.Graph()
+    shapes, attrs = EXAMPLES[op]
+    operands = [g.input(f"x{k}", shape) for k, shape in enumerate(shapes)]
+    return g, operands, attrs
+
+
+def hostile_cases():
+    """``(op, attribute name)`` for every attribute of every op in EXAMPLES."""
+    return [(op, name) for op in sorted(EXAMPLES) for name in OPS[op].attrs]
+
+
 # --- compiled tensor functions -------------------------------------------------------------------
 
 EXACT = None  # the tolerance of ``compare`` that asks for equal values
@@ -123,6 +223,23 @@ def compile_formula(text: str = FORMULA):
     f = sg.parse(text)
     xs = list(f.graph.inputs.values())
     return sg.compile([f, sg.build_grad(f, xs)], inputs=xs)
+
+
+ROSENBROCK = "(1 - a)**2 + 100*(b - a**2)**2"
+
+
+def rosenbrock(**options):
+    """Rosenbrock's value, gradient and Hessian (one output of each layout), compiled."""
+    f = sg.parse(ROSENBROCK)
+    wrt = [f.graph.inputs["a"], f.graph.inputs["b"]]
+    return sg.compile([f, sg.build_grad(f, wrt), sg.hessian(f, wrt)], **options)
+
+
+def same(left, right) -> bool:
+    """Equal results: as many arrays, of equal shapes and values (nan equal to nan)."""
+    return len(left) == len(right) and all(
+        a.shape == b.shape and np.array_equal(a, b, equal_nan=True) for a, b in zip(left, right)
+    )
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
