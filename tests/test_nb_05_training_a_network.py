@@ -13,6 +13,8 @@ backprop, an explicit-loop convolution) or from a seed document's printout.
 import numpy as np
 import pytest
 
+from tests.toolbox import two_spirals
+
 NAME = "05_training_a_network.ipynb"
 
 
@@ -27,15 +29,6 @@ def bce_with_logits(z, y):
 # --- seed 004: Algorithm 3.1 -------------------------------------------------------------------
 
 M, HIDDEN, BATCH, ALPHA, T = 600, 16, 32, 0.2, 3000
-
-
-def two_spirals(n, rng, noise=0.08, turns=1.25):
-    r = np.sqrt(rng.uniform(0.02, 1.0, n // 2))
-    theta = 2 * np.pi * turns * r
-    arm = np.c_[r * np.cos(theta), r * np.sin(theta)]
-    X = np.concatenate([arm, -arm]) + noise * rng.standard_normal((2 * (n // 2), 2))
-    y = np.r_[np.zeros(n // 2), np.ones(n // 2)]
-    return (X - X.mean(0)) / X.std(0), y
 
 
 def init_params(rng):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import symgrad as sg
-from tests.toolbox import central_difference
+from tests.toolbox import central_difference, two_spirals
 
 BACKENDS = ["llvm", "numpy"]
 
@@ -315,16 +315,6 @@ def test_seed002_hvp_wrt_W2_equals_finite_differences_of_the_gradient(backend):
 # The output unit is a sigmoid; its cross-entropy is taken on the logits for stability.
 
 N_POINTS, BATCH, HIDDEN, STEPS, ALPHA = 600, 32, 16, 3000, 0.2
-
-
-def two_spirals(n, rng, noise=0.08, turns=1.25):
-    """Two interleaved spirals (one the other turned by 180 degrees), standardized."""
-    r = np.sqrt(rng.uniform(0.02, 1.0, n // 2))
-    theta = 2 * np.pi * turns * r
-    arm = np.c_[r * np.cos(theta), r * np.sin(theta)]
-    X = np.concatenate([arm, -arm]) + noise * rng.standard_normal((2 * (n // 2), 2))
-    y = np.r_[np.zeros(n // 2), np.ones(n // 2)]
-    return (X - X.mean(0)) / X.std(0), y
 
 
 def mlp(g, n):

@@ -9,6 +9,7 @@ random expressions: strategies.py; counting work: counting.py).
   attributes, and values no attribute should take blindly (graph probes and unpickling);
 - ``compile_formula``: a formula and its gradient, compiled (``FORMULA`` by default);
 - ``rosenbrock``: Rosenbrock's value, gradient and Hessian, compiled; ``same``: equal results;
+- ``two_spirals``: the data set the seed-004 network learns (and notebook 05 trains on);
 - ``values_for``, ``compare``: arguments for a compiled tensor function, and its results
   compared with another's (``EXACT``: bit for bit); ``big_matmul``: matmuls big enough for BLAS;
 - ``run_python``: code in a fresh interpreter at the repository root.
@@ -240,6 +241,16 @@ def same(left, right) -> bool:
     return len(left) == len(right) and all(
         a.shape == b.shape and np.array_equal(a, b, equal_nan=True) for a, b in zip(left, right)
     )
+
+
+def two_spirals(n, rng, noise=0.08, turns=1.25):
+    """Two interleaved spirals (one the other turned by 180 degrees), standardized."""
+    r = np.sqrt(rng.uniform(0.02, 1.0, n // 2))
+    theta = 2 * np.pi * turns * r
+    arm = np.c_[r * np.cos(theta), r * np.sin(theta)]
+    X = np.concatenate([arm, -arm]) + noise * rng.standard_normal((2 * (n // 2), 2))
+    y = np.r_[np.zeros(n // 2), np.ones(n // 2)]
+    return (X - X.mean(0)) / X.std(0), y
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
