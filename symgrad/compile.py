@@ -24,13 +24,12 @@ from operator import itemgetter
 import numpy as np
 
 from symgrad.arguments import (
-    as_array,
     as_tensor,
     broadcast,
-    broadcast_error,
     check_tensor_outputs,
     max_elements,
 )
+from symgrad.blocks import map_blocks
 from symgrad.errors import ArgumentError, GraphError
 from symgrad.graph import Expr, Graph
 from symgrad.ops import OPS
@@ -141,28 +140,7 @@ class CompiledFunction:
         >>> square.compute(), pair.shape
         (array([ 0.,  1.,  4.,  9., 16., 25.]), (6, 2))
         """
-        dask, da = _dask()
-        if self.tensor:
-            raise ArgumentError("map_blocks: a tensor function takes whole arrays; call it instead")
-        if not self.inputs:
-            raise ArgumentError("map_blocks: this function has no inputs to map over")
-        values = self._bind(args, kwargs)
-        arrays = [_as_block_source(da, v, name) for v, name in zip(values, self.inputs)]
-        _check_broadcast(arrays, self.inputs, max_elements(self.graph))
-        signature, sizes = _gufunc_signature(len(self.inputs), self.layout)
-        single = len(self.layout) == 1
-        out = da.apply_gufunc(
-            _run_block,
-            signature,
-            *arrays,
-            output_dtypes=[np.float64] * len(self.layout),
-            output_sizes=sizes,
-            vectorize=False,
-            allow_rechunk=True,  # inputs have no core axes: this only lets Dask align chunks
-            fn=dask.delayed(self, pure=True),
-            single=single,
-        )
-        return (out,) if single else tuple(out)
+        return map_blocks(self, args, kwargs)
 
     def __dask_tokenize__(self):
         # Dask keys the function's node of a task graph by this token: one per CompiledFunction,
@@ -281,54 +259,6 @@ def _unpickled_call(state) -> tuple[list, list, str, dict]:
         raise GraphError(
             f"cannot unpickle a CompiledFunction: malformed state ({type(err).__name__}: {err})"
         ) from None
-
-
-def _dask():
-    """``dask`` and ``dask.array``, imported on first use: Dask is an optional dependency."""
-    try:
-        import dask
-        import dask.array as da
-    except ImportError:
-        raise ArgumentError(
-            "map_blocks needs Dask, which is not installed: pip install 'symgrad[dask]'"
-        ) from None
-    return dask, da
-
-
-def _as_block_source(da, v, name: str):
-    """An argument of ``map_blocks``: a Dask array of real numbers, or what a call takes."""
-    if not isinstance(v, da.Array):
-        return as_array(v, name)
-    if v.dtype.kind not in "fiu" or v.dtype.itemsize > 8:
-        raise ArgumentError(f"argument {name!r}: expected real numbers, got dtype {v.dtype}")
-    return v
-
-
-def _check_broadcast(arrays: list, names: tuple[str, ...], limit: int) -> None:
-    shapes = [a.shape for a in arrays]
-    if any(math.isnan(n) for shape in shapes for n in shape):
-        return  # unknown chunk sizes: Dask checks when it knows them
-    try:
-        np.broadcast_shapes(*shapes)
-    except ValueError:
-        raise broadcast_error(shapes, names, limit) from None
-
-
-def _gufunc_signature(n_in: int, layout) -> tuple[str, dict[str, int]]:
-    """The generalized-ufunc signature of a call: scalar inputs, each output item's own axes
-    last, e.g. ``(),()->(),(o1_0)`` and their sizes ``{"o1_0": 2}``."""
-    outs, sizes = [], {}
-    for k, shape in enumerate(layout):
-        dims = [f"o{k}_{j}" for j in range(len(shape))]
-        sizes.update(zip(dims, shape))
-        outs.append(f"({','.join(dims)})")
-    return ",".join(["()"] * n_in) + "->" + ",".join(outs), sizes
-
-
-def _run_block(*blocks, fn: CompiledFunction, single: bool):
-    """One Dask block: the call's tuple (or its only item, as apply_gufunc wants it then)."""
-    out = fn(*blocks)
-    return out[0] if single else out
 
 
 def _point_picker(layout):
