@@ -10,11 +10,12 @@ SymgradError, in bounded time, and nothing it already had breaks.
   collections (tests/counting.py), never timed, so a busy machine cannot turn them red;
 - the limits a caller can raise (``parse(max_length=, max_depth=)``, ``Graph(max_nodes=)``): a
   clear error naming the limit when exceeded, a parse when raised;
-- names that could be dangerous in generated code or DOT are rejected; odd but legal ones are
-  harmless in DOT (escaped, pydot parses it), in the IR (names never reach it), in calls and in
-  the command line (one error line, status 2);
-- the object cache under hostile conditions: tests/test_cache.py;
-- a compiled function called with hostile arguments gives an ArgumentError or IEEE results.
+- names that could be dangerous in generated code or DOT are rejected, given to ``Graph.input``
+  or in text.
+
+Elsewhere: odd but legal names in DOT, the IR, calls and the command line,
+tests/test_hostile_names.py; a compiled function called with hostile arguments,
+tests/test_hostile_calls.py; the object cache under hostile conditions, tests/test_cache.py.
 
 The fuzz tests run ``FUZZ_EXAMPLES`` examples each (derandomized in CI, tests/conftest.py); set
 ``SYMGRAD_FUZZ_EXAMPLES=100000`` (and ``HYPOTHESIS_PROFILE=dev`` for fresh randomness) for a
@@ -23,24 +24,15 @@ long local run.
 
 from __future__ import annotations
 
-import fractions
 import inspect
-import math
 import os
-import re
-import shutil
-import subprocess
-from decimal import Decimal
 
 import numpy as np
-import pydot
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import symgrad as sg
-from symgrad.cli import main
-from symgrad.dot import to_dot
 from symgrad.errors import ArgumentError, GraphError, ParseError, SymgradError
 from symgrad.graph import DEFAULT_MAX_NODES, NAME_RE, Graph
 from symgrad.ops import FUNCTIONS, OPS
@@ -54,12 +46,6 @@ FUZZ_EXAMPLES = int(os.environ.get("SYMGRAD_FUZZ_EXAMPLES", "250"))
 CALLS_PER_CHARACTER = 50
 CALLS_FIXED = 5_000
 LINEAR_SLACK = 1.1  # calls(10x the text) / (10 calls(text)): 1.0 if linear, ~10 if quadratic
-
-
-@pytest.fixture(autouse=True)
-def _no_cache(monkeypatch):
-    # Compiles here never touch the user's cache, unless a test sets a folder of its own.
-    monkeypatch.setenv("SYMGRAD_CACHE_DIR", "off")
 
 
 # --- fuzzing parse ---------------------------------------------------------------------------
@@ -385,13 +371,6 @@ DANGEROUS = [
     "a;b", "a{b}", "__class__", "__import__", "__builtins__", "__x", "%0", "%x", "@sg_point",
     "llvm.sin", "x.y", "é", "ｘ", "x\u200b", "x\u2028", "\udcff", "x\n",
 ]  # fmt: skip
-# Legal names that mean something in DOT, in the IR, in Python calls or in the language.
-ODD_LEGAL = [
-    "node", "edge", "graph", "digraph", "subgraph", "strict", "n0", "n1", "label", "out0",
-    "legend1", "cluster_legend", "_", "T", "True", "None", "nan", "inf", "self", "outputs",
-    "args", "kwargs", "sg_point", "sg_batch", "sg_fast", "entry", "define", "double", "declare",
-    "ret", "i64", "x_", "w" * 300,
-]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", DANGEROUS + [3, None, b"x"], ids=repr)
@@ -408,264 +387,3 @@ def test_dangerous_input_names_are_rejected(name):
 def test_dangerous_names_in_text_never_become_inputs(name):
     e = parse_or_error(f"{name} * 2")  # every input it makes has a proper name
     assert e is None or name not in e.graph.inputs
-
-
-def nodes_of(dot: pydot.Dot) -> list:
-    # pydot lists the 'graph [...]' attribute statement among the nodes
-    return [n for n in dot.get_nodes() if n.get_name() not in ("graph", "node", "edge")]
-
-
-def _odd_graph():
-    text = " + ".join(f"{n}*{k + 1}" for k, n in enumerate(ODD_LEGAL))
-    f = parse(text)
-    assert list(f.graph.inputs) == ODD_LEGAL
-    return f, list(f.graph.inputs.values())
-
-
-def test_odd_legal_names_make_valid_dot():
-    f, xs = _odd_graph()
-    text = to_dot([f, sg.build_grad(f, xs)], name='x" ; n9 [label="pwn"]; "\\')
-    [dot] = pydot.graph_from_dot_data(text)
-    assert dot.get_name() == '"x\\" ; n9 [label=\\"pwn\\"]; \\"\\\\"'
-    labels = {n.get_name(): n.get("label") for n in nodes_of(dot)}
-    inputs = {f"n{x.id}": f'"{x.name}"' for x in xs}
-    assert {k: labels[k] for k in inputs} == inputs
-    assert all(re.fullmatch(r"n\d+", name) for name in labels)
-    assert '"pwn"' not in labels.values()  # the "injected" node is text of the graph's name
-    if shutil.which("dot"):
-        done = subprocess.run(["dot", "-Tsvg"], input=text.encode(), capture_output=True)
-        assert done.returncode == 0, done.stderr.decode()[:500]
-
-
-@pytest.mark.parametrize("name", [3, None, b"g", "a\x00b", "\ud800", "a\udcffb"], ids=repr)
-def test_dot_graph_names_graphviz_cannot_read_are_rejected(name):
-    g = Graph()
-    g.input("x")
-    with pytest.raises(GraphError, match="to_dot: name must be text"):
-        to_dot(g, name=name)
-
-
-@pytest.mark.parametrize("name", ["é漢\u202e", "a\x1bb", "tab\there", "}", "{", "//", "/*", ";"])
-def test_dot_graph_names_with_odd_text_are_escaped(name):
-    g = Graph()
-    g.input("x")
-    [dot] = pydot.graph_from_dot_data(to_dot(g, name=name))
-    assert [n.get_name() for n in nodes_of(dot)] == ["n0"]
-
-
-@pytest.mark.parametrize("backend", ["llvm", "numpy"])
-def test_odd_legal_names_compile_and_are_passed_by_keyword(backend):
-    f, xs = _odd_graph()
-    fn = sg.compile([f, sg.build_grad(f, xs)], backend=backend)
-    point = {n: 0.5 * k for k, n in enumerate(ODD_LEGAL)}
-    value, grad = fn(**point)  # 'self' and 'outputs' among them
-    assert value == sum((k + 1) * v for k, v in enumerate(point.values()))
-    assert grad.tolist() == [k + 1.0 for k in range(len(ODD_LEGAL))]
-    assert float(sg.evaluate(f, **point)) == value
-
-
-def test_an_input_named_self_is_passed_to_map_blocks_by_keyword():
-    da = pytest.importorskip("dask.array")
-    g = Graph()
-    fn = sg.compile(g.input("self") * 2.0, backend="numpy")
-    [out] = fn.map_blocks(self=da.arange(4.0, chunks=2))
-    assert out.compute().tolist() == [0.0, 2.0, 4.0, 6.0]
-
-
-def test_names_never_reach_the_llvm_ir():
-    g = Graph()
-    odd = g.input("sg_point") * g.input("entry") + g.input("declare")
-    g2 = Graph()
-    plain = g2.input("a") * g2.input("b") + g2.input("c")
-    assert sg.compile(odd).llvm_ir == sg.compile(plain).llvm_ir
-
-
-def _cli(capsys, *argv: str) -> tuple[int, str, str]:
-    status = main(list(argv))
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-CLI_BAD = {
-    "dunder": ["grad", "__class__ + 1", "--at", "x=1"],
-    "import": ["grad", "__import__('os').system('id')", "--at", "x=1"],
-    "quote": ["grad", 'x + "y"', "--at", "x=1"],
-    "backslash newline": ["grad", "x\n+\\\ny", "--at", "x=1,y=2"],
-    "escape sequence": ["grad", "x + \x1b[31m", "--at", "x=1"],
-    "surrogate": ["grad", "x + \udcff", "--at", "x=1"],
-    "unicode": ["grad", "é + 1", "--at", "é=1"],
-    "newline in --wrt": ["grad", "x*y", "--at", "x=1,y=2", "--wrt", 'y"\n,x'],
-    "odd name in --at": ["grad", "x*y", "--at", "x=1,y=2,z\n\nq=3"],
-    "hex in --at": ["grad", "x*y", "--at", "x=0x10,y=1"],
-    "name given twice": ["grad", "x", "--at", "x=1,x=2"],
-    "full disk for --dot": ["grad", "x*y", "--at", "x=1,y=2", "--dot", "/dev/full"],
-}
-
-
-@pytest.mark.parametrize("argv", list(CLI_BAD.values()), ids=list(CLI_BAD))
-def test_cli_with_hostile_input_gives_one_error_line_and_status_2(capsys, argv):
-    status, out, err = _cli(capsys, *argv)
-    assert (status, out) == (2, "")
-    assert err.startswith("symgrad: error: ") and err.count("\n") == 1, err
-
-
-def test_cli_with_odd_legal_names(capsys):
-    status, out, err = _cli(capsys, "grad", "self * outputs", "--at", "self=2,outputs=3")
-    assert (status, err) == (0, "")
-    assert out.splitlines() == ["f = 6", "df/dself = 3", "df/doutputs = 2"]
-
-
-# The object cache under hostile conditions (planted code, other users' folders, links, FIFOs,
-# huge files, a read-only folder, a full disk): tests/test_cache.py.
-
-
-# --- calling a compiled function with hostile arguments ----------------------------------------
-
-
-class RaisingFloat:
-    def __float__(self):
-        raise RuntimeError("__float__ fails")
-
-
-class RaisingFloatSubclass(float):
-    def __float__(self):
-        raise RuntimeError("__float__ fails")
-
-
-class RaisingFloatInt(int):
-    def __float__(self):
-        raise RuntimeError("__float__ fails")
-
-
-NOT_ARGUMENTS = {
-    "huge int": 10**400,
-    "int beyond uint64": 2**64,
-    "int below int64": -(2**63) - 1,
-    "object with a failing __float__": RaisingFloat(),
-    "str": "1.0",
-    "bytes": b"1",
-    "None": None,
-    "complex": 1j,
-    "Fraction": fractions.Fraction(1, 3),
-    "Decimal": Decimal("1.5"),
-    "bool": True,
-    "numpy bool": np.bool_(False),
-    "long double": np.longdouble(1),
-    "datetime": np.datetime64("2020-01-01"),
-    "object array of numbers": np.array([1.0, 2.0], dtype=object),
-    "object array with None": np.array([1.0, None], dtype=object),
-    "complex array": np.ones(3, complex),
-    "structured array": np.zeros(3, dtype=[("a", "f8")]),
-    "ragged nested list": [[1.0, 2.0], [3.0]],
-    "list of str": ["1", "2"],
-    "list with a huge int": [10**400, 1],
-    "dict": {"a": 1.0},
-    "set": {1.0},
-    "generator": (v for v in [1.0]),
-    "range": range(3),
-    "memoryview": memoryview(b"ab"),
-}
-
-
-@pytest.fixture(scope="module", params=["llvm", "numpy"])
-def fn(request):
-    """x*y + x/y, value and gradient: IEEE operations only, so the backends agree bitwise."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SYMGRAD_CACHE_DIR", "off")
-        f = parse("x*y + x/y")
-        xs = list(f.graph.inputs.values())
-        return sg.compile([f, sg.build_grad(f, xs)], inputs=xs, backend=request.param)
-
-
-def reference(x, y) -> tuple:
-    """The values and gradient numpy computes for x*y + x/y, in float64."""
-    f = parse("x*y + x/y")
-    xs = list(f.graph.inputs.values())
-    oracle = sg.compile([f, sg.build_grad(f, xs)], inputs=xs, backend="numpy")
-    return oracle(np.asarray(x).astype(np.float64), np.asarray(y).astype(np.float64))
-
-
-def assert_identical(got: tuple, want: tuple) -> None:
-    """Equal item by item: the same shape, and each value equal with its sign, or both nan."""
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        assert a.shape == b.shape, (a, b)
-        same = (a == b) & (np.signbit(a) == np.signbit(b)) | (np.isnan(a) & np.isnan(b))
-        assert same.all(), (a, b)
-
-
-@pytest.mark.parametrize("value", list(NOT_ARGUMENTS.values()), ids=list(NOT_ARGUMENTS))
-def test_arguments_that_are_not_real_numbers_are_argument_errors(fn, value):
-    with pytest.raises(ArgumentError, match="argument 'x'"):
-        fn(value, 2.0)
-    with pytest.raises(ArgumentError, match="argument 'x'"):
-        fn(y=np.ones(5), x=value)
-    assert_identical(fn(0.5, 2.0), reference(0.5, 2.0))  # the function still works
-
-
-IEEE_ARGUMENTS = {
-    "nan": math.nan,
-    "inf": math.inf,
-    "-inf": -math.inf,
-    "-0.0": -0.0,
-    "smallest subnormal": 5e-324,
-    "largest double": 1.7976931348623157e308,
-    "2**63 (uint64)": 2**63,
-    "int64 extremes": np.array([2**63 - 1, -(2**63)]),
-    "uint64 max": np.uint64(2**64 - 1),
-    "float16 inf": np.float16("inf"),
-    "float32 nan array": np.array([np.nan, 1.0, -0.0], np.float32),
-    "deeply nested list": [[[[[1.5]]]]],
-    "empty list": [],
-    "int subclass with a failing __float__": RaisingFloatInt(3),
-    "non-contiguous": np.arange(10.0)[::3],
-    "0-d array": np.array(-2.5),
-}  # fmt: skip
-OTHERS = [0.0, -0.0, math.inf, math.nan, 1e-310, np.array([0.0, -1.0, math.inf, 2.0])]
-
-
-@pytest.mark.parametrize("value", list(IEEE_ARGUMENTS.values()), ids=list(IEEE_ARGUMENTS))
-def test_extreme_numbers_give_ieee_results(fn, value):
-    for other in OTHERS:
-        if np.ndim(value) and np.ndim(other) and np.shape(value) != np.shape(other):
-            continue
-        assert_identical(fn(value, other), reference(value, other))
-        assert_identical(fn(other, value), reference(other, value))
-
-
-def test_a_float_subclass_whose_float_raises_propagates_the_callers_own_error(fn):
-    # numpy calls the override; the exception is the caller's own code failing, passed on
-    # unchanged as math.sin(obj) or np.asarray(obj) would, never turned into a wrong value.
-    with pytest.raises(RuntimeError, match="__float__ fails"):
-        fn(RaisingFloatSubclass(1.5), 2.0)
-    assert_identical(fn(1.5, 2.0), reference(1.5, 2.0))
-
-
-@pytest.mark.parametrize(
-    ("args", "kwargs", "message"),
-    [
-        ((1.0, 2.0, 3.0), {}, "takes 2 arguments"),
-        ((1.0,), {}, "missing argument 'y'"),
-        ((), {}, "missing argument 'x', 'y'"),
-        ((1.0,), {"x": 2.0}, "given both by position and by name"),
-        ((1.0, 2.0), {"z": 1.0}, "unknown argument 'z'"),
-        ((np.ones(3), np.ones(4)), {}, "do not broadcast"),
-        ((np.ones((2, 3)), np.ones((3, 2))), {}, "do not broadcast"),
-    ],
-)
-def test_bad_calls_are_argument_errors(fn, args, kwargs, message):
-    with pytest.raises(ArgumentError, match=message):
-        fn(*args, **kwargs)
-
-
-def test_tensor_function_with_hostile_arguments():
-    f = parse("sum(W @ v)", shapes={"W": (2, 3), "v": (3,)})
-    W, v = f.graph.inputs.values()
-    outputs = [f, sg.build_grad(f, [W])]
-    fn, oracle = sg.compile(outputs), sg.compile(outputs, backend="numpy")
-    v0 = np.arange(3.0)
-    for bad in ([[1, 2, 3], [4, 5]], np.ones((3, 2)), np.ones(6), "abc", np.ones((2, 3), object)):
-        with pytest.raises(ArgumentError, match="argument 'W'"):
-            fn(bad, v0)
-    for w in (np.full((2, 3), np.nan), np.full((2, 3), -np.inf), [[1, 2, 3], [4, 5, 2**63]]):
-        assert_identical(fn(w, v0), oracle(np.asarray(w, np.float64), v0))
