@@ -1,7 +1,7 @@
 """Shared test set-up: the hypothesis profiles (CI runs derandomized, so runs repeat exactly) and
 the fixtures several test files use: a fresh graph ``g``, ``no_cache`` (compiles never touch the
-user's object cache), the notebook runner and a notebook test module's ``results``. Helpers that
-are not fixtures: tests/toolbox.py."""
+user's object cache), ``fn`` (a compiled scalar function on each backend), the notebook runner
+and a notebook test module's ``results``. Helpers that are not fixtures: tests/toolbox.py."""
 
 import importlib.util
 import os
@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import symgrad as sg
+from tests.toolbox import scalar_fn
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -38,6 +39,15 @@ def no_cache(monkeypatch):
     ``pytestmark = pytest.mark.usefixtures("no_cache")``."""
     monkeypatch.setenv("SYMGRAD_CACHE_DIR", "off")
     monkeypatch.delenv("SYMGRAD_CACHE_MAX_BYTES", raising=False)
+
+
+@pytest.fixture(scope="module", params=["llvm", "numpy"])
+def fn(request):
+    """``toolbox.scalar_fn`` (x*y + x/y, value and gradient) on each backend, compiled once per
+    module with the object cache off."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SYMGRAD_CACHE_DIR", "off")
+        return scalar_fn(request.param)
 
 
 @pytest.fixture(scope="session")

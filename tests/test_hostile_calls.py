@@ -64,16 +64,6 @@ NOT_ARGUMENTS = {
 }
 
 
-@pytest.fixture(scope="module", params=["llvm", "numpy"])
-def fn(request):
-    """x*y + x/y, value and gradient: IEEE operations only, so the backends agree bitwise."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SYMGRAD_CACHE_DIR", "off")
-        f = parse("x*y + x/y")
-        xs = list(f.graph.inputs.values())
-        return sg.compile([f, sg.build_grad(f, xs)], inputs=xs, backend=request.param)
-
-
 def reference(x, y) -> tuple:
     """The values and gradient numpy computes for x*y + x/y, in float64."""
     f = parse("x*y + x/y")

@@ -25,6 +25,7 @@ import pytest
 
 import symgrad as sg
 from symgrad.errors import ArgumentError, SizeError, SymgradError
+from tests.toolbox import scalar_fn, tensor_fn
 
 BACKENDS = ["llvm", "numpy"]
 
@@ -34,24 +35,6 @@ def _no_cache():
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SYMGRAD_CACHE_DIR", "off")
         yield
-
-
-def scalar_fn(backend: str):
-    """x*y + x/y and its gradient: IEEE operations only, so both backends agree bitwise."""
-    f = sg.parse("x*y + x/y")
-    xs = list(f.graph.inputs.values())
-    return sg.compile([f, sg.build_grad(f, xs)], inputs=xs, backend=backend)
-
-
-def tensor_fn(backend: str):
-    f = sg.parse("sum(W @ v)", shapes={"W": (2, 3), "v": (3,)})
-    W, v = f.graph.inputs.values()
-    return sg.compile([f, sg.build_grad(f, [W])], backend=backend)
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def fn(request):
-    return scalar_fn(request.param)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -8,6 +8,7 @@ random expressions: strategies.py; counting work: counting.py).
 - ``EXAMPLES``, ``example``, ``HOSTILE``, ``hostile_cases``: one valid use of every op with
   attributes, and values no attribute should take blindly (graph probes and unpickling);
 - ``compile_formula``: a formula and its gradient, compiled (``FORMULA`` by default);
+  ``scalar_fn``, ``tensor_fn``: the functions the call probes call (fixture ``fn``: conftest.py);
 - ``rosenbrock``: Rosenbrock's value, gradient and Hessian, compiled; ``same``: equal results;
 - ``two_spirals``: the data set the seed-004 network learns (and notebook 05 trains on);
 - ``values_for``, ``compare``: arguments for a compiled tensor function, and its results
@@ -224,6 +225,20 @@ def compile_formula(text: str = FORMULA):
     f = sg.parse(text)
     xs = list(f.graph.inputs.values())
     return sg.compile([f, sg.build_grad(f, xs)], inputs=xs)
+
+
+def scalar_fn(backend: str):
+    """x*y + x/y and its gradient: IEEE operations only, so both backends agree bitwise."""
+    f = sg.parse("x*y + x/y")
+    xs = list(f.graph.inputs.values())
+    return sg.compile([f, sg.build_grad(f, xs)], inputs=xs, backend=backend)
+
+
+def tensor_fn(backend: str):
+    """sum(W @ v) with W (2, 3), v (3,), and its gradient in W."""
+    f = sg.parse("sum(W @ v)", shapes={"W": (2, 3), "v": (3,)})
+    W, v = f.graph.inputs.values()
+    return sg.compile([f, sg.build_grad(f, [W])], backend=backend)
 
 
 ROSENBROCK = "(1 - a)**2 + 100*(b - a**2)**2"
