@@ -7,12 +7,12 @@ random expressions: strategies.py; counting work: counting.py).
 - ``snapshot``: everything a failed call must leave as it was in a graph;
 - ``EXAMPLES``, ``example``, ``HOSTILE``, ``hostile_cases``: one valid use of every op with
   attributes, and values no attribute should take blindly (graph probes and unpickling);
-- ``compile_formula``: a formula and its gradient, compiled (``FORMULA`` by default);
-  ``scalar_fn``, ``tensor_fn``: the functions the call probes call (fixture ``fn``: conftest.py);
-- ``rosenbrock``: Rosenbrock's value, gradient and Hessian, compiled; ``same``: equal results;
-- ``two_spirals``: the data set the seed-004 network learns (and notebook 05 trains on);
 - ``values_for``, ``compare``: arguments for a compiled tensor function, and its results
-  compared with another's (``EXACT``: bit for bit); ``big_matmul``: matmuls big enough for BLAS;
+  compared with another's (``EXACT``: equal values); ``big_matmul``: matmuls big enough for BLAS;
+- ``compile_formula``: a formula and its gradient, compiled (``FORMULA`` by default);
+  ``scalar_fn``, ``tensor_fn``: the functions of the call probes (fixture ``fn``: conftest.py);
+  ``rosenbrock``: Rosenbrock's value, gradient and Hessian; ``same``: equal results;
+- ``two_spirals``: the data set the seed-004 network learns (and notebook 05 trains on);
 - ``run_python``: code in a fresh interpreter at the repository root.
 """
 
