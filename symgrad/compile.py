@@ -31,8 +31,9 @@ from symgrad.arguments import (
 )
 from symgrad.blocks import map_blocks
 from symgrad.errors import ArgumentError, GraphError
-from symgrad.graph import Expr, Graph
+from symgrad.graph import Expr, Graph, reachable
 from symgrad.ops import OPS
+from symgrad.optimize import optimize as run_optimize
 from symgrad.outputs import flatten_outputs, item_shapes, unflatten
 from symgrad.program import Program
 
@@ -49,15 +50,24 @@ class CompiledFunction:
     ``fn.inputs`` lists the argument names in order; call with positionals, keywords or both.
     """
 
-    def __init__(self, outputs, inputs=None, backend: str = "llvm", **options):
+    def __init__(
+        self, outputs, inputs=None, backend: str = "llvm", optimize: bool = True, **options
+    ):
         if backend not in BACKENDS:
             raise ArgumentError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
+        if type(optimize) is not bool:
+            raise ArgumentError(f"optimize must be True or False, got {optimize!r}")
         flat, self.layout = flatten_outputs(outputs)
+        source = flat[0].graph
+        # The arguments are those of the graph as written, whatever optimizing drops.
+        self.inputs = _argument_names(source, _reachable_inputs(source, flat), inputs)
+        if optimize:
+            flat = _optimized(flat, self.inputs)
         self.graph = flat[0].graph
         self.backend = backend
         self.options = options
+        self.optimized = optimize
         self.program = Program.of(self.graph, [e.id for e in flat])
-        self.inputs = _argument_names(self.graph, self.program.inputs, inputs)
         self._slots = {name: k for k, name in enumerate(self.inputs)}
         self._arity = len(self.inputs)
         self._per_point = sum(math.prod(shape) for shape in self.layout)  # outputs of one point
@@ -68,7 +78,7 @@ class CompiledFunction:
         # lowers those.
         self.tensor = any(
             nodes[i]["shape"] or not OPS[op].elementwise for i, op, *_ in self.program.steps
-        )
+        ) or any(self.graph.inputs[name].shape for name in self.inputs)
         if self.tensor:
             self._item_shapes = item_shapes(flat, self.layout)
             # Per output item: its layout, node shape and number of Exprs (precomputed: a call
@@ -170,7 +180,9 @@ class CompiledFunction:
     def __setstate__(self, state) -> None:
         """Compile what ``__getstate__`` described, as ``sg.compile`` would."""
         outputs, inputs, backend, options = _unpickled_call(state)
-        self.__init__(outputs, inputs=inputs, backend=backend, **options)
+        # The graph a pickle carries is the one that was compiled: optimized already, or not
+        # to be.
+        self.__init__(outputs, inputs=inputs, backend=backend, optimize=False, **options)
 
     def _call(self, args: tuple, kwargs: dict) -> tuple:
         values = self._bind(args, kwargs)
@@ -281,6 +293,29 @@ def _point_picker(layout):
     return itemgetter(*index)
 
 
+def _reachable_inputs(graph: Graph, flat: list[Expr]) -> tuple[str, ...]:
+    """Names of the inputs ``flat`` depends on, in creation order."""
+    nodes = graph.nx._node
+    return tuple(
+        dict(nodes[i]["attrs"])["name"]
+        for i in reachable(graph, [e.id for e in flat])
+        if nodes[i]["op"] == "input"
+    )
+
+
+def _optimized(flat: list[Expr], names: tuple[str, ...]) -> list[Expr]:
+    """``flat`` optimized (``sg.optimize``: stable forms, folding, CSE, pruning) into a fresh
+    graph that still has every argument ``names`` (optimizing may drop one: ``x**0`` is 1), so
+    the compiled function takes the arguments of the graph as written."""
+    source = flat[0].graph
+    flat = run_optimize(list(flat))
+    graph = flat[0].graph
+    for name in names:
+        if name not in graph.inputs:
+            graph.input(name, shape=source.inputs[name].shape)
+    return flat
+
+
 def _argument_names(graph, reachable: tuple[str, ...], inputs) -> tuple[str, ...]:
     if inputs is None:
         return reachable
@@ -302,12 +337,19 @@ def _argument_names(graph, reachable: tuple[str, ...], inputs) -> tuple[str, ...
     return tuple(names)
 
 
-def compile(outputs, inputs=None, backend: str = "llvm", **options) -> CompiledFunction:
+def compile(
+    outputs, inputs=None, backend: str = "llvm", optimize: bool = True, **options
+) -> CompiledFunction:
     """Compile ``outputs`` (an Expr, a list, or a list of lists of Exprs) into a callable.
 
     ``inputs`` (input Exprs or names) fixes the argument order; by default the arguments are the
     inputs the outputs reach, in creation order (``fn.inputs``). ``backend="llvm"`` compiles
-    native code; ``"numpy"`` runs the reference interpreter. Options of the llvm backend:
+    native code; ``"numpy"`` runs the reference interpreter. ``optimize`` (True by default)
+    compiles what ``sg.optimize`` makes of the outputs: the stable forms of formulas that would
+    overflow or lose accuracy (``log(1 + exp(z))`` is ``softplus(z)``), constants folded, shared
+    subexpressions merged, the rest pruned; ``fn.graph`` is that graph, and ``fn.inputs`` stays the
+    inputs of the graph as written. ``optimize=False`` compiles the outputs exactly as written.
+    Options of the llvm backend:
     ``threads`` (None: chosen by batch size and work per point; or an int >= 1) and ``opt``
     (1: LLVM's passes; 0: none, for debugging). The call returns one float64 array per item of
     ``outputs``: an Expr gives the batch shape, a list of n batch + (n,), a list of lists
@@ -320,4 +362,4 @@ def compile(outputs, inputs=None, backend: str = "llvm", **options) -> CompiledF
     >>> sg.compile([x * x, [x + 1, x - 1]], backend="numpy")(3.0)
     (array(9.), array([4., 2.]))
     """
-    return CompiledFunction(outputs, inputs=inputs, backend=backend, **options)
+    return CompiledFunction(outputs, inputs=inputs, backend=backend, optimize=optimize, **options)

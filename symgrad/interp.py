@@ -12,6 +12,7 @@ import numpy as np
 from symgrad.compile import compile
 from symgrad.graph import Expr
 from symgrad.ops import OPS
+from symgrad.outputs import flatten_outputs
 from symgrad.program import Program
 
 
@@ -59,22 +60,23 @@ def executor(program: Program, flat: list, inputs: tuple[str, ...], tensor: bool
 
 
 def evaluate(outputs, /, **values):
-    """Evaluate ``outputs`` with numpy at the given input values.
+    """Evaluate ``outputs`` with numpy at the given input values, exactly as written.
 
     An ``Expr`` gives one float64 array; a list (or nested list) gives the tuple that
-    ``sg.compile(outputs, backend="numpy")`` would return.
+    ``sg.compile(outputs, backend="numpy", optimize=False)`` would return. No pass runs first:
+    this is the reference that optimized and compiled code is checked against.
 
     >>> from symgrad.graph import Graph
     >>> g = Graph(); x = g.input("x"); float(evaluate(x * x + 1, x=3.0))
     10.0
     """
     items = [outputs] if isinstance(outputs, Expr) else outputs
-    fn = compile(items, backend="numpy")
+    fn = compile(items, backend="numpy", optimize=False)
     # Values for inputs the outputs do not use are accepted, as a user evaluating several
     # derivatives at one point expects; names the graph does not know are still errors.
-    known = fn.graph.inputs
+    known = flatten_outputs(items)[0][0].graph.inputs
     extra = [n for n in values if n in known and n not in fn.inputs]
     if extra:
-        fn = compile(items, inputs=[*fn.inputs, *extra], backend="numpy")
+        fn = compile(items, inputs=[*fn.inputs, *extra], backend="numpy", optimize=False)
     result = fn(**values)
     return result[0] if isinstance(outputs, Expr) else result

@@ -54,7 +54,7 @@ def test_scalar_rewrites_are_accurate(text, op, exact, points, backend):
     assert np.all(ulps(got, want) <= 2), (got, want)
     # The naive formula is worse somewhere in these points: the rewrite earns its place.
     with np.errstate(all="ignore"):
-        naive = sg.compile(f, backend="numpy")(t)[0]
+        naive = sg.compile(f, backend="numpy", optimize=False)(t)[0]
     assert np.any(~np.isfinite(naive) | (ulps(naive, want) > 2))
 
 
@@ -78,7 +78,7 @@ def test_logsumexp_and_log_softmax_rewrites():
         want = np.array([float(a - norm) for a in col])
         np.testing.assert_allclose(got_lsm[:, c], want, rtol=1e-13, atol=1e-10)
     with np.errstate(all="ignore"):
-        naive = sg.compile([lse, lsm], backend="numpy")(v)
+        naive = sg.compile([lse, lsm], backend="numpy", optimize=False)(v)
     assert not np.all(np.isfinite(naive[0]))
 
 
@@ -144,11 +144,26 @@ def test_naive_cross_entropy_is_stable_in_any_order_of_calls(order, backend):
         z = loss.graph.inputs["z"]
     [dz] = sg.build_grad(loss, [z])
     outputs = sg.optimize([loss, dz]) if order == "grad, then optimize" else [loss, dz]
-    _, grad = sg.compile(outputs, backend=backend)(Z, T)
+    # Compiled as it comes: compile optimizes by default, so the value is the stable one too.
+    value, grad = sg.compile(outputs, backend=backend)(Z, T)
     # build_grad differentiates the stable form: sigmoid(z) - t, exactly.
     np.testing.assert_array_equal(grad, [1.0, -1.0])
-    value = sg.compile(sg.optimize(loss), backend=backend)(Z, T)[0]
     assert float(value) == 2000.0  # softplus(1000) twice
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_the_issues_cross_entropy_compiled_directly(backend):
+    # Issue 11's example, one logit at a time: value 1000 at z = 1000, t = 0 and at z = -1000,
+    # t = 1; gradient sigmoid(z) - t = (1, -1).
+    f = sg.parse("-(t*log(sigmoid(z)) + (1 - t)*log(1 - sigmoid(z)))")
+    z = f.graph.inputs["z"]
+    fn = sg.compile([f, *sg.build_grad(f, [z])], backend=backend)
+    value, grad = fn(z=Z, t=T)
+    np.testing.assert_array_equal(value, [1000.0, 1000.0])
+    np.testing.assert_array_equal(grad, [1.0, -1.0])
+    # Compiled exactly as written (the opt-out), the value overflows: optimizing made it finite.
+    raw = sg.compile(f, backend=backend, optimize=False)(z=Z, t=T)[0]
+    assert np.all(np.isinf(raw))
 
 
 def test_build_grad_leaves_a_stable_graph_alone():
