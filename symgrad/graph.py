@@ -667,13 +667,9 @@ class Expr:
     __gt__, __ge__ = _binary("gt"), _binary("ge")
 
     def __matmul__(self, other) -> Expr:
-        from symgrad.tensor import matmul
-
         return matmul(self, other)
 
     def __rmatmul__(self, other) -> Expr:
-        from symgrad.tensor import matmul
-
         return matmul(other, self)
 
     def __getitem__(self, index) -> Expr:
@@ -722,6 +718,43 @@ class Expr:
 
     def __pos__(self) -> Expr:
         return self
+
+
+def matmul(a, b) -> Expr:
+    """Matrix product with numpy's rules for 1-d operands (a vector is a row on the left and a
+    column on the right; the added dimension is removed from the result). ``a @ b`` on Exprs.
+
+    >>> g = Graph(); W, x = g.input("W", shape=(3, 4)), g.input("x", shape=(4,))
+    >>> (W @ x).shape, matmul(W.T, W).shape
+    ((3,), (4, 4))
+
+    It lives here, beside ``Expr``, because ``a @ b`` calls it; ``symgrad.tensor`` re-exports it.
+    """
+    g = next((v.graph for v in (a, b) if isinstance(v, Expr)), None)
+    if g is None:
+        raise GraphError("matmul: needs at least one Expr operand (numbers alone have no graph)")
+    with g.atomic():  # the reshapes of a vector are undone if the product then fails
+        return _matmul(g, a, b)
+
+
+def _matmul(g: Graph, a, b) -> Expr:
+    a = a if isinstance(a, Expr) else g.const(a)
+    b = b if isinstance(b, Expr) else g.const(b)
+    for pos, e in enumerate((a, b)):
+        if e.ndim not in (1, 2):
+            raise ShapeError(f"matmul: operand {pos} must be a vector or a matrix, got {e.shape}")
+    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
+    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
+    if a2.shape[1] != b2.shape[0]:
+        raise ShapeError(
+            f"matmul: operand 1 has shape {b.shape} but operand 0 has shape {a.shape}: "
+            f"inner dimensions {a2.shape[1]} and {b2.shape[0]} differ"
+        )
+    out = g.apply("matmul", a2, b2)
+    if a.ndim == 1 or b.ndim == 1:
+        shape = (() if a.ndim == 1 else a.shape[:1]) + (() if b.ndim == 1 else b.shape[1:])
+        out = out.reshape(shape) if shape else out.reshape(())
+    return out
 
 
 def checked_expr(graph, i) -> Expr:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 
-from symgrad.errors import GraphError, ShapeError
-from symgrad.graph import Expr
+from symgrad.errors import GraphError
+from symgrad.graph import Expr, matmul  # matmul: a @ b, so it lives with Expr
 
 _NONE = object()
 
@@ -43,36 +43,6 @@ def _atomic(fn):
             return fn(*args, **kwargs)
 
     return wrapper
-
-
-@_atomic
-def matmul(a, b) -> Expr:
-    """Matrix product with numpy's rules for 1-d operands (a vector is a row on the left and a
-    column on the right; the added dimension is removed from the result). ``a @ b`` on Exprs.
-
-    >>> from symgrad.graph import Graph
-    >>> g = Graph(); W, x = g.input("W", shape=(3, 4)), g.input("x", shape=(4,))
-    >>> (W @ x).shape, matmul(W.T, W).shape
-    ((3,), (4, 4))
-    """
-    g = _graph_of("matmul", a, b)
-    a = a if isinstance(a, Expr) else g.const(a)
-    b = b if isinstance(b, Expr) else g.const(b)
-    for pos, e in enumerate((a, b)):
-        if e.ndim not in (1, 2):
-            raise ShapeError(f"matmul: operand {pos} must be a vector or a matrix, got {e.shape}")
-    a2 = a.reshape(1, a.shape[0]) if a.ndim == 1 else a
-    b2 = b.reshape(b.shape[0], 1) if b.ndim == 1 else b
-    if a2.shape[1] != b2.shape[0]:
-        raise ShapeError(
-            f"matmul: operand 1 has shape {b.shape} but operand 0 has shape {a.shape}: "
-            f"inner dimensions {a2.shape[1]} and {b2.shape[0]} differ"
-        )
-    out = g.apply("matmul", a2, b2)
-    if a.ndim == 1 or b.ndim == 1:
-        shape = (() if a.ndim == 1 else a.shape[:1]) + (() if b.ndim == 1 else b.shape[1:])
-        out = out.reshape(shape) if shape else out.reshape(())
-    return out
 
 
 def sum(x, axis=None, keepdims=False) -> Expr:  # noqa: A001 (numpy's name)

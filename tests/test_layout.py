@@ -95,27 +95,14 @@ def test_the_import_graph_is_read(imports):
     assert imports.has_edge("symgrad.optimize.fold", "symgrad.stable")
 
 
-# The last upward edge, graph.py -> tensor.py in Expr.__matmul__ (a cycle with tensor.py's
-# imports of graph), is being removed by the registry work of issue 11: until then it is the one
-# edge the two tests below skip, and the strict expected failure says when it is gone.
-KNOWN_UPWARD = {("symgrad.graph", "symgrad.tensor")}
-
-
-@pytest.mark.xfail(strict=True, reason="graph.py -> tensor.py (Expr.__matmul__) still imported")
-def test_no_known_upward_edge_is_left(imports):
-    assert not any(imports.has_edge(*edge) for edge in KNOWN_UPWARD)
-
-
 def test_no_import_cycle(imports):
-    graph = imports.copy()
-    graph.remove_edges_from(KNOWN_UPWARD)
-    cycles = [sorted(c) for c in nx.strongly_connected_components(graph) if len(c) > 1]
+    cycles = [sorted(c) for c in nx.strongly_connected_components(imports) if len(c) > 1]
     assert cycles == []
 
 
 def test_imports_only_go_down(imports):
     upward = [(a, b) for a, b in imports.edges if layer(b) > layer(a)]
-    assert set(upward) <= KNOWN_UPWARD, upward
+    assert upward == []
 
 
 @pytest.mark.parametrize("stage", ["symgrad.optimize", "symgrad.grad", "symgrad.parse"])
