@@ -16,6 +16,7 @@ import numpy as np
 
 import symgrad as sg
 from symgrad.errors import ParseError, SymgradError
+from symgrad.outputs import unflatten
 
 DEMO_FORMULA = "(2*w2*(w1*x + b1) - label)**2"
 DEMO_POINT = {"x": 1.0, "label": 500.0, "w1": 10.0, "b1": 1.0, "w2": 20.0}
@@ -72,12 +73,27 @@ def _wrt(f: sg.Expr, names: str | None) -> list[sg.Expr]:
     return [inputs[n] for n in chosen]
 
 
-def _write_dot(path: str, outputs) -> None:
+def _write_dot(path: str, outputs, labels: list[str]) -> None:
+    """The optimized graph of ``outputs`` (what is compiled), its outputs named by ``labels``."""
     try:
         with open(path, "w", encoding="utf-8") as fh:
-            fh.write(sg.to_dot(outputs))
+            fh.write(sg.to_dot(outputs, labels=labels))
     except OSError as err:
         raise UsageError(f"--dot: cannot write {path!r}: {err.strerror}") from None
+
+
+def _compiled(fn) -> list:
+    """The outputs ``fn`` compiled (optimized), as Exprs in the layout they were given."""
+    return unflatten(fn.graph, list(fn.program.outputs), list(fn.layout))
+
+
+def _labels(f: str, wrt: list[sg.Expr], hessian: bool) -> list[str]:
+    """Output names as a reader writes them: f, ∂f/∂x, ..., then ∂²f/∂x², ∂²f/∂x∂y, ..."""
+    names = [w.name for w in wrt]
+    labels = [f, *(f"∂{f}/∂{n}" for n in names)]
+    if hessian:
+        labels += [f"∂²{f}/∂{a}²" if a == b else f"∂²{f}/∂{a}∂{b}" for a in names for b in names]
+    return labels
 
 
 def cmd_grad(args) -> int:
@@ -89,7 +105,7 @@ def cmd_grad(args) -> int:
     fn = sg.compile(outputs)
     results = fn(**_values(fn, point))
     if args.dot is not None:  # before printing, so a bad path prints nothing but the error
-        _write_dot(args.dot, outputs)
+        _write_dot(args.dot, _compiled(fn), _labels("f", wrt, args.hessian))
     print(f"f = {_fmt(results[0])}")
     for w, d in zip(wrt, np.atleast_1d(results[1])):
         print(f"df/d{w.name} = {_fmt(d)}")
@@ -105,13 +121,13 @@ def cmd_grad(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Seed 000's OneFlow example: loss, gradients, one SGD step, the derivative graph as DOT."""
+    """A worked backpropagation example: loss, gradients, one SGD step, the graph as DOT."""
     f = sg.parse(DEMO_FORMULA)
     params = [f.graph.inputs[n] for n in DEMO_PARAMS]
     grads = sg.build_grad(f, params)
     fn = sg.compile([f, grads])
     loss, grad = fn(**DEMO_POINT)
-    _write_dot(args.dot, [f, grads])
+    _write_dot(args.dot, _compiled(fn), _labels("loss", params, False))
     print(f"loss = (2*w2*(w1*x + b1) - label)**2 at {_point_text(DEMO_POINT)}")
     print(f"loss = {_fmt(loss)}")
     for name, d in zip(DEMO_PARAMS, grad):
@@ -119,7 +135,8 @@ def cmd_demo(args) -> int:
     print(f"after one SGD step (lr = {DEMO_LR}):")
     for name, d in zip(DEMO_PARAMS, grad):
         print(f"{name} = {_fmt(DEMO_POINT[name] - DEMO_LR * d)}")
-    print(f"derivative graph ({len(f.graph)} nodes) written to {args.dot}")
+    nodes = len(fn.program.steps)
+    print(f"loss and gradient graph, optimized ({nodes} nodes), written to {args.dot}")
     return 0
 
 
@@ -141,12 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
     grad.add_argument("--wrt", help="comma-separated inputs to differentiate by (default: all)")
     grad.add_argument("--at", help="the point, e.g. x=1,y=2")
     grad.add_argument("--hessian", action="store_true", help="print the Hessian too")
-    grad.add_argument("--dot", metavar="FILE", help="write the derivatives' graph as DOT")
+    grad.add_argument(
+        "--dot",
+        metavar="FILE",
+        help="write the optimized graph of f and its derivatives as Graphviz DOT, outputs "
+        "labelled f, ∂f/∂x, ...",
+    )
     grad.add_argument("--ir", action="store_true", help="print the LLVM IR")
     grad.add_argument("--asm", action="store_true", help="print the host assembly")
     grad.set_defaults(run=cmd_grad)
-    demo = sub.add_parser("demo", help="seed 000's backpropagation example, end to end")
-    demo.add_argument("--dot", metavar="FILE", default="symgrad-demo.dot", help="DOT output")
+    demo = sub.add_parser(
+        "demo",
+        help="a worked example: the loss (2*w2*(w1*x + b1) - label)**2, its gradient, "
+        "one gradient-descent step and the compiled graph",
+    )
+    demo.add_argument(
+        "--dot",
+        metavar="FILE",
+        default="symgrad-demo.dot",
+        help="where to write the optimized graph of the loss and its gradient, as Graphviz DOT "
+        "(default: symgrad-demo.dot)",
+    )
     demo.set_defaults(run=cmd_demo)
     return parser
 

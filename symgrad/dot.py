@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from symgrad.errors import GraphError
+from symgrad.errors import ArgumentError, GraphError
 from symgrad.graph import Expr, Graph, reachable
 from symgrad.ops import OPS
 
@@ -24,9 +24,12 @@ RANKDIRS = ("TB", "LR", "BT", "RL")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def to_dot(outputs_or_graph, *, name: str = "symgrad", rankdir: str = "TB") -> str:
+def to_dot(outputs_or_graph, *, name: str = "symgrad", rankdir: str = "TB", labels=None) -> str:
     """DOT text of a ``Graph`` (every node; its sinks are the outputs), of one ``Expr``, or of a
     (nested) list of ``Expr`` (only the nodes they reach; outputs numbered in list order).
+
+    ``labels`` names the outputs (one text per output, in order: ``["loss", "∂loss/∂w"]``);
+    by default they are ``out0``, ``out1``, ...
 
     >>> g = Graph(); x = g.input("x")
     >>> print(to_dot(x - 2.0), end="")
@@ -47,9 +50,10 @@ def to_dot(outputs_or_graph, *, name: str = "symgrad", rankdir: str = "TB") -> s
     if not isinstance(name, str) or "\0" in name or _SURROGATE.search(name):
         raise GraphError(f"to_dot: name must be text without NUL or surrogates, got {name!r:.60}")
     graph, ids, outputs = _select(outputs_or_graph)
+    names = _output_names(labels, len(outputs))
     out_labels: dict[int, list[str]] = {}
-    for k, i in enumerate(outputs):
-        out_labels.setdefault(i, []).append(f"out{k}")
+    for i, label in zip(outputs, names):
+        out_labels.setdefault(i, []).append(label)
     lines = [
         f"digraph {_quote(name)} {{",
         f"  // symgrad: {len(ids)} nodes, {len(outputs)} output{'s' * (len(outputs) != 1)}",
@@ -61,6 +65,22 @@ def to_dot(outputs_or_graph, *, name: str = "symgrad", rankdir: str = "TB") -> s
     lines.extend(_legend(sorted({graph.node(i)["order"] for i in ids} - {0})))
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _output_names(labels, n: int) -> list[str]:
+    """The outputs' labels: ``labels`` checked (n texts a DOT file can hold), or out0, out1, ..."""
+    if labels is None:
+        return [f"out{k}" for k in range(n)]
+    if isinstance(labels, str) or not isinstance(labels, (list, tuple)):
+        raise ArgumentError(f"to_dot: labels must be a list of {n} texts, got {labels!r:.60}")
+    if len(labels) != n:
+        raise ArgumentError(f"to_dot: labels has {len(labels)} texts for {n} outputs")
+    for k, text in enumerate(labels):
+        if not isinstance(text, str) or "\0" in text or _SURROGATE.search(text):
+            raise ArgumentError(
+                f"to_dot: labels[{k}] must be text without NUL or surrogates, got {text!r:.60}"
+            )
+    return list(labels)
 
 
 def to_svg(outputs_or_graph, **options) -> str | None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pydot
 import pytest
 
+import symgrad as sg
 from symgrad.cli import main
 from symgrad.dot import ORDER_COLOURS
 
@@ -109,9 +110,57 @@ def test_demo_prints_the_oneflow_example_and_writes_dot(capsys, tmp_path):
     assert len(_parse_dot(path).get_nodes()) > 10
 
 
+def _drawn(path: Path) -> dict[str, dict]:
+    """Node name -> its DOT attributes (quotes stripped), graph/edge defaults left out."""
+    nodes = {}
+    for node in _parse_dot(path).get_nodes():
+        if node.get_name() not in ("graph", "node", "edge"):
+            nodes[node.get_name()] = {k: v.strip('"') for k, v in node.get_attributes().items()}
+    return nodes
+
+
+def test_demo_draws_the_optimized_graph_with_named_outputs(capsys, tmp_path):
+    path = tmp_path / "demo.dot"
+    _, out, _ = _run(capsys, "demo", "--dot", str(path))
+    nodes = _drawn(path)
+    f = sg.parse(SEED)
+    params = [f.graph.inputs[n] for n in ("w1", "b1", "w2")]
+    small = sg.optimize([f, sg.build_grad(f, params)])
+    size = len(sg.graph.reachable(small[0].graph, [small[0].id, *(e.id for e in small[1])]))
+    # The drawing is the optimized graph, node for node, and the demo says how big it is.
+    assert len(nodes) == size < len(f.graph)
+    assert f"optimized ({size} nodes)" in out
+    outputs = sorted(a["xlabel"] for a in nodes.values() if "xlabel" in a)
+    assert outputs == sorted(["loss", "∂loss/∂w1", "∂loss/∂b1", "∂loss/∂w2"])
+    # No x*1 or x**1 is left: no product with the constant 1, no power at all (y**2 is y*y).
+    ones = {n for n, a in nodes.items() if a.get("label") == "1"}
+    assert not any(a.get("label") in ("^", "**", "pow") for a in nodes.values())
+    text = path.read_text(encoding="utf-8")
+    assert not any(f"{one} -> " in text for one in ones)
+
+
+def test_grad_dot_names_derivatives_and_hessian_entries(capsys, tmp_path):
+    path = tmp_path / "hess.dot"
+    status, _, _ = _run(
+        capsys, "grad", "x*y**2", "--at", "x=1,y=2", "--hessian", "--dot", str(path)
+    )
+    assert status == 0
+    labels = {
+        label for a in _drawn(path).values() if "xlabel" in a for label in a["xlabel"].split(",")
+    }
+    assert labels == {"f", "∂f/∂x", "∂f/∂y", "∂²f/∂x²", "∂²f/∂x∂y", "∂²f/∂y∂x", "∂²f/∂y²"}
+
+
 def test_help_returns_zero(capsys):
     status, out, _ = _run(capsys, "--help")
     assert status == 0 and "grad" in out and "demo" in out
+
+
+@pytest.mark.parametrize("command", ["demo", "grad"])
+def test_help_texts_speak_to_users(capsys, command):
+    status, out, _ = _run(capsys, command, "--help")
+    assert status == 0 and "DOT" in out and "optimized" in out
+    assert "seed" not in out.lower()
 
 
 BAD = {

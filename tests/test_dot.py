@@ -9,6 +9,7 @@ import re
 import pydot
 import pytest
 
+import symgrad as sg
 from symgrad.dot import ORDER_COLOURS, to_dot
 from symgrad.errors import SymgradError
 from symgrad.graph import Graph
@@ -271,3 +272,24 @@ def test_nodes_build_grad_adds_are_coloured_by_their_order():
             fills.setdefault(g.node(i)["order"], set()).add(attrs.get("fillcolor"))
     assert fills == {0: {None}, 1: {ORDER_COLOURS[0]}, 2: {ORDER_COLOURS[1]}}
     assert nodes[dxx.id]["xlabel"] == "out3"
+
+
+def test_labels_name_the_outputs(g):
+    x = g.input("x")
+    e = sg.exp(x)
+    nodes = _nodes(_parse(to_dot([e, x, e], labels=["f", "x itself", "f again"])))
+    assert nodes[e.id]["xlabel"] == "f,f again" and nodes[x.id]["xlabel"] == "x itself"
+
+
+@pytest.mark.parametrize(
+    "labels, fragment",
+    [("f", "a list of 2 texts"), (["f"], "1 texts for 2 outputs"), (["f", 3], "labels[1]"),
+     (["f", "a\0b"], "labels[1]"), (("f", "g", "h"), "3 texts for 2 outputs")],
+)  # fmt: skip
+def test_bad_labels_are_argument_errors(g, labels, fragment):
+    x = g.input("x")
+    outputs = [x * 2.0, x]
+    before = len(g)
+    with pytest.raises(sg.ArgumentError, match=re.escape(fragment)):
+        to_dot(outputs, labels=labels)
+    assert len(g) == before
