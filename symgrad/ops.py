@@ -27,15 +27,26 @@ from symgrad.errors import ShapeError
 class Lowering:
     """How the LLVM backend emits an op, as data.
 
-    kind: ``"instr"`` (an LLVM instruction such as ``fadd``), ``"intrinsic"`` (``llvm.sqrt``),
-    ``"libm"`` (a C symbol, with an optional libmvec 4-lane variant in ``vector``), ``"fcmp"``
-    (an ordered/unordered compare predicate, result 1.0/0.0) or ``"custom"`` (an emitter of
-    ``symgrad.llvm.lower`` named ``name``).
+    Elementwise ops: ``"instr"`` (an LLVM instruction such as ``fadd``), ``"intrinsic"``
+    (``llvm.sqrt``), ``"libm"`` (a C symbol, with an optional libmvec 4-lane variant in
+    ``vector``), ``"fcmp"`` (an ordered/unordered compare predicate, result 1.0/0.0) or
+    ``"custom"``: ``emit(b, *values)``, written here beside the op over the backend's value
+    builder ``b`` (``b.op(name, ...)`` emits another op of this registry; ``b.const``,
+    ``b.fcmp``, ``b.select``, ``b.binop`` are single instructions), so this file never imports
+    the backend.
+
+    Tensor ops, by their layout class: ``"view"`` (a new view of the operand's memory, no copy:
+    ``name`` is the method of the backend's view that makes it), ``"reduce"`` (a fold over axes
+    with the combining instruction or intrinsic ``name``, starting from ``start``) or
+    ``"barrier"`` (reads whole arrays: ``name`` is the backend's writer of the op). A tensor op
+    without a lowering has an ``expand`` into ops that have one.
     """
 
     kind: str
     name: str
     vector: str | None = None
+    emit: Callable | None = None
+    start: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,9 @@ class OpDef:
     # and, for an op whose ``vjp`` is empty, how build_grad differentiates it.
     expand: Callable | None = None
     elementwise: bool = True  # output element k depends on operand elements at k only
+    # Values c of a constant last operand for which the op has an exact form in other ops
+    # (pow: x**2 is x*x): c -> build(x, const, apply), read by fold and by the emitters.
+    exact: dict[float, Callable] | None = None
 
     def infer_shape(self, shapes: tuple[tuple[int, ...], ...], attrs: dict | None = None):
         """Shape of the output for operand shapes ``shapes``; ShapeError if they do not fit."""
@@ -146,6 +160,71 @@ def ap(name: str, *args, **attrs):
     raise TypeError(f"{name}: no Expr operand")
 
 
+# x**c for constants c where one IEEE operation gives exactly what numpy's power gives (numpy
+# itself computes these as 1, x, x*x and 1/x): the one statement of them, which folding
+# (``x**2 -> x*x``), the LLVM emitters and their cost model all read. ``build(c, x, const,
+# apply)`` writes x**c with the caller's own ``const(value)`` and ``apply(op, *operands)``.
+EXACT_POWERS: dict[float, Callable] = {
+    0.0: lambda x, const, apply: const(1.0),  # pow(nan, 0) is 1 too
+    1.0: lambda x, const, apply: x,
+    2.0: lambda x, const, apply: apply("mul", x, x),
+    -1.0: lambda x, const, apply: apply("div", const(1.0), x),
+}
+
+
+# Custom LLVM emitters. Each mirrors the op's numpy form step by step, so compiled and
+# interpreted results agree to the last few ulp; ``b`` is the backend's value builder.
+
+
+def _emit_sign(b, x):
+    # 1 for x > 0, -1 for x < 0, +0 for ±0 and nan for nan, as np.sign.
+    zero = b.select(b.fcmp("oeq", x, b.const(0.0)), b.const(0.0), x)
+    neg = b.select(b.fcmp("olt", x, b.const(0.0)), b.const(-1.0), zero)
+    return b.select(b.fcmp("ogt", x, b.const(0.0)), b.const(1.0), neg)
+
+
+def _emit_sigmoid(b, x):
+    e = b.op("exp", b.op("neg", b.op("abs", x)))
+    one_e = b.binop("fadd", b.const(1.0), e)
+    pos = b.binop("fdiv", b.const(1.0), one_e)
+    neg = b.binop("fdiv", e, one_e)
+    return b.select(b.fcmp("oge", x, b.const(0.0)), pos, neg)
+
+
+def _emit_max(b, x, y):
+    # np.maximum exactly (x86 numpy 2: maxpd plus a NaN test): x if x > y or x is NaN, else y.
+    # So a tie of ±0 gives y, like numpy, where llvm.maximum would give +0 whatever the order;
+    # and a NaN comes back with its own sign and payload, the first operand's if both are NaN.
+    return _first_if(b, b.fcmp("ogt", x, y), x, y)
+
+
+def _emit_min(b, x, y):
+    # np.minimum: x if x < y or x is NaN, else y (a tie of ±0 gives y).
+    return _first_if(b, b.fcmp("olt", x, y), x, y)
+
+
+def _first_if(b, wins, x, y):
+    return b.select(b.either(wins, b.fcmp("uno", x, x)), x, y)
+
+
+def _emit_relu(b, x):
+    return _emit_max(b, x, b.const(0.0))  # np.maximum(x, 0.0): relu(-0.0) is +0.0
+
+
+def _emit_softplus(b, x):
+    log_part = b.op("log1p", b.op("exp", b.op("neg", b.op("abs", x))))
+    return b.binop("fadd", _emit_max(b, x, b.const(0.0)), log_part)
+
+
+def _emit_where(b, c, x, y):
+    # numpy's truth test: c != 0, so nan selects x.
+    return b.select(b.fcmp("une", c, b.const(0.0)), x, y)
+
+
+def _custom(name: str, emit: Callable) -> Lowering:
+    return Lowering("custom", name, emit=emit)
+
+
 def _libm(name: str, arity: int = 1) -> Lowering:
     # libmvec's AVX2 4-lane variant: one 'v' per vector argument (_ZGVdN4vv_pow for pow).
     return Lowering("libm", name, f"_ZGVdN4{'v' * arity}_{name}")
@@ -216,7 +295,7 @@ _register(
     "pow", 2, np.power,
     (_pow_base_vjp, lambda g, o, a, b: g * (o * ap("log", a))),
     _libm("pow", 2), text="**", infix=True, domain=((0.5, 3.0), (-2.0, 2.0)),
-    sympy=lambda sp, a, b: a**b,
+    sympy=lambda sp, a, b: a**b, exact=EXACT_POWERS,
 )  # fmt: skip
 
 # Elementary functions of one operand.
@@ -259,17 +338,17 @@ _register("sqrt", 1, np.sqrt, (lambda g, o, a: g / (2 * o),), Lowering("intrinsi
 _register("abs", 1, np.abs, (lambda g, o, a: g * ap("sign", a),),
           Lowering("intrinsic", "llvm.fabs"), domain=(SMALL,),
           sympy=lambda sp, a: sp.Abs(a))  # fmt: skip
-_register("sign", 1, np.sign, (None,), Lowering("custom", "sign"), domain=(SMALL,),
+_register("sign", 1, np.sign, (None,), _custom("sign", _emit_sign), domain=(SMALL,),
           differentiable=False, sympy=lambda sp, a: sp.sign(a))  # fmt: skip
 _register("sigmoid", 1, _sigmoid, (lambda g, o, a: g * (o * (1 - o)),),
-          Lowering("custom", "sigmoid"), domain=(SMALL,),
+          _custom("sigmoid", _emit_sigmoid), domain=(SMALL,),
           sympy=lambda sp, a: 1 / (1 + sp.exp(-a)))  # fmt: skip
 # relu'(0) = 0: the derivative is the indicator of a > 0.
 _register("relu", 1, lambda a: np.maximum(a, 0.0), (lambda g, o, a: g * ap("gt", a, 0.0),),
-          Lowering("custom", "relu"), domain=(SMALL,),
+          _custom("relu", _emit_relu), domain=(SMALL,),
           sympy=lambda sp, a: sp.Max(a, 0))  # fmt: skip
 _register("softplus", 1, _softplus, (lambda g, o, a: g * ap("sigmoid", a),),
-          Lowering("custom", "softplus"), domain=(SMALL,),
+          _custom("softplus", _emit_softplus), domain=(SMALL,),
           sympy=lambda sp, a: sp.log(1 + sp.exp(a)))  # fmt: skip
 _register("erf", 1, _erf,
           (lambda g, o, a: g * (2 / math.sqrt(math.pi)) * ap("exp", -(a * a)),),
@@ -293,13 +372,13 @@ def _tie_share(a, b):
 _register(
     "max", 2, np.maximum,
     (lambda g, o, a, b: g * _tie_share(a, b), lambda g, o, a, b: g * _tie_share(b, a)),
-    Lowering("intrinsic", "llvm.maximum"), commutative=True, domain=(SMALL, SMALL),
+    _custom("max", _emit_max), commutative=True, domain=(SMALL, SMALL),
     sympy=lambda sp, a, b: sp.Max(a, b),
 )  # fmt: skip
 _register(
     "min", 2, np.minimum,
     (lambda g, o, a, b: g * _tie_share(b, a), lambda g, o, a, b: g * _tie_share(a, b)),
-    Lowering("intrinsic", "llvm.minimum"), commutative=True, domain=(SMALL, SMALL),
+    _custom("min", _emit_min), commutative=True, domain=(SMALL, SMALL),
     sympy=lambda sp, a, b: sp.Min(a, b),
 )  # fmt: skip
 
@@ -325,7 +404,7 @@ _register(
     "where", 3, lambda c, a, b: np.where(c != 0, a, b),
     (None, lambda g, o, c, a, b: ap("where", c, g, 0.0),
      lambda g, o, c, a, b: ap("where", c, 0.0, g)),
-    Lowering("custom", "where"), domain=((-1.0, 1.0), SMALL, SMALL),
+    _custom("where", _emit_where), domain=((-1.0, 1.0), SMALL, SMALL),
     sympy=lambda sp, c, a, b: sp.Piecewise((a, sp.Ne(c, 0)), (b, True)),
 )  # fmt: skip
 
@@ -416,7 +495,8 @@ def _mean_expand(x, axis, keepdims):
 
 
 _register("sum", 1, lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
-          (_sum_vjp,), None, attrs=("axis", "keepdims"), shape=_reduce_shape,
+          (_sum_vjp,), Lowering("reduce", "fadd", start=0.0), attrs=("axis", "keepdims"),
+          shape=_reduce_shape,
           normalize=_reduce_normalize, elementwise=False, linear=True,
           domain=(SMALL,))  # fmt: skip
 _register("mean", 1, lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims),
@@ -424,7 +504,8 @@ _register("mean", 1, lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=ke
           normalize=_reduce_normalize, expand=_mean_expand, elementwise=False, linear=True,
           domain=(SMALL,))  # fmt: skip
 _register("amax", 1, lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims),
-          (_amax_vjp,), None, text="max", attrs=("axis", "keepdims"), shape=_reduce_shape,
+          (_amax_vjp,), Lowering("reduce", "llvm.maximum", start=-np.inf), text="max",
+          attrs=("axis", "keepdims"), shape=_reduce_shape,
           normalize=_reduce_normalize, elementwise=False, domain=(SMALL,))  # fmt: skip
 
 
@@ -445,7 +526,7 @@ _register(
     "matmul", 2, np.matmul,
     (lambda g, o, a, b: ap("matmul", g, ap("transpose", b, axes=(1, 0))),
      lambda g, o, a, b: ap("matmul", ap("transpose", a, axes=(1, 0)), g)),
-    None, text="@", infix=True, shape=_matmul_shape, elementwise=False,
+    Lowering("barrier", "matmul"), text="@", infix=True, shape=_matmul_shape, elementwise=False,
     domain=(SMALL, SMALL),
 )  # fmt: skip
 
@@ -478,7 +559,8 @@ def _inverse(perm):
 
 
 _register("transpose", 1, lambda x, axes: np.transpose(x, axes),
-          (lambda g, o, x, axes: ap("transpose", g, axes=_inverse(axes)),), None,
+          (lambda g, o, x, axes: ap("transpose", g, axes=_inverse(axes)),),
+          Lowering("view", "transpose"),
           attrs=("axes",), normalize=_transpose_normalize, elementwise=False, linear=True,
           shape=lambda op, shapes, at: tuple(shapes[0][a] for a in at["axes"]),
           domain=(SMALL,))  # fmt: skip
@@ -512,7 +594,8 @@ def _reshape_normalize(op, shapes, attrs):
 
 
 _register("reshape", 1, lambda x, shape: np.reshape(x, shape),
-          (lambda g, o, x, shape: ap("reshape", g, shape=x.shape),), None, attrs=("shape",),
+          (lambda g, o, x, shape: ap("reshape", g, shape=x.shape),), Lowering("view", "reshape"),
+          attrs=("shape",),
           normalize=_reshape_normalize, elementwise=False, linear=True,
           shape=lambda op, shapes, at: at["shape"], domain=(SMALL,))  # fmt: skip
 
@@ -526,7 +609,8 @@ def _broadcast_normalize(op, shapes, attrs):
 
 # The VJP is the cotangent itself: build_grad sums it back to the operand's shape.
 _register("broadcast_to", 1, lambda x, shape: np.broadcast_to(x, shape).copy(),
-          (lambda g, o, x, shape: g,), None, attrs=("shape",), normalize=_broadcast_normalize,
+          (lambda g, o, x, shape: g,), Lowering("view", "broadcast"), attrs=("shape",),
+          normalize=_broadcast_normalize,
           elementwise=False, linear=True, shape=lambda op, shapes, at: at["shape"],
           domain=(SMALL,))  # fmt: skip
 
@@ -621,7 +705,8 @@ def _embed_normalize(op, shapes, attrs):
 
 
 _register("getitem", 1, lambda x, index: x[decode_index(index)],
-          (lambda g, o, x, index: ap("embed", g, index=index, shape=x.shape),), None,
+          (lambda g, o, x, index: ap("embed", g, index=index, shape=x.shape),),
+          Lowering("view", "index"),
           text="[]", attrs=("index",), elementwise=False, linear=True,
           normalize=lambda op, shapes, at: {"index": normalize_index(op, shapes[0],
                                                                      at.get("index", ()))},
@@ -629,7 +714,8 @@ _register("getitem", 1, lambda x, index: x[decode_index(index)],
           domain=(SMALL,))  # fmt: skip
 # embed: the operand placed at ``index`` in zeros of ``shape`` (the adjoint of getitem; pads).
 _register("embed", 1, _embed,
-          (lambda g, o, x, index, shape: ap("getitem", g, index=index),), None,
+          (lambda g, o, x, index, shape: ap("getitem", g, index=index),),
+          Lowering("barrier", "embed"),
           attrs=("index", "shape"), normalize=_embed_normalize, elementwise=False, linear=True,
           shape=lambda op, shapes, at: at["shape"], domain=(SMALL,))  # fmt: skip
 
@@ -782,13 +868,15 @@ def _np_window_sum(g, kernel_size, stride, shape):
 _register("windows", 1, lambda x, kernel_size, stride: _windows(x, kernel_size, stride).copy(),
           (lambda g, o, x, kernel_size, stride: ap("window_sum", g, kernel_size=kernel_size,
                                                    stride=stride, shape=x.shape),),
-          None, attrs=("kernel_size", "stride"), normalize=_windows_normalize,
+          Lowering("view", "windows"), attrs=("kernel_size", "stride"),
+          normalize=_windows_normalize,
           shape=_windows_shape, elementwise=False, linear=True,
           domain=(SMALL,))  # fmt: skip
 _register("window_sum", 1, _np_window_sum,
           (lambda g, o, x, kernel_size, stride, shape: ap("windows", g, kernel_size=kernel_size,
                                                           stride=stride),),
-          None, attrs=("kernel_size", "stride", "shape"), normalize=_windows_normalize,
+          Lowering("barrier", "window_sum"), attrs=("kernel_size", "stride", "shape"),
+          normalize=_windows_normalize,
           shape=_window_sum_shape, elementwise=False, linear=True,
           domain=(SMALL,))  # fmt: skip
 

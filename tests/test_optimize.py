@@ -77,11 +77,12 @@ FIRES = [
     ("add_neg", lambda x, y: x - -y, ("add", "x", "y")),
     ("mul_neg_neg", lambda x, y: (-x) * (-y), ("mul", "x", "y")),
     ("mul_neg_neg", lambda x, y: (-x) / (-y), ("div", "x", "y")),
-    ("pow_small", lambda x, y: x**1.0, "x"),
-    ("pow_small", lambda x, y: x**0.0, 1.0),
-    ("pow_small", lambda x, y: x**-0.0, 1.0),
-    ("pow_small", lambda x, y: x**2.0, ("mul", "x", "x")),
-    ("pow_small", lambda x, y: (-x) ** 2.0, ("mul", "x", "x")),  # then mul_neg_neg
+    ("exact_form", lambda x, y: x**1.0, "x"),
+    ("exact_form", lambda x, y: x**0.0, 1.0),
+    ("exact_form", lambda x, y: x**-0.0, 1.0),
+    ("exact_form", lambda x, y: x**2.0, ("mul", "x", "x")),
+    ("exact_form", lambda x, y: (-x) ** 2.0, ("mul", "x", "x")),  # then mul_neg_neg
+    ("exact_form", lambda x, y: x**-1.0, ("div", 1.0, "x")),  # numpy computes it as 1/x
     ("where_same", lambda x, y: sg.where(x < y, y, y), "y"),
     ("where_same", lambda x, y: sg.where(1.0, x, y), "x"),
     ("where_same", lambda x, y: sg.where(-3.0, x, y), "x"),

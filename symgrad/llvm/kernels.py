@@ -38,7 +38,7 @@ from symgrad.llvm.jit import (
     vector_ok,
 )
 from symgrad.llvm.loops import lower_tensor
-from symgrad.llvm.lower import EXACT_POWERS, WIDTH, lower
+from symgrad.llvm.lower import WIDTH, lower
 from symgrad.ops import OPS
 from symgrad.optimize.expand import expand
 from symgrad.program import Program
@@ -63,7 +63,8 @@ def _cost_per_point(program: Program) -> int:
         if op == "const":
             consts[i] = attrs["value"]
         low = OPS[op].llvm
-        cheap = op == "pow" and consts.get(args[1]) in EXACT_POWERS  # one fmul or fdiv
+        exact = OPS[op].exact  # x**2 is one fmul, not a pow call
+        cheap = bool(exact) and consts.get(args[-1]) in exact
         cost += LIBM_COST if low and low.kind in ("libm", "custom") and not cheap else 1
     return cost
 

@@ -26,14 +26,14 @@ import numpy as np
 from symgrad.llvm.entry import fast_tensor_entry
 from symgrad.llvm.lower import (
     ATTRIBUTES,
-    EXACT_POWERS,
     VEC,
     WIDTH,
     Body,
-    emit_node,
+    emit_step,
     hex_double,
 )
 from symgrad.llvm.plan import Plan, View, c_strides, plan
+from symgrad.ops import OPS
 from symgrad.program import Program
 
 BLAS_MIN_FLOPS = 32 * 32 * 32  # below this m*n*k the call costs more than an inline loop
@@ -259,19 +259,22 @@ class Writer:
                 op, args, _ = self.step_of[i]
                 operands = [values[a] if a in values else b.const(self.p.scalars[a])
                             for a in args]  # fmt: skip
-                exponent = self.p.scalars.get(args[1]) if op == "pow" else None
-                if exponent in EXACT_POWERS:
-                    values[i] = EXACT_POWERS[exponent](b, operands[0])
-                else:
-                    values[i] = emit_node(b, op, operands)
+                values[i] = emit_step(b, op, args, operands, self.p.scalars)
             return [values[i] for i in stores]
 
         emit_map(self.fn, shape, [self.access(a, shape) for a in reads],
                  [self.dest(i) for i in stores], compute)  # fmt: skip
 
     def barrier(self, i: int) -> None:
+        """Write a barrier step: the registry's lowering says which kind, and which writer."""
         op, args, attrs = self.step_of[i]
-        getattr(self, f"_{op}")(i, args, attrs)
+        low = OPS[op].llvm
+        if low.kind == "reduce":
+            self._reduce(i, args[0], attrs["axis"], low.name, low.start)
+        elif low.kind == "view":  # a view op whose operand is not laid out for it: a copy
+            self._copy_out_of_view(i, args)
+        else:
+            getattr(self, f"write_{low.name}")(i, args, attrs)
 
     def fill(self, i: int, value: float) -> None:
         shape = self.graph.node(i)["shape"]
@@ -280,13 +283,14 @@ class Writer:
     def copy(self, src: Access, dst: Access, shape) -> None:
         emit_map(self.fn, shape, [src], [dst], lambda b, vals: vals)
 
-    def _reshape(self, i, args, attrs) -> None:
-        # The operand is not contiguous: copy it out in C order; the copy is the reshape.
+    def _copy_out_of_view(self, i, args) -> None:
+        # (A reshape of memory that is not contiguous.) The operand copied out in C order is
+        # the output: C order is all the output's shape asks of the same elements.
         src = self.p.views[args[0]]
         dst = Access(f"%buf{i}", 0, c_strides(src.shape))
         self.copy(Access(f"%buf{src.base}", src.offset, src.strides), dst, src.shape)
 
-    def _embed(self, i, args, attrs) -> None:
+    def write_embed(self, i, args, attrs) -> None:
         self.fill(i, 0.0)
         shape = self.graph.node(i)["shape"]
         target = View(i, 0, c_strides(shape), shape).index(attrs["index"])
@@ -294,7 +298,7 @@ class Writer:
         dst = Access(f"%buf{i}", target.offset, target.strides)
         self.copy(self.access(args[0], src_shape), dst, src_shape)
 
-    def _window_sum(self, i, args, attrs) -> None:
+    def write_window_sum(self, i, args, attrs) -> None:
         # out[..., i*sh + p, j*sw + q] += g[..., i, j, p, q], looping (..., p, q, i, j): the
         # innermost axis j never meets an element twice, so its lanes update distinct places.
         self.fill(i, 0.0)
@@ -309,12 +313,6 @@ class Writer:
         out = Access(f"%buf{i}", 0, tuple(windows.strides[d] for d in order))
         add = lambda b, vals: [b.binop("fadd", vals[0], vals[1])]
         _nest(self.fn, dims, [out, g, out], ["0", str(g.offset), "0"], 2, add, 0)
-
-    def _sum(self, i, args, attrs) -> None:
-        self._reduce(i, args[0], attrs["axis"], "fadd", 0.0)
-
-    def _amax(self, i, args, attrs) -> None:
-        self._reduce(i, args[0], attrs["axis"], "llvm.maximum", -np.inf)
 
     def _reduce(self, i: int, x: int, axes, combine: str, start: float) -> None:
         self.fill(i, start)
@@ -388,7 +386,7 @@ class Writer:
         fn.lines.insert(phi_at, f"  %acc{k} = phi {ty} [ {init}, %{pred} ], [ {new}, %{latch} ]")
         return f"%acc{k}"
 
-    def _matmul(self, i, args, attrs) -> None:
+    def write_matmul(self, i, args, attrs) -> None:
         a, b = (self.p.views[x] for x in args)
         m, k = a.shape
         n = b.shape[1]

@@ -110,74 +110,15 @@ class Body:
     def binop(self, instr: str, a: str, b: str) -> str:
         return self.emit(f"{instr} {self.ty} {a}, {b}")
 
+    def either(self, mask_a: str, mask_b: str) -> str:
+        return self.emit(f"or {self.mask_ty} {mask_a}, {mask_b}")
+
+    def op(self, name: str, *args: str) -> str:
+        """Op ``name`` of the registry over ``args`` (custom emitters build on other ops)."""
+        return emit_node(self, name, list(args))
+
     def _args(self, args) -> str:
         return ", ".join(f"{self.ty} {a}" for a in args)
-
-
-# Custom emitters: ops whose lowering is a short sequence. Each mirrors the op's numpy form in
-# ops.py step by step, so compiled and interpreted results agree to the last few ulp.
-
-
-def _emit_sign(b: Body, x: str) -> str:
-    # 1 for x > 0, -1 for x < 0, +0 for ±0 and nan for nan, as np.sign.
-    zero = b.select(b.fcmp("oeq", x, b.const(0.0)), b.const(0.0), x)
-    neg = b.select(b.fcmp("olt", x, b.const(0.0)), b.const(-1.0), zero)
-    return b.select(b.fcmp("ogt", x, b.const(0.0)), b.const(1.0), neg)
-
-
-def _emit_sigmoid(b: Body, x: str) -> str:
-    e = b.libm("exp", "_ZGVdN4v_exp", b.emit(f"fneg {b.ty} {b.intrinsic('llvm.fabs', x)}"))
-    one_e = b.binop("fadd", b.const(1.0), e)
-    pos = b.binop("fdiv", b.const(1.0), one_e)
-    neg = b.binop("fdiv", e, one_e)
-    return b.select(b.fcmp("oge", x, b.const(0.0)), pos, neg)
-
-
-def _emit_max(b: Body, x: str, y: str) -> str:
-    # np.maximum exactly (x86 numpy 2: maxpd plus a NaN test): x if x > y or x is NaN, else y.
-    # So a tie of ±0 gives y, like numpy, where llvm.maximum would give +0 whatever the order;
-    # and a NaN comes back with its own sign and payload, the first operand's if both are NaN.
-    return _first_if(b, b.fcmp("ogt", x, y), x, y)
-
-
-def _emit_min(b: Body, x: str, y: str) -> str:
-    # np.minimum: x if x < y or x is NaN, else y (a tie of ±0 gives y).
-    return _first_if(b, b.fcmp("olt", x, y), x, y)
-
-
-def _first_if(b: Body, wins: str, x: str, y: str) -> str:
-    nan = b.fcmp("uno", x, x)
-    return b.select(b.emit(f"or {b.mask_ty} {wins}, {nan}"), x, y)
-
-
-def _emit_relu(b: Body, x: str) -> str:
-    return _emit_max(b, x, b.const(0.0))  # np.maximum(x, 0.0): relu(-0.0) is +0.0
-
-
-def _emit_softplus(b: Body, x: str) -> str:
-    e = b.libm("exp", "_ZGVdN4v_exp", b.emit(f"fneg {b.ty} {b.intrinsic('llvm.fabs', x)}"))
-    lg = b.libm("log1p", "_ZGVdN4v_log1p", e)
-    return b.binop("fadd", _emit_max(b, x, b.const(0.0)), lg)
-
-
-def _emit_where(b: Body, c: str, x: str, y: str) -> str:
-    # numpy's truth test: c != 0, so nan selects x.
-    return b.select(b.fcmp("une", c, b.const(0.0)), x, y)
-
-
-# Intrinsics whose IEEE-754-2019 semantics differ from numpy's on signed zeros: emitted as numpy.
-AS_NUMPY: dict[str, Callable[..., str]] = {
-    "llvm.maximum": _emit_max,
-    "llvm.minimum": _emit_min,
-}
-
-CUSTOM: dict[str, Callable[..., str]] = {
-    "sign": _emit_sign,
-    "sigmoid": _emit_sigmoid,
-    "relu": _emit_relu,
-    "softplus": _emit_softplus,
-    "where": _emit_where,
-}
 
 
 def emit_node(b: Body, op: str, args: list[str]) -> str:
@@ -190,16 +131,14 @@ def emit_node(b: Body, op: str, args: list[str]) -> str:
             return b.emit(f"fneg {b.ty} {args[0]}")
         return b.binop(low.name, *args)
     if low.kind == "intrinsic":
-        if low.name in AS_NUMPY:
-            return AS_NUMPY[low.name](b, *args)
         return b.intrinsic(low.name, *args)
     if low.kind == "libm":
         return b.libm(low.name, low.vector, *args)
     if low.kind == "fcmp":
         mask = b.fcmp(low.name, *args)
         return b.emit(f"uitofp {b.mask_ty} {mask} to {b.ty}")
-    if low.kind == "custom" and low.name in CUSTOM:
-        return CUSTOM[low.name](b, *args)
+    if low.kind == "custom" and low.emit is not None:
+        return low.emit(b, *args)
     raise LoweringError(f"op {op!r}: unknown lowering {low}")
 
 
@@ -213,22 +152,19 @@ def emit_body(b: Body, program: Program, slot: dict[str, int], load) -> dict[int
         elif op == "const":
             consts[i] = attrs["value"]
             values[i] = b.const(attrs["value"])
-        elif op == "pow" and args[1] in consts and consts[args[1]] in EXACT_POWERS:
-            values[i] = EXACT_POWERS[consts[args[1]]](b, values[args[0]])
         else:
-            values[i] = emit_node(b, op, [values[a] for a in args])
+            values[i] = emit_step(b, op, args, [values[a] for a in args], consts)
     return values
 
 
-# x**c for constants c where one IEEE operation gives exactly what pow gives (pow(x, 0) is 1 for
-# every x, nan included; x*x and 1/x are correctly rounded, as pow is for these exponents).
-# Any other exponent calls pow: its vector variant is opaque to LLVM, which cannot simplify it.
-EXACT_POWERS: dict[float, Callable[[Body, str], str]] = {
-    0.0: lambda b, x: b.const(1.0),
-    1.0: lambda b, x: x,
-    2.0: lambda b, x: b.binop("fmul", x, x),
-    -1.0: lambda b, x: b.binop("fdiv", b.const(1.0), x),
-}
+def emit_step(b: Body, op: str, args, operands: list[str], consts: dict[int, float]) -> str:
+    """One step of a program: its op over ``operands``, or the op's exact form where its last
+    operand is a constant it has one for (``x**2`` is one ``fmul``: ``OpDef.exact``)."""
+    exact = OPS[op].exact
+    if exact and consts.get(args[-1]) in exact:
+        build = exact[consts[args[-1]]]
+        return build(operands[0], b.const, lambda name, *xs: emit_node(b, name, list(xs)))
+    return emit_node(b, op, operands)
 
 
 ATTRIBUTES = """

@@ -24,10 +24,9 @@ from symgrad.errors import LoweringError
 from symgrad.ops import OPS
 from symgrad.program import Program
 
-VIEWS = frozenset({"transpose", "broadcast_to", "getitem", "reshape", "windows"})
-
-
-BARRIERS = frozenset({"matmul", "sum", "amax", "embed", "window_sum"})
+# An op's layout class is its registry lowering's kind: "view" ops are views made by the View
+# method ``as_<name>``; "reduce" and "barrier" ops read whole arrays (loops.py writes them).
+BARRIER_KINDS = frozenset({"reduce", "barrier"})
 
 
 def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -70,6 +69,25 @@ class View:
         shape = (*self.shape[:-2], (h - kh) // sh + 1, (w - kw) // sw + 1, kh, kw)
         strides = (*self.strides[:-2], s_h * sh, s_w * sw, s_h, s_w)
         return View(self.base, self.offset, strides, shape)
+
+    # The views of Lowering("view", name) ops: ``as_<name>(attrs, shape)``, the view the op's
+    # output is, or None where it is not a view of this one (it is then copied, a barrier).
+
+    def as_transpose(self, attrs: dict, shape) -> View:
+        return self.transpose(attrs["axes"])
+
+    def as_broadcast(self, attrs: dict, shape) -> View:
+        return self.broadcast(shape)
+
+    def as_index(self, attrs: dict, shape) -> View:
+        return self.index(attrs["index"])
+
+    def as_windows(self, attrs: dict, shape) -> View:
+        return self.windows(attrs["kernel_size"], attrs["stride"])
+
+    def as_reshape(self, attrs: dict, shape) -> View | None:
+        # Only C-contiguous memory reads in a new shape without moving.
+        return View(self.base, self.offset, c_strides(shape), shape) if self.contiguous() else None
 
     def index(self, index) -> View:
         offset, strides, shape = self.offset, [], []
@@ -142,10 +160,12 @@ def plan(program: Program, inputs: tuple[str, ...], outputs: list[int]) -> Plan:
             for a in args:  # a same-shape operand from an earlier stage is read from memory
                 if kind[a] == "ew" and stage[a] < s:
                     p.stored.add(a)
-        elif op in VIEWS and (op != "reshape" or _view_of(p, graph, args[0], kind).contiguous()):
+        elif _is_view(op) and (
+            view := _derive(OPS[op].llvm, _view_of(p, graph, args[0], kind), attrs, shape)
+        ):
             kind[i], ready[i] = "view", need(args[0]) if kind[args[0]] != "scalar" else 0
-            p.views[i] = _derive(op, _view_of(p, graph, args[0], kind), attrs, shape)
-        elif op in BARRIERS or op == "reshape":
+            p.views[i] = view
+        elif _is_view(op) or _is_barrier(op):  # a view op that is not a view here is a copy
             kind[i] = "barrier"
             for a in args:  # a barrier reads memory: a scalar constant (sum(2.0)) gets a global
                 if kind[a] == "scalar":
@@ -175,16 +195,17 @@ def _view_of(p: Plan, graph, a: int, kind: dict) -> View:
     return View(a, 0, c_strides(shape), shape)
 
 
-def _derive(op: str, v: View, attrs: dict, shape: tuple[int, ...]) -> View:
-    if op == "transpose":
-        return v.transpose(attrs["axes"])
-    if op == "broadcast_to":
-        return v.broadcast(shape)
-    if op == "getitem":
-        return v.index(attrs["index"])
-    if op == "windows":
-        return v.windows(attrs["kernel_size"], attrs["stride"])
-    return View(v.base, v.offset, c_strides(shape), shape)  # reshape of a contiguous view
+def _is_view(op: str) -> bool:
+    return OPS[op].llvm is not None and OPS[op].llvm.kind == "view"
+
+
+def _is_barrier(op: str) -> bool:
+    return OPS[op].llvm is not None and OPS[op].llvm.kind in BARRIER_KINDS
+
+
+def _derive(low, v: View, attrs: dict, shape: tuple[int, ...]) -> View | None:
+    """The view a view op makes of its operand's view ``v``, or None if it cannot be one."""
+    return getattr(v, f"as_{low.name}")(attrs, shape)
 
 
 def _group_loops(p: Plan, graph, stage: dict[int, int]) -> None:

@@ -102,18 +102,13 @@ def local_mul_neg_neg(g, op, args, attrs):
     return None
 
 
-def local_pow_small(g, op, args, attrs):
-    # Case for x**1 -> x, x**0 -> 1 (pow(nan, 0) = 1 too) and x**2 -> x*x (one rounding each).
-    if op != "pow" or not _const(args[1]):
+def local_exact_form(g, op, args, attrs):
+    # x**1 -> x, x**0 -> 1 (pow(nan, 0) = 1 too), x**2 -> x*x, x**-1 -> 1/x: the op's exact
+    # forms for a constant last operand, stated once in the registry (OpDef.exact).
+    exact = OPS[op].exact
+    if not exact or not _const(args[-1]) or args[-1].value not in exact:
         return None
-    b = args[1].value
-    if b == 1.0:
-        return args[0]
-    if b == 0.0:
-        return g.const(1.0)
-    if b == 2.0:
-        return g.apply("mul", args[0], args[0])
-    return None
+    return exact[args[-1].value](args[0], g.const, g.apply)
 
 
 def local_where_same(g, op, args, attrs):
@@ -143,7 +138,7 @@ RULES = {
     "sub": (local_add_zero, local_add_neg, *STABLE_RULES["sub"]),
     "log": STABLE_RULES["log"],
     "neg": (local_neg_neg,),
-    "pow": (local_pow_small,),
+    "pow": (local_exact_form,),
     "where": (local_where_same,),
     "lt": (local_strict_self,),
     "gt": (local_strict_self,),
