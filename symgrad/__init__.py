@@ -24,7 +24,7 @@ from symgrad.errors import (
     SymgradError,
 )
 from symgrad.grad import build_grad, hessian, hvp, jacobian
-from symgrad.graph import FUNCTIONS as _FUNCTIONS
+from symgrad.graph import OP_FUNCTIONS as _FUNCTIONS
 from symgrad.graph import Expr, Graph
 from symgrad.interp import evaluate
 from symgrad.optimize import optimize

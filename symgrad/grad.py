@@ -172,7 +172,7 @@ def _propagate(graph, i, node, total: Part, pending, active_set) -> None:
     for pos, (a, rule) in enumerate(zip(node["args"], opdef.vjp)):
         if rule is None or a not in active_set:
             continue
-        if node["op"] == "where" and g.shape == args[pos].shape:
+        if opdef.selects and g.shape == args[pos].shape:
             # The branch's cotangent is g where its side is taken: deferred, not built.
             pending.setdefault(a, []).append((g, mask + ((args[0].id, pos == 1),)))
             continue

@@ -787,5 +787,5 @@ def _function(op: str):
 
 # sg.sin, sg.where, sg.lt, ... one per elementwise op of the registry (symgrad.tensor has the
 # tensor ops, whose attributes are keywords).
-FUNCTIONS = {name: _function(name) for name, op in OPS.items() if op.arity and op.elementwise}
+OP_FUNCTIONS = {name: _function(name) for name, op in OPS.items() if op.arity and op.elementwise}
 PI, E = math.pi, math.e

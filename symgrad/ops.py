@@ -62,7 +62,11 @@ class OpDef:
     text: str  # how the op is written: an infix symbol or a function name
     infix: bool = False
     commutative: bool = False
-    linear: bool = False
+    # A comparison: the SymPy relational it is (``"Lt"``: sympy.Lt), read by the SymPy bridge.
+    sympy_relation: str | None = None
+    # The first operand selects between the others (where): build_grad passes the branches'
+    # cotangents under the selection's mask, and SymPy writes it as a Piecewise.
+    selects: bool = False
     domain: tuple[tuple[float, float], ...] = ()
     sympy: Callable | None = None  # (sympy_module, *sympy_args) -> sympy expression
     attrs: tuple[str, ...] = ()
@@ -260,12 +264,12 @@ _register("const", 0, None, (), None, label="const", attrs=("value",))
 # Arithmetic.
 _register(
     "add", 2, np.add, (lambda g, o, a, b: g, lambda g, o, a, b: g), Lowering("instr", "fadd"),
-    text="+", infix=True, commutative=True, linear=True, domain=(SMALL, SMALL),
+    text="+", infix=True, commutative=True, domain=(SMALL, SMALL),
     sympy=lambda sp, a, b: a + b,
 )  # fmt: skip
 _register(
     "sub", 2, np.subtract, (lambda g, o, a, b: g, lambda g, o, a, b: -g),
-    Lowering("instr", "fsub"), text="-", infix=True, linear=True, domain=(SMALL, SMALL),
+    Lowering("instr", "fsub"), text="-", infix=True, domain=(SMALL, SMALL),
     sympy=lambda sp, a, b: a - b,
 )  # fmt: skip
 _register(
@@ -280,7 +284,7 @@ _register(
 )  # fmt: skip
 _register(
     "neg", 1, np.negative, (lambda g, o, a: -g,), Lowering("instr", "fneg"),
-    text="-", linear=True, domain=(SMALL,), sympy=lambda sp, a: -a,
+    text="-", domain=(SMALL,), sympy=lambda sp, a: -a,
 )  # fmt: skip
 
 
@@ -393,7 +397,7 @@ for _name, _sym, _uf, _pred, _comm, _rel in (
 ):
     _register(
         _name, 2, _cmp(_uf), (None, None), Lowering("fcmp", _pred), text=_sym, infix=True,
-        commutative=_comm, domain=(SMALL, SMALL), differentiable=False,
+        commutative=_comm, domain=(SMALL, SMALL), differentiable=False, sympy_relation=_rel,
         sympy=(lambda rel: lambda sp, a, b: sp.Piecewise((1, getattr(sp, rel)(a, b)), (0, True)))(
             _rel
         ),
@@ -404,7 +408,7 @@ _register(
     "where", 3, lambda c, a, b: np.where(c != 0, a, b),
     (None, lambda g, o, c, a, b: ap("where", c, g, 0.0),
      lambda g, o, c, a, b: ap("where", c, 0.0, g)),
-    _custom("where", _emit_where), domain=((-1.0, 1.0), SMALL, SMALL),
+    _custom("where", _emit_where), domain=((-1.0, 1.0), SMALL, SMALL), selects=True,
     sympy=lambda sp, c, a, b: sp.Piecewise((a, sp.Ne(c, 0)), (b, True)),
 )  # fmt: skip
 
@@ -497,11 +501,11 @@ def _mean_expand(x, axis, keepdims):
 _register("sum", 1, lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
           (_sum_vjp,), Lowering("reduce", "fadd", start=0.0), attrs=("axis", "keepdims"),
           shape=_reduce_shape,
-          normalize=_reduce_normalize, elementwise=False, linear=True,
+          normalize=_reduce_normalize, elementwise=False,
           domain=(SMALL,))  # fmt: skip
 _register("mean", 1, lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims),
           (), None, attrs=("axis", "keepdims"), shape=_reduce_shape,
-          normalize=_reduce_normalize, expand=_mean_expand, elementwise=False, linear=True,
+          normalize=_reduce_normalize, expand=_mean_expand, elementwise=False,
           domain=(SMALL,))  # fmt: skip
 _register("amax", 1, lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims),
           (_amax_vjp,), Lowering("reduce", "llvm.maximum", start=-np.inf), text="max",
@@ -561,7 +565,7 @@ def _inverse(perm):
 _register("transpose", 1, lambda x, axes: np.transpose(x, axes),
           (lambda g, o, x, axes: ap("transpose", g, axes=_inverse(axes)),),
           Lowering("view", "transpose"),
-          attrs=("axes",), normalize=_transpose_normalize, elementwise=False, linear=True,
+          attrs=("axes",), normalize=_transpose_normalize, elementwise=False,
           shape=lambda op, shapes, at: tuple(shapes[0][a] for a in at["axes"]),
           domain=(SMALL,))  # fmt: skip
 
@@ -596,7 +600,7 @@ def _reshape_normalize(op, shapes, attrs):
 _register("reshape", 1, lambda x, shape: np.reshape(x, shape),
           (lambda g, o, x, shape: ap("reshape", g, shape=x.shape),), Lowering("view", "reshape"),
           attrs=("shape",),
-          normalize=_reshape_normalize, elementwise=False, linear=True,
+          normalize=_reshape_normalize, elementwise=False,
           shape=lambda op, shapes, at: at["shape"], domain=(SMALL,))  # fmt: skip
 
 
@@ -611,7 +615,7 @@ def _broadcast_normalize(op, shapes, attrs):
 _register("broadcast_to", 1, lambda x, shape: np.broadcast_to(x, shape).copy(),
           (lambda g, o, x, shape: g,), Lowering("view", "broadcast"), attrs=("shape",),
           normalize=_broadcast_normalize,
-          elementwise=False, linear=True, shape=lambda op, shapes, at: at["shape"],
+          elementwise=False, shape=lambda op, shapes, at: at["shape"],
           domain=(SMALL,))  # fmt: skip
 
 
@@ -707,7 +711,7 @@ def _embed_normalize(op, shapes, attrs):
 _register("getitem", 1, lambda x, index: x[decode_index(index)],
           (lambda g, o, x, index: ap("embed", g, index=index, shape=x.shape),),
           Lowering("view", "index"),
-          text="[]", attrs=("index",), elementwise=False, linear=True,
+          text="[]", attrs=("index",), elementwise=False,
           normalize=lambda op, shapes, at: {"index": normalize_index(op, shapes[0],
                                                                      at.get("index", ()))},
           shape=lambda op, shapes, at: indexed_shape(at["index"]),
@@ -716,7 +720,7 @@ _register("getitem", 1, lambda x, index: x[decode_index(index)],
 _register("embed", 1, _embed,
           (lambda g, o, x, index, shape: ap("getitem", g, index=index),),
           Lowering("barrier", "embed"),
-          attrs=("index", "shape"), normalize=_embed_normalize, elementwise=False, linear=True,
+          attrs=("index", "shape"), normalize=_embed_normalize, elementwise=False,
           shape=lambda op, shapes, at: at["shape"], domain=(SMALL,))  # fmt: skip
 
 
@@ -870,14 +874,14 @@ _register("windows", 1, lambda x, kernel_size, stride: _windows(x, kernel_size, 
                                                    stride=stride, shape=x.shape),),
           Lowering("view", "windows"), attrs=("kernel_size", "stride"),
           normalize=_windows_normalize,
-          shape=_windows_shape, elementwise=False, linear=True,
+          shape=_windows_shape, elementwise=False,
           domain=(SMALL,))  # fmt: skip
 _register("window_sum", 1, _np_window_sum,
           (lambda g, o, x, kernel_size, stride, shape: ap("windows", g, kernel_size=kernel_size,
                                                           stride=stride),),
           Lowering("barrier", "window_sum"), attrs=("kernel_size", "stride", "shape"),
           normalize=_windows_normalize,
-          shape=_window_sum_shape, elementwise=False, linear=True,
+          shape=_window_sum_shape, elementwise=False,
           domain=(SMALL,))  # fmt: skip
 
 
@@ -952,7 +956,7 @@ _register("avg_pool2d", 1,
           lambda x, kernel_size, stride: np.mean(_windows(x, kernel_size, stride), axis=(-2, -1)),
           (), None, attrs=("kernel_size", "stride"), normalize=_pool_normalize,
           shape=_pool_shape, expand=_pool_expand("sum"), elementwise=False,
-          linear=True, domain=(SMALL,))  # fmt: skip
+          domain=(SMALL,))  # fmt: skip
 
 
 def _max_pool_vjp(g, o, x, kernel_size, stride):

@@ -22,8 +22,11 @@ from symgrad.errors import GraphError
 from symgrad.graph import Expr, Graph, reachable
 from symgrad.ops import OPS
 
-# Comparison op -> name of the SymPy relational (sympy.Lt, ...); Piecewise conditions use these.
-RELATIONALS = {"lt": "Lt", "le": "Le", "gt": "Gt", "ge": "Ge", "eq": "Eq", "ne": "Ne"}
+# Comparison op -> name of the SymPy relational (sympy.Lt, ...), from the registry; Piecewise
+# conditions use these.
+RELATIONALS = {name: op.sympy_relation for name, op in OPS.items() if op.sympy_relation}
+# A SymPy relational's operator (obj.rel_op: "<", "<=", "==", ...) -> the comparison op written so.
+BY_REL_OP = {OPS[name].text: name for name in RELATIONALS}
 
 
 def to_sympy(e, *, evaluate: bool = True):
@@ -72,9 +75,10 @@ def _sympy_node(sp, graph: Graph, i: int, memo: dict, rel: dict):
     operands = [memo[a] for a in args]
     if op in RELATIONALS:
         rel[i] = getattr(sp, RELATIONALS[op])(*operands)
-    if op == "where" and args[0] in rel:  # Piecewise((a, x < y), ...), not Ne(Piecewise(...), 0)
-        return sp.Piecewise((operands[1], rel[args[0]]), (operands[2], True))
     opdef = OPS.get(op)
+    if opdef is not None and opdef.selects and args[0] in rel:
+        # Piecewise((a, x < y), ...), not Ne(Piecewise(...), 0)
+        return sp.Piecewise((operands[1], rel[args[0]]), (operands[2], True))
     if opdef is None or opdef.sympy is None:
         raise GraphError(f"to_sympy: node {i}: op {op!r} has no SymPy form")
     return opdef.sympy(sp, *operands)
@@ -357,7 +361,7 @@ def _plan_log(sp, obj) -> _Plan:
 
 
 def _plan_relational(sp, obj) -> _Plan:
-    op = {"<": "lt", "<=": "le", ">": "gt", ">=": "ge", "==": "eq", "!=": "ne"}[obj.rel_op]
+    op = BY_REL_OP[obj.rel_op]
     return _Plan(obj.args, lambda g, vs: g.apply(op, *(_node(g, v) for v in vs)))
 
 

@@ -158,7 +158,7 @@ def mse(prediction, target) -> Expr:
 @_atomic
 def binary_cross_entropy(p, y) -> Expr:
     """``mean(-(y log p + (1 - y) log(1 - p)))`` for probabilities ``p`` in (0, 1)."""
-    from symgrad.graph import FUNCTIONS
+    from symgrad.graph import OP_FUNCTIONS as FUNCTIONS
 
     log = FUNCTIONS["log"]
     return mean(-(y * log(p) + (1 - y) * FUNCTIONS["log1p"](-p)))
@@ -167,7 +167,7 @@ def binary_cross_entropy(p, y) -> Expr:
 @_atomic
 def binary_cross_entropy_with_logits(z, y) -> Expr:
     """Binary cross-entropy of ``sigmoid(z)``, as ``mean(softplus(z) - y z)``: finite for any z."""
-    from symgrad.graph import FUNCTIONS
+    from symgrad.graph import OP_FUNCTIONS as FUNCTIONS
 
     return mean(FUNCTIONS["softplus"](z) - y * z)
 

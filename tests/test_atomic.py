@@ -27,7 +27,7 @@ from symgrad.errors import (
     ShapeError,
     SymgradError,
 )
-from symgrad.graph import FUNCTIONS
+from symgrad.graph import OP_FUNCTIONS as FUNCTIONS
 from symgrad.ops import OPS
 from tests.toolbox import snapshot
 

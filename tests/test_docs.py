@@ -184,8 +184,8 @@ def _registry_table(page: str, key: str) -> list[str]:
         ("ops.CONSTANTS", symgrad.ops.CONSTANTS),
         # sg.<op> for the ops the language writes as operators (the rest are the functions).
         (
-            "graph.FUNCTIONS (operators)",
-            set(symgrad.graph.FUNCTIONS) - set(symgrad.ops.FUNCTIONS.values()),
+            "graph.OP_FUNCTIONS (operators)",
+            set(symgrad.graph.OP_FUNCTIONS) - set(symgrad.ops.FUNCTIONS.values()),
         ),
     ],
 )
