@@ -1020,6 +1020,19 @@ FUNCTIONS: dict[str, str] = {
 }
 FUNCTIONS["pow"] = "pow"
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
+# The literal kinds each attribute of the tensor ops takes where it is written (the parser turns a
+# value of another kind into a ParseError at its column); each op's ``normalize`` then checks the
+# value against the operands (axes within the dimensions, ...). Attributes that are never written
+# (a constant's value, an input's name, getitem's index, written with brackets) are not listed.
+ATTRIBUTE_KINDS: dict[str, tuple[str, ...]] = {
+    "axis": ("int", "tuple", "None"),
+    "keepdims": ("bool",),
+    "axes": ("tuple", "None"),
+    "shape": ("int", "tuple"),
+    "stride": ("int", "tuple", "None"),
+    "padding": ("int", "tuple"),
+    "kernel_size": ("int", "tuple"),
+}
 COMPARISONS: dict[str, str] = {
     op.text: op.name for op in OPS.values() if op.infix and not op.differentiable
 }

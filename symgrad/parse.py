@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from symgrad.errors import ArgumentError, GraphError, ParseError, ShapeError
 from symgrad.graph import NAME_RE, Expr, Graph, check_shape, paused_gc
-from symgrad.ops import COMPARISONS, CONSTANTS, FUNCTIONS, OPS
+from symgrad.ops import ATTRIBUTE_KINDS, COMPARISONS, CONSTANTS, FUNCTIONS, OPS
 from symgrad.tensor import TENSOR_FUNCTIONS, matmul
 
 # One alternative per token kind, each swallowing the whitespace after it (finditer skips the
@@ -90,36 +90,31 @@ DEFAULT_MAX_DEPTH = 10_000_000  # groups and operators open at once
 # Precedences of pending entries on the operator stack. An open parenthesis or call ranks
 # below everything, so only its ')' (or a ',') uncovers it.
 _OPEN, _CMP, _ADD, _MUL, _PREFIX, _POW = -1, 1, 2, 3, 4, 5
-# symbol -> (op name, precedence, threshold): an incoming operator first applies every pending
-# operator whose precedence exceeds its threshold. Left-associative operators use precedence - 1
+# symbol -> (precedence, threshold): an incoming operator first applies every pending operator
+# whose precedence exceeds its threshold. Left-associative operators use precedence - 1
 # (``a-b-c`` applies the first ``-`` first); ``**`` uses its own precedence (right-assoc.), so a
 # pending unary minus waits for it: ``-x**2`` is ``-(x**2)``. ``@`` ranks with ``*`` as in Python.
-_BINARY = {
-    "+": ("add", _ADD, _ADD - 1),
-    "-": ("sub", _ADD, _ADD - 1),
-    "*": ("mul", _MUL, _MUL - 1),
-    "/": ("div", _MUL, _MUL - 1),
-    "@": ("matmul", _MUL, _MUL - 1),
-    "**": ("pow", _POW, _POW),
+# Precedence is the parser's business; which op a symbol writes is the registry's (OpDef.text).
+_PRECEDENCE = {
+    "+": (_ADD, _ADD - 1),
+    "-": (_ADD, _ADD - 1),
+    "*": (_MUL, _MUL - 1),
+    "/": (_MUL, _MUL - 1),
+    "@": (_MUL, _MUL - 1),
+    "**": (_POW, _POW),
 }
-_BINARY.update({sym: (op, _CMP, _CMP) for sym, op in COMPARISONS.items()})
+_PRECEDENCE.update({sym: (_CMP, _CMP) for sym in COMPARISONS})
+# symbol -> (op name, precedence, threshold), for every infix op of the registry.
+_BINARY = {op.text: (op.name, *_PRECEDENCE[op.text]) for op in OPS.values() if op.infix}
 
 # --- tensor functions: what each one takes, read off its Python signature ----------------------
 
 # A parameter named like an attribute of some registry op is an attribute (a constant);
 # every other parameter is an operand (an expression).
 _ATTRIBUTES = frozenset(name for op in OPS.values() for name in op.attrs)
-# The literal kinds each attribute accepts, so ``keepdims=2`` is a ParseError at its column
-# rather than a silent truthiness; attributes missing here take any literal and let the op judge.
-_VALUE_KINDS = {
-    "axis": ("int", "tuple", "None"),
-    "keepdims": ("bool",),
-    "axes": ("tuple", "None"),
-    "shape": ("int", "tuple"),
-    "stride": ("int", "tuple", "None"),
-    "padding": ("int", "tuple"),
-    "kernel_size": ("int", "tuple"),
-}
+# The literal kinds each attribute accepts (the registry's ATTRIBUTE_KINDS), so ``keepdims=2`` is
+# a ParseError at its column rather than a silent truthiness.
+_VALUE_KINDS = ATTRIBUTE_KINDS
 _KIND_WORDS = {
     "int": "an integer",
     "tuple": "a tuple of integers",

@@ -104,3 +104,14 @@ def test_exact_forms_equal_the_op_itself(name):
             want = OPS[name].numpy(base, np.full_like(base, c))
         got = np.broadcast_to(sg.evaluate(form, x=base), base.shape)
         np.testing.assert_array_equal(got, want)  # nan equals nan here; ±0 compare equal
+
+
+def test_every_attribute_the_parser_reads_has_its_kinds_in_the_registry():
+    from symgrad.ops import ATTRIBUTE_KINDS
+    from symgrad.parse import _KIND_WORDS, _SPECS
+
+    written = {name for spec in _SPECS.values() for name in spec.keywords}
+    assert written and written <= set(ATTRIBUTE_KINDS)
+    assert all(set(kinds) <= set(_KIND_WORDS) for kinds in ATTRIBUTE_KINDS.values())
+    # Each named attribute belongs to some op of the registry.
+    assert set(ATTRIBUTE_KINDS) <= {name for op in OPS.values() for name in op.attrs}
