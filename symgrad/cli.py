@@ -16,7 +16,6 @@ import numpy as np
 
 import symgrad as sg
 from symgrad.errors import ParseError, SymgradError
-from symgrad.outputs import unflatten
 
 DEMO_FORMULA = "(2*w2*(w1*x + b1) - label)**2"
 DEMO_POINT = {"x": 1.0, "label": 500.0, "w1": 10.0, "b1": 1.0, "w2": 20.0}
@@ -73,8 +72,8 @@ def _wrt(f: sg.Expr, names: str | None) -> list[sg.Expr]:
     return [inputs[n] for n in chosen]
 
 
-def _write_dot(path: str, outputs, labels: list[str]) -> None:
-    """The optimized graph of ``outputs`` (what is compiled), its outputs named by ``labels``."""
+def _write_dot(path: str, outputs: list[sg.Expr], labels: list[str]) -> None:
+    """Graphviz DOT of ``outputs`` (a flat list, already optimized), named by ``labels``."""
     try:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(sg.to_dot(outputs, labels=labels))
@@ -82,9 +81,15 @@ def _write_dot(path: str, outputs, labels: list[str]) -> None:
         raise UsageError(f"--dot: cannot write {path!r}: {err.strerror}") from None
 
 
-def _compiled(fn) -> list:
-    """The outputs ``fn`` compiled (optimized), as Exprs in the layout they were given."""
-    return unflatten(fn.graph, list(fn.program.outputs), list(fn.layout))
+def _flat(outputs) -> list[sg.Expr]:
+    """The Exprs of [f, grads, hessian rows...] in order: f, the gradient, the Hessian by rows."""
+    flat = []
+    for item in outputs:
+        if isinstance(item, sg.Expr):
+            flat.append(item)
+        else:
+            flat.extend(e for row in item for e in (row if isinstance(row, list) else [row]))
+    return flat
 
 
 def _labels(f: str, wrt: list[sg.Expr], hessian: bool) -> list[str]:
@@ -105,7 +110,8 @@ def cmd_grad(args) -> int:
     fn = sg.compile(outputs)
     results = fn(**_values(fn, point))
     if args.dot is not None:  # before printing, so a bad path prints nothing but the error
-        _write_dot(args.dot, _compiled(fn), _labels("f", wrt, args.hessian))
+        # What sg.compile runs: the optimized graph (sg.optimize), not the graph as built.
+        _write_dot(args.dot, sg.optimize(_flat(outputs)), _labels("f", wrt, args.hessian))
     print(f"f = {_fmt(results[0])}")
     for w, d in zip(wrt, np.atleast_1d(results[1])):
         print(f"df/d{w.name} = {_fmt(d)}")
@@ -127,7 +133,8 @@ def cmd_demo(args) -> int:
     grads = sg.build_grad(f, params)
     fn = sg.compile([f, grads])
     loss, grad = fn(**DEMO_POINT)
-    _write_dot(args.dot, _compiled(fn), _labels("loss", params, False))
+    drawn = sg.optimize([f, *grads])  # the graph sg.compile runs, smaller than the one built
+    _write_dot(args.dot, drawn, _labels("loss", params, False))
     print(f"loss = (2*w2*(w1*x + b1) - label)**2 at {_point_text(DEMO_POINT)}")
     print(f"loss = {_fmt(loss)}")
     for name, d in zip(DEMO_PARAMS, grad):
@@ -135,7 +142,7 @@ def cmd_demo(args) -> int:
     print(f"after one SGD step (lr = {DEMO_LR}):")
     for name, d in zip(DEMO_PARAMS, grad):
         print(f"{name} = {_fmt(DEMO_POINT[name] - DEMO_LR * d)}")
-    nodes = len(fn.program.steps)
+    nodes = drawn[0].graph.nx.number_of_nodes()
     print(f"loss and gradient graph, optimized ({nodes} nodes), written to {args.dot}")
     return 0
 
@@ -150,27 +157,61 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+GRAD_TEXT = (
+    "Print the value of a formula and its derivatives (gradient, and Hessian with --hessian) at "
+    "a point, computed exactly by compiled code, e.g. "
+    'symgrad grad "sin(x)*y" --at x=1,y=2.'
+)
+DEMO_TEXT = (
+    "A worked backpropagation example: the loss (2*w2*(w1*x + b1) - label)**2 at x=1, label=500, "
+    "w1=10, b1=1, w2=20, its gradient with respect to w1, b1, w2, the weights after one "
+    "gradient-descent step, and the optimized graph of the loss and its gradient as Graphviz DOT "
+    "(outputs labelled loss, ∂loss/∂w1, ...; draw it with: "
+    "dot -Tsvg symgrad-demo.dot -o symgrad-demo.svg)."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="symgrad", description="Exact derivatives of formulas, compiled.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    grad = sub.add_parser("grad", help="value and derivatives of a formula at a point")
-    grad.add_argument("expr", help='the formula, e.g. "sin(x)*y"')
-    grad.add_argument("--wrt", help="comma-separated inputs to differentiate by (default: all)")
-    grad.add_argument("--at", help="the point, e.g. x=1,y=2")
-    grad.add_argument("--hessian", action="store_true", help="print the Hessian too")
+    grad = sub.add_parser(
+        "grad", help="value and derivatives of a formula at a point", description=GRAD_TEXT
+    )
+    grad.add_argument("expr", help='the formula, e.g. "sin(x)*y" (use ** for powers)')
+    grad.add_argument(
+        "--wrt",
+        metavar="NAMES",
+        help="comma-separated inputs to differentiate with respect to, e.g. x,y "
+        "(default: every input of the formula)",
+    )
+    grad.add_argument(
+        "--at",
+        metavar="POINT",
+        help="the value of every input of the formula, e.g. x=1,y=2",
+    )
+    grad.add_argument(
+        "--hessian", action="store_true", help="also print the Hessian (the second derivatives)"
+    )
     grad.add_argument(
         "--dot",
         metavar="FILE",
-        help="write the optimized graph of f and its derivatives as Graphviz DOT, outputs "
-        "labelled f, ∂f/∂x, ...",
+        help="write the optimized graph of f and its derivatives (what is compiled) as Graphviz "
+        "DOT, outputs labelled f, ∂f/∂x, ...",
     )
-    grad.add_argument("--ir", action="store_true", help="print the LLVM IR")
-    grad.add_argument("--asm", action="store_true", help="print the host assembly")
+    grad.add_argument(
+        "--ir", action="store_true", help="also print the LLVM IR of the compiled code"
+    )
+    grad.add_argument(
+        "--asm",
+        action="store_true",
+        help="also print the compiled code as assembly for this machine",
+    )
     grad.set_defaults(run=cmd_grad)
     demo = sub.add_parser(
         "demo",
         help="a worked example: the loss (2*w2*(w1*x + b1) - label)**2, its gradient, "
         "one gradient-descent step and the compiled graph",
+        description=DEMO_TEXT,
     )
     demo.add_argument(
         "--dot",

@@ -13,6 +13,7 @@ import pytest
 import symgrad as sg
 from symgrad.cli import main
 from symgrad.dot import ORDER_COLOURS
+from symgrad.ops import OPS
 
 SEED = "(2*w2*(w1*x + b1) - label)**2"
 POINT = "x=1,label=500,w1=10,b1=1,w2=20"
@@ -119,24 +120,37 @@ def _drawn(path: Path) -> dict[str, dict]:
     return nodes
 
 
+def _units(nodes: dict[str, dict], edges: list[tuple[str, str]]) -> list[str]:
+    """The ``*`` and ``**`` nodes with the constant 1 as an operand: ``x*1``, ``x**1``."""
+    ones = {n for n, a in nodes.items() if a.get("label") == "1"}
+    kinds = {OPS["mul"].label, OPS["pow"].label}
+    return [dst for src, dst in edges if src in ones and nodes[dst].get("label") in kinds]
+
+
+def _edges(path: Path) -> list[tuple[str, str]]:
+    return [(e.get_source(), e.get_destination()) for e in _parse_dot(path).get_edges()]
+
+
 def test_demo_draws_the_optimized_graph_with_named_outputs(capsys, tmp_path):
     path = tmp_path / "demo.dot"
     _, out, _ = _run(capsys, "demo", "--dot", str(path))
     nodes = _drawn(path)
     f = sg.parse(SEED)
     params = [f.graph.inputs[n] for n in ("w1", "b1", "w2")]
-    small = sg.optimize([f, sg.build_grad(f, params)])
-    size = len(sg.graph.reachable(small[0].graph, [small[0].id, *(e.id for e in small[1])]))
+    small = sg.optimize([f, *sg.build_grad(f, params)])
+    size = small[0].graph.nx.number_of_nodes()
     # The drawing is the optimized graph, node for node, and the demo says how big it is.
     assert len(nodes) == size < len(f.graph)
     assert f"optimized ({size} nodes)" in out
     outputs = sorted(a["xlabel"] for a in nodes.values() if "xlabel" in a)
     assert outputs == sorted(["loss", "∂loss/∂w1", "∂loss/∂b1", "∂loss/∂w2"])
-    # No x*1 or x**1 is left: no product with the constant 1, no power at all (y**2 is y*y).
-    ones = {n for n, a in nodes.items() if a.get("label") == "1"}
-    assert not any(a.get("label") in ("^", "**", "pow") for a in nodes.values())
-    text = path.read_text(encoding="utf-8")
-    assert not any(f"{one} -> " in text for one in ones)
+    # No x*1 or x**1 is left, and no power at all (y**2 is y*y) ...
+    assert _units(nodes, _edges(path)) == []
+    assert not any(a.get("label") == OPS["pow"].label for a in nodes.values())
+    # ... where the graph as built has them.
+    built = tmp_path / "built.dot"
+    built.write_text(sg.to_dot([f, *sg.build_grad(f, params)]), encoding="utf-8")
+    assert _units(_drawn(built), _edges(built))
 
 
 def test_grad_dot_names_derivatives_and_hessian_entries(capsys, tmp_path):
@@ -151,6 +165,21 @@ def test_grad_dot_names_derivatives_and_hessian_entries(capsys, tmp_path):
     assert labels == {"f", "∂f/∂x", "∂f/∂y", "∂²f/∂x²", "∂²f/∂x∂y", "∂²f/∂y∂x", "∂²f/∂y²"}
 
 
+def test_grad_dot_is_the_optimized_graph(capsys, tmp_path):
+    path = tmp_path / "grad.dot"
+    status, _, _ = _run(
+        capsys, "grad", SEED, "--wrt", "w1,b1,w2", "--at", POINT, "--dot", str(path)
+    )
+    assert status == 0
+    f = sg.parse(SEED)
+    grads = sg.build_grad(f, [f.graph.inputs[n] for n in ("w1", "b1", "w2")])
+    nodes = _drawn(path)
+    assert len(nodes) == sg.optimize([f, *grads])[0].graph.nx.number_of_nodes() < len(f.graph)
+    assert _units(nodes, _edges(path)) == []
+    outputs = sorted(a["xlabel"] for a in nodes.values() if "xlabel" in a)
+    assert outputs == sorted(["f", "∂f/∂w1", "∂f/∂b1", "∂f/∂w2"])
+
+
 def test_help_returns_zero(capsys):
     status, out, _ = _run(capsys, "--help")
     assert status == 0 and "grad" in out and "demo" in out
@@ -161,6 +190,10 @@ def test_help_texts_speak_to_users(capsys, command):
     status, out, _ = _run(capsys, command, "--help")
     assert status == 0 and "DOT" in out and "optimized" in out
     assert "seed" not in out.lower()
+    # Each command's help says what it does, not only its options.
+    words = " ".join(out.split())
+    assert {"demo": "gradient-descent step", "grad": "derivatives"}[command] in words
+    assert {"demo": "∂loss/∂w1", "grad": "∂f/∂x"}[command] in words
 
 
 BAD = {

@@ -293,3 +293,17 @@ def test_bad_labels_are_argument_errors(g, labels, fragment):
     with pytest.raises(sg.ArgumentError, match=re.escape(fragment)):
         to_dot(outputs, labels=labels)
     assert len(g) == before
+
+
+def test_to_svg_checks_labels_as_to_dot_does(g):
+    x = g.input("x")
+    with pytest.raises(sg.ArgumentError, match="labels"):
+        sg.to_svg([x, x * 2.0], labels=["only one"])
+
+
+def test_without_labels_outputs_are_numbered(g):
+    x = g.input("x")
+    y = x * 3.0
+    nodes = _nodes(_parse(to_dot([y, x])))
+    assert nodes[y.id]["xlabel"] == "out0" and nodes[x.id]["xlabel"] == "out1"
+    assert to_dot([y, x]) == to_dot([y, x], labels=None)
