@@ -71,28 +71,38 @@ class CompiledFunction:
         self._slots = {name: k for k, name in enumerate(self.inputs)}
         self._arity = len(self.inputs)
         self._per_point = sum(math.prod(shape) for shape in self.layout)  # outputs of one point
-        nodes = self.graph.nx._node
+        self.tensor = self._is_tensor()
+        if self.tensor:
+            self._plan_tensor_outputs(flat)
+        self._attach_executor(flat, options)
+
+    def _is_tensor(self) -> bool:
         # A graph with any non-scalar node runs in tensor mode: inputs take exactly their
         # declared shapes (no batch broadcasting), outputs have their nodes' shapes.
         # So does a scalar graph holding a tensor op (sum of a scalar): only the loop writer
         # lowers those.
-        self.tensor = any(
+        nodes = self.graph.nx._node
+        return any(
             nodes[i]["shape"] or not OPS[op].elementwise for i, op, *_ in self.program.steps
         ) or any(self.graph.inputs[name].shape for name in self.inputs)
-        if self.tensor:
-            self._item_shapes = item_shapes(flat, self.layout)
-            # Per output item: its layout, node shape and number of Exprs (precomputed: a call
-            # of a small tensor function is dominated by such bookkeeping).
-            self._blocks = [
-                (layout, shape, int(np.prod(layout)) if layout else 1)
-                for layout, shape in zip(self.layout, self._item_shapes)
-            ]
-            self._shapes = [self.graph.inputs[n].shape for n in self.inputs]
-            check_tensor_outputs(self._blocks, max_elements(self.graph))
-        module = importlib.import_module(BACKENDS[backend])
+
+    def _plan_tensor_outputs(self, flat: list[Expr]) -> None:
+        self._item_shapes = item_shapes(flat, self.layout)
+        # Per output item: its layout, node shape and number of Exprs (precomputed: a call of a
+        # small tensor function is dominated by such bookkeeping).
+        self._blocks = [
+            (layout, shape, int(np.prod(layout)) if layout else 1)
+            for layout, shape in zip(self.layout, self._item_shapes)
+        ]
+        self._shapes = [self.graph.inputs[n].shape for n in self.inputs]
+        check_tensor_outputs(self._blocks, max_elements(self.graph))
+
+    def _attach_executor(self, flat: list[Expr], options: dict) -> None:
+        """The backend's executor, and its one-point fast path where it has one (a C entry
+        taking Python floats)."""
+        module = importlib.import_module(BACKENDS[self.backend])
         checked = module.check_options(options)
         self._executor = module.executor(self.program, flat, self.inputs, self.tensor, checked)
-        # The one-point fast path: a C entry taking Python floats, when the backend has one.
         self._fast = None if self.tensor else getattr(self._executor, "fast", None)
         if self._fast is not None:
             self._fast, self._expand = self._fast.call, self._executor.expand
