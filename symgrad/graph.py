@@ -242,10 +242,12 @@ class Graph:
     def create(self, opdef, ids: tuple[int, ...], attrs: dict) -> int:
         """Id of the node ``opdef`` over operand ids ``ids`` with raw ``attrs``, created if new.
 
-        The one checked way in, shared by ``apply`` and unpickling: the op's ``normalize``
-        checks and canonicalizes the attributes (indices, axes, sizes, strides), then
+        The one checked way in, shared by ``apply`` and unpickling: the op's schema checks each
+        attribute's kind and fills in defaults, the op's ``normalize`` checks the values against
+        the operands and canonicalizes them (indices, axes, sizes, strides), then
         ``node_id`` runs the shape rule and the graph's limits.
         """
+        attrs = opdef.checked_attributes(attrs)
         if opdef.normalize is not None:
             shapes = tuple(self._nx._node[i]["shape"] for i in ids)
             try:
@@ -476,7 +478,7 @@ def _opdef(op, arity: int, attrs: dict):
         raise GraphError(f"unknown op {show(op)}")
     if arity != opdef.arity:
         raise GraphError(f"{op} takes {opdef.arity} operands, got {arity}")
-    unknown = sorted(set(attrs) - set(opdef.attrs))
+    unknown = sorted(set(attrs) - set(opdef.attrs), key=str)
     if unknown:
         raise GraphError(f"{op} has no attribute {', '.join(map(show, unknown))}")
     return opdef
@@ -509,6 +511,7 @@ def _checked_attrs(i: int, op: str, attrs) -> tuple:
     names = [a[0] for a in attrs]
     if names != sorted(set(names)) or (OPS[op].arity == 0 and len(names) != 1):
         raise GraphError(f"node {i} ({op}): attrs {names} are not sorted, unique and complete")
+    OPS[op].checked_attributes(dict(attrs))  # each value of a kind the schema allows
     return attrs
 
 

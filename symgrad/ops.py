@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from symgrad.errors import ShapeError
+from symgrad.errors import GraphError, ShapeError
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,54 @@ class Lowering:
     start: float = 0.0
 
 
+# An attribute is a constant of a node, given by name (``sum(x, axis=0)``). Each value kind a
+# caller may give, and how a value of that kind is recognized; the op's ``normalize`` then checks
+# the value against the operands (axes within the dimensions, ...).
+VALUE_KINDS: dict[str, Callable[[object], bool]] = {
+    "int": lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)),
+    "tuple": lambda v: isinstance(v, (tuple, list)),
+    "None": lambda v: v is None,
+    # keepdims: numpy takes 0 and 1 too (but not 2: a silent truthiness).
+    "bool": lambda v: isinstance(v, (bool, np.bool_)) or (type(v) is int and v in (0, 1)),
+    # An index: one entry (an int, a slice, '...') or a tuple of them; normalize_index checks each.
+    "index": lambda v: isinstance(v, (tuple, slice, int, np.integer)) or v is Ellipsis,
+    "name": lambda v: type(v) is str,
+    "float": lambda v: type(v) is float,
+    "array": lambda v: type(v) is np.ndarray,
+}
+_KIND_TEXT = {
+    "int": "an int",
+    "tuple": "a tuple of ints",
+    "None": "None",
+    "bool": "True or False",
+    "index": "an index entry (an int, a slice or '...') or a tuple of them: array, list and "
+    "None (newaxis) indices are not supported",
+    "name": "a str",
+    "float": "a float",
+    "array": "a numpy array",
+}
+REQUIRED = object()  # the default of an attribute every node must be given
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One attribute of an op, as data: its name, the value kinds it takes (keys of
+    ``VALUE_KINDS``; the parser reads them too) and its default (``REQUIRED``: none)."""
+
+    name: str
+    kinds: tuple[str, ...]
+    default: object = REQUIRED
+
+    def check(self, op: str, value) -> None:
+        """ShapeError naming ``op`` and the attribute unless ``value`` is of one of its kinds."""
+        if not any(VALUE_KINDS[k](value) for k in self.kinds):
+            words = [_KIND_TEXT[k] for k in self.kinds]
+            expected = " or ".join([", ".join(words[:-1]), words[-1]] if len(words) > 2 else words)
+            raise ShapeError(
+                f"{op}: {self.name} must be {expected}, got {type(value).__name__} {show(value)}"
+            )
+
+
 @dataclass(frozen=True)
 class OpDef:
     """Everything symgrad knows about one op."""
@@ -69,7 +117,7 @@ class OpDef:
     selects: bool = False
     domain: tuple[tuple[float, float], ...] = ()
     sympy: Callable | None = None  # (sympy_module, *sympy_args) -> sympy expression
-    attrs: tuple[str, ...] = ()
+    schema: tuple[Attr, ...] = ()  # the attributes, in the order the op's rules take them
     differentiable: bool = True  # False: the op is piecewise constant (derivative 0 a.e.)
     # (op name, operand shapes, attrs dict) -> output shape; None = numpy broadcasting.
     shape: Callable[..., tuple[int, ...]] | None = None
@@ -82,6 +130,29 @@ class OpDef:
     # Values c of a constant last operand for which the op has an exact form in other ops
     # (pow: x**2 is x*x): c -> build(x, const, apply), read by fold and by the emitters.
     exact: dict[float, Callable] | None = None
+
+    @property
+    def attrs(self) -> tuple[str, ...]:
+        """The names of the op's attributes."""
+        return tuple(a.name for a in self.schema)
+
+    def checked_attributes(self, attrs: dict) -> dict:
+        """``attrs`` against the schema, defaults filled in: every name one of the op's (else a
+        GraphError), every value of a kind its attribute takes and every required one given
+        (else a ShapeError naming the op and attribute). Node creation and unpickling call it."""
+        unknown = sorted(set(attrs) - set(self.attrs), key=str)
+        if unknown:
+            raise GraphError(f"{self.name} has no attribute {', '.join(map(show, unknown))}")
+        out = {}
+        for a in self.schema:
+            if a.name in attrs:
+                a.check(self.name, attrs[a.name])
+                out[a.name] = attrs[a.name]
+            elif a.default is REQUIRED:
+                raise ShapeError(f"{self.name}: needs the attribute {a.name}")
+            else:
+                out[a.name] = a.default
+        return out
 
     def infer_shape(self, shapes: tuple[tuple[int, ...], ...], attrs: dict | None = None):
         """Shape of the output for operand shapes ``shapes``; ShapeError if they do not fit."""
@@ -258,8 +329,8 @@ POS = (0.2, 4.0)
 UNIT = (-0.9, 0.9)
 
 # Leaves: inputs (by name) and constants (by value). They have no operands and no rules.
-_register("input", 0, None, (), None, label="input", attrs=("name",))
-_register("const", 0, None, (), None, label="const", attrs=("value",))
+_register("input", 0, None, (), None, label="input", schema=(Attr("name", ("name",)),))
+_register("const", 0, None, (), None, label="const", schema=(Attr("value", ("float", "array")),))
 
 # Arithmetic.
 _register(
@@ -423,6 +494,18 @@ _register(
 
 MAX_EXTENT = 2**40  # no dimension, index, stride or padding of a float64 array gets near this
 
+# Attributes several tensor ops share (each op's schema; its normalize checks the values).
+_REDUCE_ATTRS = (Attr("axis", ("int", "tuple", "None"), None), Attr("keepdims", ("bool",), False))
+_SHAPE = Attr("shape", ("int", "tuple"))
+_INDEX = Attr("index", ("index",))
+_KERNEL = Attr("kernel_size", ("int", "tuple"))
+_STRIDE = Attr("stride", ("int", "tuple"), 1)
+# Pooling: 2 x 2 windows by default, each window next to the last (stride None: the kernel size).
+_POOL_ATTRS = (
+    Attr("kernel_size", ("int", "tuple"), 2),
+    Attr("stride", ("int", "tuple", "None"), None),
+)
+
 
 def _int(op: str, what: str, v) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
@@ -457,10 +540,10 @@ def kept_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]
 
 
 def _reduce_normalize(op, shapes, attrs):
-    keep = attrs.get("keepdims", False)
+    keep = attrs["keepdims"]
     if not isinstance(keep, (bool, np.bool_)) and not (type(keep) is int and keep in (0, 1)):
         raise ShapeError(f"{op}: keepdims must be True or False, got {show(keep)}")
-    return {"axis": _axes(op, shapes[0], attrs.get("axis")), "keepdims": bool(keep)}
+    return {"axis": _axes(op, shapes[0], attrs["axis"]), "keepdims": bool(keep)}
 
 
 def _reduce_shape(op, shapes, attrs):
@@ -499,17 +582,17 @@ def _mean_expand(x, axis, keepdims):
 
 
 _register("sum", 1, lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
-          (_sum_vjp,), Lowering("reduce", "fadd", start=0.0), attrs=("axis", "keepdims"),
+          (_sum_vjp,), Lowering("reduce", "fadd", start=0.0), schema=_REDUCE_ATTRS,
           shape=_reduce_shape,
           normalize=_reduce_normalize, elementwise=False,
           domain=(SMALL,))  # fmt: skip
 _register("mean", 1, lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims),
-          (), None, attrs=("axis", "keepdims"), shape=_reduce_shape,
+          (), None, schema=_REDUCE_ATTRS, shape=_reduce_shape,
           normalize=_reduce_normalize, expand=_mean_expand, elementwise=False,
           domain=(SMALL,))  # fmt: skip
 _register("amax", 1, lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims),
           (_amax_vjp,), Lowering("reduce", "llvm.maximum", start=-np.inf), text="max",
-          attrs=("axis", "keepdims"), shape=_reduce_shape,
+          schema=_REDUCE_ATTRS, shape=_reduce_shape,
           normalize=_reduce_normalize, elementwise=False, domain=(SMALL,))  # fmt: skip
 
 
@@ -537,7 +620,7 @@ _register(
 
 def _transpose_normalize(op, shapes, attrs):
     nd = len(shapes[0])
-    axes = attrs.get("axes")
+    axes = attrs["axes"]
     if axes is None:
         return {"axes": tuple(range(nd))[::-1]}
     if not isinstance(axes, (tuple, list)):
@@ -565,7 +648,8 @@ def _inverse(perm):
 _register("transpose", 1, lambda x, axes: np.transpose(x, axes),
           (lambda g, o, x, axes: ap("transpose", g, axes=_inverse(axes)),),
           Lowering("view", "transpose"),
-          attrs=("axes",), normalize=_transpose_normalize, elementwise=False,
+          schema=(Attr("axes", ("tuple", "None"), None),), normalize=_transpose_normalize,
+          elementwise=False,
           shape=lambda op, shapes, at: tuple(shapes[0][a] for a in at["axes"]),
           domain=(SMALL,))  # fmt: skip
 
@@ -583,7 +667,7 @@ def _shape_attr(op, value, positive: bool = True) -> tuple[int, ...]:
 
 
 def _reshape_normalize(op, shapes, attrs):
-    shape = _shape_attr(op, attrs.get("shape", ()), positive=False)
+    shape = _shape_attr(op, attrs["shape"], positive=False)
     size = _size(shapes[0])
     if shape.count(-1) == 1:
         rest = _size([n for n in shape if n != -1])
@@ -599,13 +683,13 @@ def _reshape_normalize(op, shapes, attrs):
 
 _register("reshape", 1, lambda x, shape: np.reshape(x, shape),
           (lambda g, o, x, shape: ap("reshape", g, shape=x.shape),), Lowering("view", "reshape"),
-          attrs=("shape",),
+          schema=(_SHAPE,),
           normalize=_reshape_normalize, elementwise=False,
           shape=lambda op, shapes, at: at["shape"], domain=(SMALL,))  # fmt: skip
 
 
 def _broadcast_normalize(op, shapes, attrs):
-    shape = _shape_attr(op, attrs.get("shape", ()))
+    shape = _shape_attr(op, attrs["shape"])
     if _broadcast_pair(shapes[0], shape) != shape:
         raise ShapeError(f"{op}: operand 0 of shape {shapes[0]} does not broadcast to {shape}")
     return {"shape": shape}
@@ -613,7 +697,7 @@ def _broadcast_normalize(op, shapes, attrs):
 
 # The VJP is the cotangent itself: build_grad sums it back to the operand's shape.
 _register("broadcast_to", 1, lambda x, shape: np.broadcast_to(x, shape).copy(),
-          (lambda g, o, x, shape: g,), Lowering("view", "broadcast"), attrs=("shape",),
+          (lambda g, o, x, shape: g,), Lowering("view", "broadcast"), schema=(_SHAPE,),
           normalize=_broadcast_normalize,
           elementwise=False, shape=lambda op, shapes, at: at["shape"],
           domain=(SMALL,))  # fmt: skip
@@ -699,8 +783,8 @@ def _embed(x, index, shape):
 
 
 def _embed_normalize(op, shapes, attrs):
-    shape = _shape_attr(op, attrs.get("shape", ()))
-    index = normalize_index(op, shape, attrs.get("index", ()), what="the shape attribute")
+    shape = _shape_attr(op, attrs["shape"])
+    index = normalize_index(op, shape, attrs["index"], what="the shape attribute")
     if indexed_shape(index) != tuple(shapes[0]):
         raise ShapeError(
             f"{op}: operand 0 has shape {shapes[0]} but the index selects {indexed_shape(index)}"
@@ -711,16 +795,16 @@ def _embed_normalize(op, shapes, attrs):
 _register("getitem", 1, lambda x, index: x[decode_index(index)],
           (lambda g, o, x, index: ap("embed", g, index=index, shape=x.shape),),
           Lowering("view", "index"),
-          text="[]", attrs=("index",), elementwise=False,
+          text="[]", schema=(_INDEX,), elementwise=False,
           normalize=lambda op, shapes, at: {"index": normalize_index(op, shapes[0],
-                                                                     at.get("index", ()))},
+                                                                     at["index"])},
           shape=lambda op, shapes, at: indexed_shape(at["index"]),
           domain=(SMALL,))  # fmt: skip
 # embed: the operand placed at ``index`` in zeros of ``shape`` (the adjoint of getitem; pads).
 _register("embed", 1, _embed,
           (lambda g, o, x, index, shape: ap("getitem", g, index=index),),
           Lowering("barrier", "embed"),
-          attrs=("index", "shape"), normalize=_embed_normalize, elementwise=False,
+          schema=(_INDEX, _SHAPE), normalize=_embed_normalize, elementwise=False,
           shape=lambda op, shapes, at: at["shape"], domain=(SMALL,))  # fmt: skip
 
 
@@ -763,13 +847,13 @@ def _logsumexp_vjp(g, o, x, axis, keepdims):
     return _restore(g, x, attrs) * ap("exp", x - _restore(o, x, attrs))
 
 
-_register("logsumexp", 1, _np_logsumexp, (_logsumexp_vjp,), None, attrs=("axis", "keepdims"),
+_register("logsumexp", 1, _np_logsumexp, (_logsumexp_vjp,), None, schema=_REDUCE_ATTRS,
           shape=_reduce_shape, normalize=_reduce_normalize, expand=_logsumexp_expand,
           elementwise=False, domain=(SMALL,))  # fmt: skip
 
 
 def _softmax_normalize(op, shapes, attrs):
-    axis = attrs.get("axis", -1)
+    axis = attrs["axis"]
     if isinstance(axis, tuple) and len(axis) == 1:
         axis = axis[0]
     return {"axis": _axes(op, shapes[0], _int(op, "axis", axis))}
@@ -787,7 +871,8 @@ def _softmax_expand(x, axis):
 
 _register("softmax", 1, _np_softmax,
           (lambda g, o, x, axis: o * (g - ap("sum", g * o, axis=axis, keepdims=True)),), None,
-          attrs=("axis",), normalize=_softmax_normalize, expand=_softmax_expand,
+          schema=(Attr("axis", ("int", "tuple"), -1),), normalize=_softmax_normalize,
+          expand=_softmax_expand,
           shape=lambda op, shapes, at: shapes[0], elementwise=False,
           domain=(SMALL,))  # fmt: skip
 
@@ -803,8 +888,8 @@ def _pair(op: str, what: str, v, low: int) -> tuple[int, int]:
 
 
 def _conv_normalize(op, shapes, attrs):
-    return {"stride": _pair(op, "stride", attrs.get("stride", 1), 1),
-            "padding": _pair(op, "padding", attrs.get("padding", 0), 0)}  # fmt: skip
+    return {"stride": _pair(op, "stride", attrs["stride"], 1),
+            "padding": _pair(op, "padding", attrs["padding"], 0)}  # fmt: skip
 
 
 def _conv_shape(op, shapes, attrs):
@@ -833,10 +918,8 @@ def _windows(x, kernel, stride):
 
 
 def _windows_normalize(op, shapes, attrs):
-    if "kernel_size" not in attrs:
-        raise ShapeError(f"{op}: needs kernel_size")
     out = {"kernel_size": _pair(op, "kernel_size", attrs["kernel_size"], 1),
-           "stride": _pair(op, "stride", attrs.get("stride", 1), 1)}  # fmt: skip
+           "stride": _pair(op, "stride", attrs["stride"], 1)}  # fmt: skip
     if "shape" in attrs:
         out["shape"] = _shape_attr(op, attrs["shape"])
     return out
@@ -872,14 +955,14 @@ def _np_window_sum(g, kernel_size, stride, shape):
 _register("windows", 1, lambda x, kernel_size, stride: _windows(x, kernel_size, stride).copy(),
           (lambda g, o, x, kernel_size, stride: ap("window_sum", g, kernel_size=kernel_size,
                                                    stride=stride, shape=x.shape),),
-          Lowering("view", "windows"), attrs=("kernel_size", "stride"),
+          Lowering("view", "windows"), schema=(_KERNEL, _STRIDE),
           normalize=_windows_normalize,
           shape=_windows_shape, elementwise=False,
           domain=(SMALL,))  # fmt: skip
 _register("window_sum", 1, _np_window_sum,
           (lambda g, o, x, kernel_size, stride, shape: ap("windows", g, kernel_size=kernel_size,
                                                           stride=stride),),
-          Lowering("barrier", "window_sum"), attrs=("kernel_size", "stride", "shape"),
+          Lowering("barrier", "window_sum"), schema=(_KERNEL, _STRIDE, _SHAPE),
           normalize=_windows_normalize,
           shape=_window_sum_shape, elementwise=False,
           domain=(SMALL,))  # fmt: skip
@@ -908,14 +991,14 @@ def _conv2d_expand(x, w, stride, padding):
     return ap("transpose", ap("reshape", out, shape=(o, n, ho, wo)), axes=(1, 0, 2, 3))
 
 
-_register("conv2d", 2, _np_conv2d, (), None, attrs=("stride", "padding"),
+_register("conv2d", 2, _np_conv2d, (), None, schema=(_STRIDE, Attr("padding", ("int", "tuple"), 0)),
           normalize=_conv_normalize, shape=_conv_shape, expand=_conv2d_expand,
           elementwise=False, domain=(SMALL, SMALL))  # fmt: skip
 
 
 def _pool_normalize(op, shapes, attrs):
-    kernel = _pair(op, "kernel_size", attrs.get("kernel_size", 2), 1)
-    stride = attrs.get("stride")
+    kernel = _pair(op, "kernel_size", attrs["kernel_size"], 1)
+    stride = attrs["stride"]
     return {"kernel_size": kernel,
             "stride": kernel if stride is None else _pair(op, "stride", stride, 1)}  # fmt: skip
 
@@ -954,7 +1037,7 @@ def _pool_expand(reduce_op: str):
 
 _register("avg_pool2d", 1,
           lambda x, kernel_size, stride: np.mean(_windows(x, kernel_size, stride), axis=(-2, -1)),
-          (), None, attrs=("kernel_size", "stride"), normalize=_pool_normalize,
+          (), None, schema=_POOL_ATTRS, normalize=_pool_normalize,
           shape=_pool_shape, expand=_pool_expand("sum"), elementwise=False,
           domain=(SMALL,))  # fmt: skip
 
@@ -1000,7 +1083,7 @@ def _tiled_max_pool_vjp(g, o, x, kh, kw):
 
 _register("max_pool2d", 1,
           lambda x, kernel_size, stride: np.max(_windows(x, kernel_size, stride), axis=(-2, -1)),
-          (_max_pool_vjp,), None, attrs=("kernel_size", "stride"), normalize=_pool_normalize,
+          (_max_pool_vjp,), None, schema=_POOL_ATTRS, normalize=_pool_normalize,
           shape=_pool_shape, expand=_pool_expand("amax"), elementwise=False,
           domain=(SMALL,))  # fmt: skip
 
@@ -1020,19 +1103,15 @@ FUNCTIONS: dict[str, str] = {
 }
 FUNCTIONS["pow"] = "pow"
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
-# The literal kinds each attribute of the tensor ops takes where it is written (the parser turns a
-# value of another kind into a ParseError at its column); each op's ``normalize`` then checks the
-# value against the operands (axes within the dimensions, ...). Attributes that are never written
-# (a constant's value, an input's name, getitem's index, written with brackets) are not listed.
-ATTRIBUTE_KINDS: dict[str, tuple[str, ...]] = {
-    "axis": ("int", "tuple", "None"),
-    "keepdims": ("bool",),
-    "axes": ("tuple", "None"),
-    "shape": ("int", "tuple"),
-    "stride": ("int", "tuple", "None"),
-    "padding": ("int", "tuple"),
-    "kernel_size": ("int", "tuple"),
-}
+# The literal kinds each attribute takes where it is written, over every op that has it (the parser
+# turns a value of another kind into a ParseError at its column). Attributes never written in a
+# call (a constant's value, an input's name, getitem's index, written with brackets) are left out.
+ATTRIBUTE_KINDS: dict[str, tuple[str, ...]] = {}
+for _op in OPS.values():
+    for _a in _op.schema:
+        if _a.name not in ("name", "value", "index"):
+            _kinds = ATTRIBUTE_KINDS.setdefault(_a.name, ())
+            ATTRIBUTE_KINDS[_a.name] = _kinds + tuple(k for k in _a.kinds if k not in _kinds)
 COMPARISONS: dict[str, str] = {
     op.text: op.name for op in OPS.values() if op.infix and not op.differentiable
 }

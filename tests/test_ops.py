@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 import symgrad as sg
+from symgrad.errors import GraphError, ShapeError
 from symgrad.llvm.loops import Writer
 from symgrad.llvm.plan import View
-from symgrad.ops import COMPARISONS, FUNCTIONS, OPS, Lowering
+from symgrad.ops import COMPARISONS, FUNCTIONS, OPS, REQUIRED, VALUE_KINDS, Lowering
 from symgrad.sympy_bridge import RELATIONALS, from_sympy, to_sympy
-from tests.toolbox import ELEMENTWISE_OPS, TENSOR_OPS, domain_sample
+from tests.toolbox import ELEMENTWISE_OPS, TENSOR_OPS, domain_sample, snapshot
 
 COMPUTED = sorted(n for n, op in OPS.items() if op.arity)  # every op but the leaves
 ELEMENTWISE_KINDS = {"instr", "intrinsic", "libm", "fcmp", "custom"}
@@ -115,3 +116,86 @@ def test_every_attribute_the_parser_reads_has_its_kinds_in_the_registry():
     assert all(set(kinds) <= set(_KIND_WORDS) for kinds in ATTRIBUTE_KINDS.values())
     # Each named attribute belongs to some op of the registry.
     assert set(ATTRIBUTE_KINDS) <= {name for op in OPS.values() for name in op.attrs}
+
+
+# --- the attribute schema -------------------------------------------------------------------------
+
+WITH_ATTRIBUTES = sorted(n for n in COMPUTED if OPS[n].schema)
+
+
+def test_ops_have_attributes():
+    assert len(WITH_ATTRIBUTES) >= 12
+
+
+@pytest.mark.parametrize("name", sorted(n for n in OPS if OPS[n].schema))
+def test_every_attribute_has_known_kinds_and_a_default_of_its_kind(name):
+    op = OPS[name]
+    # The rules take the attributes by name: numpy's form names the same ones, in schema order.
+    if op.numpy is not None:
+        params = list(inspect.signature(op.numpy).parameters)
+        assert params[op.arity :] == list(op.attrs)
+    for a in op.schema:
+        assert a.kinds and set(a.kinds) <= set(VALUE_KINDS)
+        if a.default is not REQUIRED:
+            a.check(name, a.default)  # a default the schema itself would refuse is a bug
+
+
+_OF_KIND = {"int": 2, "tuple": (2, 2), "index": 0}
+
+
+def _operands(name):
+    g = sg.Graph()
+    return g, [g.input(f"x{k}", (2, 2, 4, 4)) for k in range(OPS[name].arity)]
+
+
+@pytest.mark.parametrize("name", WITH_ATTRIBUTES)
+def test_node_creation_refuses_an_attribute_of_no_kind_it_takes(name):
+    op = OPS[name]
+    for a in op.schema:
+        g, xs = _operands(name)
+        before = snapshot(g)
+        # Every other attribute of a kind it takes (required ones too), this one a str.
+        attrs = {
+            b.name: _OF_KIND[b.kinds[0]] if b.default is REQUIRED else b.default for b in op.schema
+        }
+        attrs[a.name] = "1"  # a str: no attribute of a computed op takes one
+        with pytest.raises(ShapeError, match=f"{name}: {a.name} must be"):
+            g.apply(name, *xs, **attrs)
+        assert snapshot(g) == before
+
+
+@pytest.mark.parametrize("name", [n for n in WITH_ATTRIBUTES if any(
+    a.default is REQUIRED for a in OPS[n].schema)])  # fmt: skip
+def test_node_creation_refuses_a_missing_required_attribute(name):
+    g, xs = _operands(name)
+    required = [a.name for a in OPS[name].schema if a.default is REQUIRED]
+    with pytest.raises(ShapeError, match=f"{name}: needs the attribute {required[0]}"):
+        g.apply(name, *xs)
+
+
+def test_window_sum_without_its_shape_is_refused_not_a_key_error():
+    g = sg.Graph()
+    x = g.input("x", (1, 1, 3, 3, 2, 2))
+    with pytest.raises(ShapeError, match="window_sum: needs the attribute shape"):
+        g.apply("window_sum", x, kernel_size=2)
+
+
+@pytest.mark.parametrize("value", [5, b"x", ("x",)])
+def test_unpickling_checks_a_leaf_attribute_against_the_schema(value):
+    g = sg.Graph()
+    g.input("x")
+    state = g.__getstate__()
+    op, args, attrs, shape, role, order = state["nodes"][0]
+    state["nodes"][0] = (op, args, (("name", value),), shape, role, order)
+    with pytest.raises(GraphError, match="name must be a str"):
+        sg.Graph.__new__(sg.Graph).__setstate__(state)
+
+
+def test_defaults_come_from_the_schema():
+    g = sg.Graph()
+    x = g.input("x", (1, 1, 4, 4))
+    # Pooling's stride defaults to its kernel size, a reduction's axis to all axes.
+    assert g.apply("max_pool2d", x).shape == (1, 1, 2, 2)
+    assert g.apply("avg_pool2d", x, kernel_size=3).shape == (1, 1, 1, 1)
+    assert g.apply("sum", x).shape == ()
+    assert g.apply("softmax", x).id == g.apply("softmax", x, axis=3).id
