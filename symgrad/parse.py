@@ -249,25 +249,208 @@ def _plural(n: int, noun: str = "argument") -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-class _Parser:
+class _ConstantReader:
+    """The token stream of one parse, and the readers of its constant-only parts.
+
+    An index in brackets and the attributes of a tensor call hold only constants and are flat,
+    so they are read by small loops pulling tokens from the same iterator as the parser's main
+    loop. Tokens are ``(kind, source text, offset)``, offsets 0-based (columns are offset + 1).
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        self.tokens = _TOKEN_RE.finditer(text)
+
+    def error(self, message: str, pos: int) -> ParseError:
+        return ParseError(message, self.text, pos + 1)
+
+    def _token(self, m: re.Match) -> tuple:
+        """``(kind, source, offset)`` of a match, or the ParseError of a bad character/number."""
+        kind = m.lastgroup
+        source, pos = m.group(kind), m.start()
+        if kind == "bad":
+            if source == "^":
+                raise self.error("'^' is not an operator: use ** for powers", pos)
+            hint = f": {_HINTS[source]}" if source in _HINTS else ""
+            raise self.error(f"unexpected character {source!r}{hint}", pos)
+        if kind == "num" and not _NUMBER_RE.fullmatch(source):
+            raise self.error(f"malformed number {_show(source)}", pos)
+        return kind, source, pos
+
+    def _pull(self, unclosed: tuple[str, int]) -> tuple:
+        """The next token for a constant-reading loop; ``unclosed`` is the (message, offset) of
+        the error if the text ends first."""
+        m = next(self.tokens, None)
+        if m is None:
+            raise self.error(*unclosed)
+        return self._token(m)
+
+    def _read_index(self, pos: int):
+        """The constant index from after the '[' at ``pos`` through its ']'.
+
+        An index is entries separated by ',', each an integer, a slice ``start:stop:step`` whose
+        parts are optional integers, or ``...``. A flat loop: brackets never nest.
+        """
+        unclosed = ("unclosed '[': expected ']'", pos)
+        items: list = []
+        parts: list = [None]  # the current entry: one value, or the parts of a slice
+        while True:
+            token = self._pull(unclosed)
+            kind, source, at = token
+            if kind == "comma" or kind == "rbrack":
+                items.append(self._index_entry(parts, source, at))
+                if kind == "rbrack":
+                    break
+                parts = [None]
+            elif kind == "colon":
+                if parts[-1] is Ellipsis or len(parts) == 3:
+                    what = "'...' cannot be part of a slice" if parts[-1] is Ellipsis else ""
+                    raise self.error(what or "a slice has at most two ':'", at)
+                parts.append(None)
+            elif kind == "ellipsis" and parts == [None]:
+                parts[0] = Ellipsis
+            elif parts[-1] is not None:
+                raise self.error(f"missing ',' or ':' before {_show(source)} in an index", at)
+            elif kind == "ellipsis":
+                raise self.error("'...' cannot be part of a slice", at)
+            else:
+                parts[-1] = self._integer(token, "index", unclosed)
+        return items[0] if len(items) == 1 else tuple(items)
+
+    def _index_entry(self, parts: list, source: str, pos: int):
+        if parts == [None]:
+            raise self.error(
+                f"empty index: expected an integer, a slice or '...' before {source!r}", pos
+            )
+        return parts[0] if len(parts) == 1 else slice(*parts)
+
+    def _integer(self, token: tuple, what: str, unclosed: tuple[str, int]) -> int:
+        """An integer constant: digits with an optional sign (pulling the token after a sign)."""
+        kind, source, pos = token
+        sign = 1
+        if kind == "op" and source in ("+", "-"):
+            sign = -1 if source == "-" else 1
+            kind, source, pos = self._pull(unclosed)
+        if kind != "num" or not _INT_RE.fullmatch(source):
+            raise self.error(f"{what} must be an integer constant, got {_show(source)}", pos)
+        # Count digits before converting: int() of a 5,000-digit run raises a ValueError.
+        digits = source.lstrip("0") or "0"
+        if len(digits) > 19 or int(digits) >= _INT_LIMIT:
+            raise self.error(f"{what} {_show(source)} is too large (at most 2**63 - 1)", pos)
+        return sign * int(digits)
+
+    def _attribute_arguments(self, name: str, start: int, at: int) -> tuple[list, dict]:
+        """Constant arguments from offset ``at`` through the call's ')': positional values and
+        keyword -> (value, offset of the keyword)."""
+        paren = self.text.index("(", start + len(name))
+        unclosed = (f"unclosed '(' of {name}(...): expected ')'", paren)
+        positional: list = []
+        keywords: dict = {}
+        while True:
+            keyword = _KEYWORD_RE.match(self.text, at)
+            if keyword is not None:
+                self._pull(unclosed)  # the keyword's name...
+                next(self.tokens)  # ... and its '=' (a 'bad' token: not through _token)
+                key = self._check_keyword(name, keyword, positional, keywords)
+                token = self._pull(unclosed)
+            else:
+                token = self._pull(unclosed)
+                key = self._positional_name(name, token, keywords, len(positional))
+            value, kind, end = self._constant(token, name, key, unclosed)
+            allowed = _VALUE_KINDS.get(key, tuple(_KIND_WORDS))
+            if kind not in allowed:
+                shown = _show(self.text[token[2] : end[2]].rstrip())
+                expected = " or ".join(_KIND_WORDS[k] for k in allowed)
+                raise self.error(f"{name}(): {key} must be {expected}, got {shown}", token[2])
+            if keyword is not None:
+                keywords[key] = (value, keyword.start(1))
+            else:
+                positional.append(value)
+            if end[0] == "close":
+                return positional, keywords
+            if end[0] != "comma":
+                raise self.error(
+                    f"expected ',' or ')' after the value of {key}, got {_show(end[1])}: "
+                    "attribute values are constants, not expressions",
+                    end[2],
+                )
+            at = end[2] + 1
+
+    def _check_keyword(self, name: str, keyword: re.Match, positional: list, keywords: dict):
+        spec, key, pos = _SPECS[name], keyword.group(1), keyword.start(1)
+        if key not in spec.keywords:
+            if not spec.keywords:
+                raise self.error(f"{name}() takes no keyword arguments, got {key!r}", pos)
+            known = ", ".join(spec.keywords)
+            raise self.error(f"{name}() has no keyword {key!r}; its keywords: {known}", pos)
+        if key in keywords or key in spec.positional[: len(positional)]:
+            raise self.error(f"{name}() got two values for {key!r}", pos)
+        return key
+
+    def _positional_name(self, name: str, token: tuple, keywords: dict, count: int) -> str:
+        """The attribute a positional constant binds to (its error if it has none)."""
+        spec, (kind, source, pos) = _SPECS[name], token
+        if kind == "close" or kind == "comma":
+            raise self.error(f"empty argument: expected a value before {source!r}", pos)
+        if keywords:
+            raise self.error(f"{name}(): positional argument after a keyword argument", pos)
+        if count >= len(spec.positional):
+            more = _plural(len(spec.positional))
+            after = _plural(spec.most, "operand")
+            allowed = ", ".join(spec.positional)
+            raise self.error(
+                f"{name}() takes at most {more} after its {after} ({allowed}), got {_show(source)}",
+                pos,
+            )
+        return spec.positional[count]
+
+    def _constant(self, token: tuple, name: str, key: str, unclosed: tuple) -> tuple:
+        """An attribute value starting at ``token``: ``(value, kind, the token after it)``."""
+        kind, source, pos = token
+        what = f"{name}(): {key}"
+        if kind == "name" and source in _NAMED_VALUES:
+            return (*_NAMED_VALUES[source], self._pull(unclosed))
+        if kind != "open":
+            if kind != "num" and (kind != "op" or source not in ("+", "-")):
+                raise self.error(
+                    f"{what} must be a constant (an integer, a tuple of integers, True, False "
+                    f"or None), got {_show(source)}",
+                    pos,
+                )
+            return self._integer(token, what, unclosed), "int", self._pull(unclosed)
+        # A parenthesized tuple, with Python's rule: (2) is 2, (2,) and () are tuples.
+        items, commas = [], 0
+        token = self._pull(unclosed)
+        while token[0] != "close":
+            items.append(self._integer(token, f"{what} entry", unclosed))
+            token = self._pull(unclosed)
+            if token[0] == "comma":
+                commas += 1
+                token = self._pull(unclosed)
+            elif token[0] != "close":
+                raise self.error(f"expected ',' or ')' in the tuple of {key}", token[2])
+        end = self._pull(unclosed)
+        if len(items) == 1 and not commas:
+            return items[0], "int", end
+        return tuple(items), "tuple", end
+
+
+class _Parser(_ConstantReader):
     """One parse: the operand stack, the operator stack and a state flag.
 
     ``want_operand`` is the whole grammar state: True where an operand (number, name, call, '(' or
     a unary sign) must come next, False where an operator, ')', ',', a postfix or the end must
     come next. Operator-stack entries are ``(kind, op, precedence, offset, base)``: kind is "bin",
     "pre", "(" or "call"; ``base`` is, for a call, the operand-stack height where its arguments
-    start. Tokens are ``(kind, source text, offset)``, offsets 0-based (columns are offset + 1).
-
-    Constant-only parts (an index in brackets, the attributes of a tensor call) are flat, so
-    they are read by small loops pulling tokens from the same iterator as the main loop.
+    start. Constant-only parts (an index, a tensor call's attributes) are read by the
+    ``_ConstantReader`` methods from the same token stream.
     """
 
     def __init__(self, text: str, graph: Graph, shapes: dict, max_depth: int):
-        self.text = text
+        super().__init__(text)
         self.max_depth = max_depth
         self.graph = graph
         self.shapes = shapes
-        self.tokens = _TOKEN_RE.finditer(text)
         self.operands: list[Expr] = []
         self.ops: list[tuple] = []
         self.want_operand = True
@@ -300,9 +483,6 @@ class _Parser:
             self.prev = m
         return self._finish()
 
-    def error(self, message: str, pos: int) -> ParseError:
-        return ParseError(message, self.text, pos + 1)
-
     def _too_deep(self, pos: int) -> ParseError:
         return self.error(
             f"formula nests deeper than max_depth={self.max_depth} (groups and operators open "
@@ -314,27 +494,6 @@ class _Parser:
         # An op's shape complaint, with the column and caret a ParseError would show, so the
         # user sees which '@' or call of a long formula it is about. Still a ShapeError.
         return ShapeError(str(ParseError(str(err), self.text, pos + 1)))
-
-    def _token(self, m: re.Match) -> tuple:
-        """``(kind, source, offset)`` of a match, or the ParseError of a bad character/number."""
-        kind = m.lastgroup
-        source, pos = m.group(kind), m.start()
-        if kind == "bad":
-            if source == "^":
-                raise self.error("'^' is not an operator: use ** for powers", pos)
-            hint = f": {_HINTS[source]}" if source in _HINTS else ""
-            raise self.error(f"unexpected character {source!r}{hint}", pos)
-        if kind == "num" and not _NUMBER_RE.fullmatch(source):
-            raise self.error(f"malformed number {_show(source)}", pos)
-        return kind, source, pos
-
-    def _pull(self, unclosed: tuple[str, int]) -> tuple:
-        """The next token for a constant-reading loop; ``unclosed`` is the (message, offset) of
-        the error if the text ends first."""
-        m = next(self.tokens, None)
-        if m is None:
-            raise self.error(*unclosed)
-        return self._token(m)
 
     # --- where an operand is expected -----------------------------------------------------
 
@@ -527,62 +686,12 @@ class _Parser:
         self.operands[-1] = self.operands[-1].T  # any shape has a transpose: nothing to check
 
     def _index(self, pos: int) -> None:
-        """Read the constant index from after the '[' at ``pos`` through its ']' and apply it.
-
-        An index is entries separated by ',', each an integer, a slice ``start:stop:step`` whose
-        parts are optional integers, or ``...``. A flat loop: brackets never nest.
-        """
-        unclosed = ("unclosed '[': expected ']'", pos)
-        items: list = []
-        parts: list = [None]  # the current entry: one value, or the parts of a slice
-        while True:
-            token = self._pull(unclosed)
-            kind, source, at = token
-            if kind == "comma" or kind == "rbrack":
-                items.append(self._index_entry(parts, source, at))
-                if kind == "rbrack":
-                    break
-                parts = [None]
-            elif kind == "colon":
-                if parts[-1] is Ellipsis or len(parts) == 3:
-                    what = "'...' cannot be part of a slice" if parts[-1] is Ellipsis else ""
-                    raise self.error(what or "a slice has at most two ':'", at)
-                parts.append(None)
-            elif kind == "ellipsis" and parts == [None]:
-                parts[0] = Ellipsis
-            elif parts[-1] is not None:
-                raise self.error(f"missing ',' or ':' before {_show(source)} in an index", at)
-            elif kind == "ellipsis":
-                raise self.error("'...' cannot be part of a slice", at)
-            else:
-                parts[-1] = self._integer(token, "index", unclosed)
-        index = items[0] if len(items) == 1 else tuple(items)
+        """Apply the constant index in brackets after the '[' at ``pos``."""
+        index = self._read_index(pos)
         try:
             self.operands[-1] = self.operands[-1][index]
         except ShapeError as err:
             raise self._located(err, pos) from None
-
-    def _index_entry(self, parts: list, source: str, pos: int):
-        if parts == [None]:
-            raise self.error(
-                f"empty index: expected an integer, a slice or '...' before {source!r}", pos
-            )
-        return parts[0] if len(parts) == 1 else slice(*parts)
-
-    def _integer(self, token: tuple, what: str, unclosed: tuple[str, int]) -> int:
-        """An integer constant: digits with an optional sign (pulling the token after a sign)."""
-        kind, source, pos = token
-        sign = 1
-        if kind == "op" and source in ("+", "-"):
-            sign = -1 if source == "-" else 1
-            kind, source, pos = self._pull(unclosed)
-        if kind != "num" or not _INT_RE.fullmatch(source):
-            raise self.error(f"{what} must be an integer constant, got {_show(source)}", pos)
-        # Count digits before converting: int() of a 5,000-digit run raises a ValueError.
-        digits = source.lstrip("0") or "0"
-        if len(digits) > 19 or int(digits) >= _INT_LIMIT:
-            raise self.error(f"{what} {_show(source)} is too large (at most 2**63 - 1)", pos)
-        return sign * int(digits)
 
     # --- tensor functions ---------------------------------------------------------------------
 
@@ -602,101 +711,6 @@ class _Parser:
         positional, keywords = self._attribute_arguments(name, start, at)
         self._apply_tensor(name, start, base, positional, keywords)
         self.want_operand = False
-
-    def _attribute_arguments(self, name: str, start: int, at: int) -> tuple[list, dict]:
-        """Constant arguments from offset ``at`` through the call's ')': positional values and
-        keyword -> (value, offset of the keyword)."""
-        paren = self.text.index("(", start + len(name))
-        unclosed = (f"unclosed '(' of {name}(...): expected ')'", paren)
-        positional: list = []
-        keywords: dict = {}
-        while True:
-            keyword = _KEYWORD_RE.match(self.text, at)
-            if keyword is not None:
-                self._pull(unclosed)  # the keyword's name...
-                next(self.tokens)  # ... and its '=' (a 'bad' token: not through _token)
-                key = self._check_keyword(name, keyword, positional, keywords)
-                token = self._pull(unclosed)
-            else:
-                token = self._pull(unclosed)
-                key = self._positional_name(name, token, keywords, len(positional))
-            value, kind, end = self._constant(token, name, key, unclosed)
-            allowed = _VALUE_KINDS.get(key, tuple(_KIND_WORDS))
-            if kind not in allowed:
-                shown = _show(self.text[token[2] : end[2]].rstrip())
-                expected = " or ".join(_KIND_WORDS[k] for k in allowed)
-                raise self.error(f"{name}(): {key} must be {expected}, got {shown}", token[2])
-            if keyword is not None:
-                keywords[key] = (value, keyword.start(1))
-            else:
-                positional.append(value)
-            if end[0] == "close":
-                return positional, keywords
-            if end[0] != "comma":
-                raise self.error(
-                    f"expected ',' or ')' after the value of {key}, got {_show(end[1])}: "
-                    "attribute values are constants, not expressions",
-                    end[2],
-                )
-            at = end[2] + 1
-
-    def _check_keyword(self, name: str, keyword: re.Match, positional: list, keywords: dict):
-        spec, key, pos = _SPECS[name], keyword.group(1), keyword.start(1)
-        if key not in spec.keywords:
-            if not spec.keywords:
-                raise self.error(f"{name}() takes no keyword arguments, got {key!r}", pos)
-            known = ", ".join(spec.keywords)
-            raise self.error(f"{name}() has no keyword {key!r}; its keywords: {known}", pos)
-        if key in keywords or key in spec.positional[: len(positional)]:
-            raise self.error(f"{name}() got two values for {key!r}", pos)
-        return key
-
-    def _positional_name(self, name: str, token: tuple, keywords: dict, count: int) -> str:
-        """The attribute a positional constant binds to (its error if it has none)."""
-        spec, (kind, source, pos) = _SPECS[name], token
-        if kind == "close" or kind == "comma":
-            raise self.error(f"empty argument: expected a value before {source!r}", pos)
-        if keywords:
-            raise self.error(f"{name}(): positional argument after a keyword argument", pos)
-        if count >= len(spec.positional):
-            more = _plural(len(spec.positional))
-            after = _plural(spec.most, "operand")
-            allowed = ", ".join(spec.positional)
-            raise self.error(
-                f"{name}() takes at most {more} after its {after} ({allowed}), got {_show(source)}",
-                pos,
-            )
-        return spec.positional[count]
-
-    def _constant(self, token: tuple, name: str, key: str, unclosed: tuple) -> tuple:
-        """An attribute value starting at ``token``: ``(value, kind, the token after it)``."""
-        kind, source, pos = token
-        what = f"{name}(): {key}"
-        if kind == "name" and source in _NAMED_VALUES:
-            return (*_NAMED_VALUES[source], self._pull(unclosed))
-        if kind != "open":
-            if kind != "num" and (kind != "op" or source not in ("+", "-")):
-                raise self.error(
-                    f"{what} must be a constant (an integer, a tuple of integers, True, False "
-                    f"or None), got {_show(source)}",
-                    pos,
-                )
-            return self._integer(token, what, unclosed), "int", self._pull(unclosed)
-        # A parenthesized tuple, with Python's rule: (2) is 2, (2,) and () are tuples.
-        items, commas = [], 0
-        token = self._pull(unclosed)
-        while token[0] != "close":
-            items.append(self._integer(token, f"{what} entry", unclosed))
-            token = self._pull(unclosed)
-            if token[0] == "comma":
-                commas += 1
-                token = self._pull(unclosed)
-            elif token[0] != "close":
-                raise self.error(f"expected ',' or ')' in the tuple of {key}", token[2])
-        end = self._pull(unclosed)
-        if len(items) == 1 and not commas:
-            return items[0], "int", end
-        return tuple(items), "tuple", end
 
     def _apply_tensor(self, name: str, pos: int, base: int, positional: list, keywords: dict):
         """Call the tensor function on the operands above ``base`` and the attributes."""
