@@ -30,32 +30,26 @@ def fast_entry(n_in: int) -> str:
         "define ptr @sg_fast(ptr %self, ptr %args, i64 %nargs) #1 {",
         "entry:",
         f"  %buf = alloca [{size} x double], align 8",
-        "  %ftp = getelementptr inbounds i8, ptr %self, i64 8",
-        "  %ftype = load ptr, ptr %ftp, align 8",
+        *_field("%ftype", "%self", 8, "ptr"),
         f"  %nok = icmp eq i64 %nargs, {n_in + 1}",
         "  br i1 %nok, label %check0, label %fail",
     ]
     for k in range(n_in):
         lines += [
             f"check{k}:",
-            f"  %ap{k} = getelementptr inbounds ptr, ptr %args, i64 {k + 1}",
-            f"  %a{k} = load ptr, ptr %ap{k}, align 8",
-            f"  %tp{k} = getelementptr inbounds i8, ptr %a{k}, i64 8",
-            f"  %t{k} = load ptr, ptr %tp{k}, align 8",
+            *_argument(f"%a{k}", k + 1),
+            *_field(f"%t{k}", f"%a{k}", 8, "ptr"),
             f"  %ok{k} = icmp eq ptr %t{k}, %ftype",
             f"  br i1 %ok{k}, label %load{k}, label %fail",
             f"load{k}:",
-            f"  %vp{k} = getelementptr inbounds i8, ptr %a{k}, i64 16",
-            f"  %v{k} = load double, ptr %vp{k}, align 8",
-            f"  %bp{k} = getelementptr inbounds [{size} x double], ptr %buf, i64 0, i64 {k}",
-            f"  store double %v{k}, ptr %bp{k}, align 8",
+            *_field(f"%v{k}", f"%a{k}", 16, "double"),
+            *_store_slot(f"%v{k}", "double", f"[{size} x double]", "%buf", k),
             f"  br label %check{k + 1}",
         ]
     lines += [
         f"check{n_in}:",
         "  %arr = load ptr, ptr %args, align 8",
-        "  %dp = getelementptr inbounds i8, ptr %arr, i64 16",
-        "  %data = load ptr, ptr %dp, align 8",
+        *_field("%data", "%arr", 16, "ptr"),
         "  call void @sg_point(ptr %buf, ptr %data)",
         *return_new_reference("%arr"),
         "fail:",
@@ -87,12 +81,9 @@ def fast_tensor_entry(n_bufs: int) -> str:
     ]
     for k in range(n_bufs):
         lines += [
-            f"  %ap{k} = getelementptr inbounds ptr, ptr %args, i64 {k}",
-            f"  %a{k} = load ptr, ptr %ap{k}, align 8",
-            f"  %dp{k} = getelementptr inbounds i8, ptr %a{k}, i64 16",
-            f"  %d{k} = load ptr, ptr %dp{k}, align 8",
-            f"  %bp{k} = getelementptr inbounds [{n_bufs} x ptr], ptr %bufs, i64 0, i64 {k}",
-            f"  store ptr %d{k}, ptr %bp{k}, align 8",
+            *_argument(f"%a{k}", k),
+            *_field(f"%d{k}", f"%a{k}", 16, "ptr"),
+            *_store_slot(f"%d{k}", "ptr", f"[{n_bufs} x ptr]", "%bufs", k),
         ]
     lines += [
         "  %state = call ptr @PyEval_SaveThread()",
@@ -105,6 +96,30 @@ def fast_tensor_entry(n_bufs: int) -> str:
         "}",
     ]
     return "\n".join(lines)
+
+
+def _argument(value: str, k: int) -> list[str]:
+    """IR lines loading the ``k``-th object pointer of the FASTCALL ``%args`` into ``value``."""
+    return [
+        f"  {value}.p = getelementptr inbounds ptr, ptr %args, i64 {k}",
+        f"  {value} = load ptr, ptr {value}.p, align 8",
+    ]
+
+
+def _field(value: str, obj: str, offset: int, ty: str) -> list[str]:
+    """IR lines loading the ``ty`` at byte ``offset`` of the object ``obj`` into ``value``."""
+    return [
+        f"  {value}.p = getelementptr inbounds i8, ptr {obj}, i64 {offset}",
+        f"  {value} = load {ty}, ptr {value}.p, align 8",
+    ]
+
+
+def _store_slot(value: str, ty: str, array: str, slots: str, k: int) -> list[str]:
+    """IR lines storing ``value`` (a ``ty``) in slot ``k`` of the stack array ``slots``."""
+    return [
+        f"  {value}.s = getelementptr inbounds {array}, ptr {slots}, i64 0, i64 {k}",
+        f"  store {ty} {value}, ptr {value}.s, align 8",
+    ]
 
 
 def return_new_reference(obj: str) -> list[str]:
