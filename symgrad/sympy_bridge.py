@@ -44,7 +44,7 @@ def to_sympy(e, *, evaluate: bool = True):
 
     leaves = _leaves(e, Expr, "to_sympy")
     if not leaves:
-        return _rebuild(e, [])
+        return _refill(e, [])
     graph = leaves[0].graph
     if any(x.graph is not graph for x in leaves):
         raise GraphError("to_sympy: the expressions belong to different graphs")
@@ -60,7 +60,7 @@ def to_sympy(e, *, evaluate: bool = True):
                 ) from None
             except (TypeError, ValueError) as err:  # e.g. Max(nan, x): nan is not comparable
                 raise GraphError(f"to_sympy: node {i} ({graph.node(i)['op']}): {err}") from err
-    return _rebuild(e, [memo[x.id] for x in leaves])
+    return _refill(e, [memo[x.id] for x in leaves])
 
 
 def _sympy_node(sp, graph: Graph, i: int, memo: dict, rel: dict):
@@ -121,7 +121,7 @@ def from_sympy(expr, graph: Graph | None = None):
     symbols: dict[str, object] = {}  # input name -> the one SymPy symbol it stands for
     with graph.atomic():
         nodes = [_node(graph, _convert(sp, graph, x, memo, symbols)) for x in leaves]
-    return _rebuild(expr, nodes)
+    return _refill(expr, nodes)
 
 
 class _Neg(NamedTuple):
@@ -461,7 +461,7 @@ def _leaves(obj, kind: type, who: str) -> list:
     return found
 
 
-def _rebuild(obj, values: list):
+def _refill(obj, values: list):
     """``obj``'s nesting with its leaves replaced by ``values``, in order (lists come back)."""
     if not isinstance(obj, (list, tuple)):
         return values[0]
