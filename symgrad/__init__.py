@@ -29,6 +29,7 @@ from symgrad.graph import Expr, Graph
 from symgrad.interp import evaluate
 from symgrad.optimize import optimize
 from symgrad.parse import parse  # after the submodule import, so sg.parse is the function
+from symgrad.scan import scan
 from symgrad.scipy_bridge import ScipyObjective, scipy_objective
 from symgrad.tensor import TENSOR_FUNCTIONS as _TENSOR_FUNCTIONS
 
@@ -76,6 +77,7 @@ __all__ = [
     "jacobian",
     "optimize",
     "parse",
+    "scan",
     "ScipyObjective",
     "scipy_objective",
     "to_dot",

@@ -40,12 +40,31 @@ def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
         # The derivative of the stable form (log1p, softplus, logsumexp, ...), whatever the
         # order of calls: differentiating log(sigmoid(z)) as written gives nan where it underflows.
         y = stabilize(y, keep=wrt)
-        active = _active_nodes(graph, y.id, {w.id for w in wrt})
-        order = 1 + max((graph.node(i)["order"] for i in active), default=0)
-        with graph.stamped("grad", order):
-            ct = _backward(graph, y, active, _seed(graph, seed, y.shape))
-            # The constant is hash-consed: every unconnected wrt shares one zero node.
-            return [_apply(graph, *ct[w.id]) if w.id in ct else _zeros(graph, w.shape) for w in wrt]
+        return _gradients(graph, [y], [seed], wrt)
+
+
+def vjp(ys: list[Expr], cotangents: list[Expr], wrt: list[Expr]) -> list[Expr]:
+    """``sum_k cotangents[k] · d ys[k] / d w`` for each ``w`` of ``wrt``, as nodes of the graph:
+    the vector-Jacobian product of several outputs at once (each cotangent of its output's
+    shape, ys of any shape). How a scan's reverse body is built from its step body."""
+    graph = ys[0].graph
+    with graph.atomic(), paused_gc():
+        ys = [stabilize(y, keep=wrt) for y in ys]
+        return _gradients(graph, ys, cotangents, wrt)
+
+
+def _gradients(graph: Graph, ys: list[Expr], seeds: list, wrt: list[Expr]) -> list[Expr]:
+    """The VJP of ``ys`` with output adjoints ``seeds`` (None: 1), each node of derivative
+    order one more than the highest among the nodes differentiated."""
+    active = _active_nodes(graph, [y.id for y in ys], {w.id for w in wrt})
+    order = 1 + max((graph.node(i)["order"] for i in active), default=0)
+    with graph.stamped("grad", order):
+        pending: dict[int, list[Part]] = {}
+        for y, seed in zip(ys, seeds):
+            pending.setdefault(y.id, []).append((_seed(graph, seed, y.shape), ()))
+        ct = _backward(graph, pending, active)
+        # The constant is hash-consed: every unconnected wrt shares one zero node.
+        return [_apply(graph, *ct[w.id]) if w.id in ct else _zeros(graph, w.shape) for w in wrt]
 
 
 def jacobian(ys, wrt) -> list[list[Expr]]:
@@ -137,21 +156,24 @@ def hvp(y: Expr, wrt, v) -> list[Expr]:
 Part = tuple  # (Expr, mask)
 
 
-def _backward(graph: Graph, y: Expr, active: list[int], seed: Expr) -> dict[int, Part]:
-    """Walk ``active`` in reverse id order, summing each node's contributions once.
+def _backward(graph: Graph, pending: dict[int, list], active: list[int]) -> dict[int, Part]:
+    """Walk ``active`` in reverse id order from the cotangents in ``pending``, summing each
+    node's contributions once.
 
     Returns each reached node's cotangent with its mask still deferred: the caller applies the
     masks of the nodes it wants (its wrt), so no select is built for intermediate nodes.
     """
-    pending: dict[int, list[Part]] = {y.id: [(seed, ())]}
     done: dict[int, Part] = {}
     active_set = frozenset(active)
     for i in reversed(active):
         parts = pending.pop(i, None)
         if parts is None:
             continue  # symbolic zero: nothing flows into this node
-        done[i] = _sum(graph, parts)
         node = graph.node(i)
+        if OPS[node["op"]].multiple:
+            _propagate_parts(graph, i, node, parts, pending, active_set)
+            continue
+        done[i] = _sum(graph, parts)
         if not node["args"]:
             continue
         _propagate(graph, i, node, done[i], pending, active_set)
@@ -176,6 +198,11 @@ def _propagate(graph, i, node, total: Part, pending, active_set) -> None:
             # The branch's cotangent is g where its side is taken: deferred, not built.
             pending.setdefault(a, []).append((g, mask + ((args[0].id, pos == 1),)))
             continue
+        if OPS[graph.node(a)["op"]].multiple:
+            # A projection (not elementwise: no mask left): the cotangent of one part of a
+            # tuple-valued node (a scan), which takes all its parts' cotangents at once.
+            pending.setdefault(a, []).append((rule(g, out, *args, **attrs), (), attrs["part"]))
+            continue
         try:
             contribution = rule(g, out, *args, **attrs)
             if contribution.shape != args[pos].shape and mask:
@@ -184,11 +211,34 @@ def _propagate(graph, i, node, total: Part, pending, active_set) -> None:
                 part_mask = mask
             contribution = _fit(contribution, args[pos].shape)
         except SymgradError as err:
-            # The graph's limits (max_nodes, max_elements) keep their class: they are not a
-            # rule that failed, and the caller raises the limit to get past them.
-            kind = type(err) if type(err) in (GraphError, ShapeError) else GradError
-            raise kind(f"{node['op']} (node {i}), operand {pos}: {err}") from err
+            raise _rule_error(err, node["op"], i, pos) from err
         pending.setdefault(a, []).append((contribution, part_mask))
+
+
+def _rule_error(err: SymgradError, op: str, i: int, pos: int) -> SymgradError:
+    # The graph's limits (max_nodes, max_elements) keep their class: they are not a rule that
+    # failed, and the caller raises the limit to get past them.
+    kind = type(err) if type(err) in (GraphError, ShapeError) else GradError
+    return kind(f"{op} (node {i}), operand {pos}: {err}")
+
+
+def _propagate_parts(graph, i, node, parts: list, pending, active_set) -> None:
+    """A tuple-valued node (a scan): its rule takes the summed cotangent of each part at once."""
+    by_part: dict = {}
+    for expr, _, part in parts:
+        by_part[part] = expr if part not in by_part else by_part[part] + expr
+    opdef = OPS[node["op"]]
+    args = tuple(Expr(graph, a) for a in node["args"])
+    active = [a in active_set for a in node["args"]]
+    try:
+        contributions = opdef.vjp_parts(
+            by_part, Expr(graph, i), active, *args, **dict(node["attrs"])
+        )
+    except SymgradError as err:
+        raise _rule_error(err, node["op"], i, 0) from err
+    for a, arg, flag, c in zip(node["args"], args, active, contributions):
+        if flag and c is not None:
+            pending.setdefault(a, []).append((_fit(c, arg.shape), ()))
 
 
 def _propagate_expanded(graph, opdef, args, attrs, g, pending, active_set) -> None:
@@ -196,8 +246,8 @@ def _propagate_expanded(graph, opdef, args, attrs, g, pending, active_set) -> No
     ops, built in the graph, and pass on what reaches its operands."""
     expanded = opdef.expand(*args, **attrs)
     wanted = {a.id for a in args if a.id in active_set}
-    local = _active_nodes(graph, expanded.id, wanted)
-    done = _backward(graph, expanded, local, g)
+    local = _active_nodes(graph, [expanded.id], wanted)
+    done = _backward(graph, {expanded.id: [(g, ())]}, local)
     for a in args:
         if a.id in wanted and a.id in done:
             pending.setdefault(a.id, []).append(done[a.id])
@@ -251,11 +301,11 @@ def _zeros(graph: Graph, shape: tuple[int, ...]) -> Expr:
     return zero if not shape else graph.apply("broadcast_to", zero, shape=shape)
 
 
-def _active_nodes(graph: Graph, y: int, wrt: set[int]) -> list[int]:
-    """Ids on a path from a ``wrt`` node to ``y``, ascending."""
+def _active_nodes(graph: Graph, ys: list[int], wrt: set[int]) -> list[int]:
+    """Ids on a path from a ``wrt`` node to one of ``ys``, ascending."""
     active: list[int] = []
     reached: set[int] = set()
-    for i in reachable(graph, [y]):
+    for i in reachable(graph, ys):
         if i in wrt or any(a in reached for a in graph.node(i)["args"]):
             reached.add(i)
             active.append(i)

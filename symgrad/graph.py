@@ -31,7 +31,7 @@ import networkx as nx
 import numpy as np
 
 from symgrad.errors import GraphError, ShapeError, SymgradError
-from symgrad.ops import MAX_NDIM, OPS, show
+from symgrad.ops import MAX_NDIM, OPS, VARIADIC, show
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 DEFAULT_MAX_NODES = 10_000_000
@@ -110,6 +110,12 @@ class Graph:
         self._keys: list[tuple] = []  # key of each id, to undo a failed call
         self._inputs: dict[str, int] = {}
         self._stamp = ("primal", 0)
+        # A scan body while its step is traced: how an operand of the enclosing graph becomes
+        # one of this graph (symgrad.scan); None elsewhere. Once traced, a body is closed.
+        self._capture = None
+        self._closed = False
+        self._depth = 0  # how many scan bodies this graph is inside (0: an ordinary graph)
+        self._has_parts = False  # some node is tuple-valued (see _operand_shapes)
 
     @property
     def nx(self) -> nx.DiGraph:
@@ -225,6 +231,14 @@ class Graph:
 
     def apply(self, op: str, *operands, **attrs) -> Expr:
         """Node ``op(*operands)``; numbers among ``operands`` become constants."""
+        inner = self
+        for v in operands:
+            if type(v) is Expr and v.graph._depth > inner._depth:
+                inner = v.graph
+        if inner is not self:
+            # ``w @ h`` in a scan step, w of the enclosing graph: the node goes in the body,
+            # which captures w (a body is deeper than the graph it was traced in).
+            return inner.apply(op, *operands, **attrs)
         opdef = _opdef(op, len(operands), attrs)
         start = len(self._keys)
         try:
@@ -249,7 +263,7 @@ class Graph:
         """
         attrs = opdef.checked_attributes(attrs)
         if opdef.normalize is not None:
-            shapes = tuple(self._nx._node[i]["shape"] for i in ids)
+            shapes = self._operand_shapes(ids)
             try:
                 attrs = opdef.normalize(opdef.name, shapes, attrs)
             except SymgradError:
@@ -266,8 +280,7 @@ class Graph:
         opdef = OPS[op]
         if opdef.commutative:
             ids = tuple(sorted(ids))
-        nodes = self._nx._node
-        shapes = tuple(nodes[i]["shape"] for i in ids)
+        shapes = self._operand_shapes(ids)
         # Scalar operands of an elementwise op are the common case: skip the shape rule.
         if not any(shapes) and opdef.shape is None:
             return self._add(op, ids, attrs, ())
@@ -276,8 +289,18 @@ class Graph:
             check_shape(shape, f"{op}: result", self._max_elements)
         return self._add(op, ids, attrs, shape)
 
+    def _operand_shapes(self, ids: tuple[int, ...]) -> tuple:
+        """The operands' shapes, as the op's rules see them: a tuple-valued node (a scan) is
+        seen as the shapes of its parts, a mapping part -> shape."""
+        nodes = self._nx._node
+        if not self._has_parts:  # the common case, on the hot path of node creation
+            return tuple(nodes[i]["shape"] for i in ids)
+        return tuple(nodes[i].get("parts", nodes[i]["shape"]) for i in ids)
+
     def _operand_id(self, op: str, pos: int, v) -> int:
         if isinstance(v, Expr):
+            if v.graph is not self and self._capture is not None:
+                return self._capture(v)  # a scan step using a node of the enclosing graph
             if v.graph is not self:
                 raise GraphError(f"{op}: operand {pos} belongs to another graph")
             return v.id
@@ -299,6 +322,13 @@ class Graph:
 
     def _new(self, key: tuple, op: str, args: tuple, attrs: tuple, shape: tuple) -> int:
         i = len(self._keys)
+        if self._closed:
+            # A scan's body is an attribute of its node, hash-consed by its nodes: it must not
+            # change once the scan exists.
+            raise GraphError(
+                "this graph is the body of a scan, closed once its step was traced: build "
+                "nodes in the graph the scan belongs to"
+            )
         if i >= self._max_nodes:
             raise GraphError(
                 f"graph would exceed max_nodes={self._max_nodes}: raise Graph(max_nodes=...)"
@@ -306,6 +336,10 @@ class Graph:
         role, order = self._stamp
         data = {"op": op, "args": args, "attrs": attrs, "shape": shape, "role": role}
         data["order"] = order
+        opdef = OPS[op]
+        if opdef.multiple:  # what its projections may read, and their shapes
+            data["parts"] = opdef.part_shapes(dict(attrs))
+            self._has_parts = True
         self._link(i, data)
         self._ids[key] = i
         self._keys.append(key)
@@ -476,7 +510,7 @@ def _opdef(op, arity: int, attrs: dict):
     opdef = OPS.get(op) if isinstance(op, str) else None
     if opdef is None or opdef.arity == 0:
         raise GraphError(f"unknown op {show(op)}")
-    if arity != opdef.arity:
+    if opdef.arity != VARIADIC and arity != opdef.arity:
         raise GraphError(f"{op} takes {opdef.arity} operands, got {arity}")
     unknown = sorted(set(attrs) - set(opdef.attrs), key=str)
     if unknown:
@@ -519,7 +553,7 @@ def _checked_args(i: int, op: str, args) -> tuple[int, ...]:
     """A pickled node's operands: ``arity`` ids of earlier nodes (id order is topological)."""
     if (
         type(args) is not tuple
-        or len(args) != OPS[op].arity
+        or (OPS[op].arity != VARIADIC and len(args) != OPS[op].arity)
         or any(type(a) is not int or not 0 <= a < i for a in args)
     ):
         raise GraphError(f"node {i} ({op}): args {show(args)} are not {OPS[op].arity} earlier ids")
@@ -543,6 +577,9 @@ def _same(a, b) -> bool:
                 return False
         elif type(a) is float:
             if a.hex() != b.hex():
+                return False
+        elif getattr(type(a), "compares_by_key", False):
+            if a != b:  # a scan's body: equal when its nodes and roles are (Body.key)
                 return False
         elif type(a) not in (int, str, bool, type(None), type(Ellipsis)) or a != b:
             return False

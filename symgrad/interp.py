@@ -1,8 +1,9 @@
 """The numpy backend: the reference interpreter, the oracle compiled code is tested against.
 
-It runs a ``Program`` step by step, each node once with its op's ``numpy`` field, with IEEE
-semantics (numpy's: ``log(-1)`` is nan, ``1/0`` is inf, no warnings). ``evaluate`` is its public
-face; ``sg.compile(..., backend="numpy")`` reaches it through ``executor``.
+It runs a ``Program`` step by step (``program.run``), each node once with its op's ``numpy``
+field, with IEEE semantics (numpy's: ``log(-1)`` is nan, ``1/0`` is inf, no warnings).
+``evaluate`` is its public face; ``sg.compile(..., backend="numpy")`` reaches it through
+``executor``.
 """
 
 from __future__ import annotations
@@ -11,23 +12,8 @@ import numpy as np
 
 from symgrad.compile import compile
 from symgrad.graph import Expr
-from symgrad.ops import OPS
 from symgrad.outputs import flatten_outputs
-from symgrad.program import Program
-
-
-def run(program: Program, values: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Output values of ``program``, given an array (or float) for every input name."""
-    env: dict[int, np.ndarray] = {}
-    with np.errstate(all="ignore"):
-        for i, op, args, attrs in program.steps:
-            if op == "input":
-                env[i] = np.asarray(values[attrs["name"]], dtype=np.float64)
-            elif op == "const":
-                env[i] = np.asarray(attrs["value"], np.float64)
-            else:
-                env[i] = np.asarray(OPS[op].numpy(*(env[a] for a in args), **attrs), np.float64)
-    return [env[o] for o in program.outputs]
+from symgrad.program import Program, run
 
 
 class Interpreter:

@@ -63,6 +63,7 @@ VALUE_KINDS: dict[str, Callable[[object], bool]] = {
     "name": lambda v: type(v) is str,
     "float": lambda v: type(v) is float,
     "array": lambda v: type(v) is np.ndarray,
+    "body": lambda v: getattr(type(v), "is_scan_body", False),  # symgrad.scan.Body
 }
 _KIND_TEXT = {
     "int": "an int",
@@ -74,8 +75,10 @@ _KIND_TEXT = {
     "name": "a str",
     "float": "a float",
     "array": "a numpy array",
+    "body": "a scan body",
 }
 REQUIRED = object()  # the default of an attribute every node must be given
+VARIADIC = -1  # the arity of an op whose operand count its attributes say (scan: its body)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,13 @@ class OpDef:
     # and, for an op whose ``vjp`` is empty, how build_grad differentiates it.
     expand: Callable | None = None
     elementwise: bool = True  # output element k depends on operand elements at k only
+    # The node's value is a tuple of parts (a scan's final carries and per-step stacks): only
+    # projection nodes read it, each one part. Its VJP rule takes the parts' cotangents at once:
+    # ``vjp_parts(cotangents: dict part -> Expr, out, active, *operands, **attrs)`` -> one
+    # contribution (or None) per operand.
+    multiple: bool = False
+    vjp_parts: Callable | None = None
+    part_shapes: Callable | None = None  # attrs -> a mapping part -> shape (ShapeError if none)
     # Values c of a constant last operand for which the op has an exact form in other ops
     # (pow: x**2 is x*x): c -> build(x, const, apply), read by fold and by the emitters.
     exact: dict[float, Callable] | None = None

@@ -168,6 +168,20 @@ add("hessian", "tensor y", GradError, "y must be a scalar", lambda e: sg.hessian
 add("hessian", "max_nodes reached in the second pass", GraphError, "max_nodes",
     lambda e: sg.hessian(e.f, [e.x, e.y]),
     setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 6))  # fmt: skip
+add("scan", "carry changes shape", ShapeError, r"carry\[0\] of shape \(2, 3\)",
+    lambda e: sg.scan(lambda c, x: (c * e.W, None), e.x, length=3))  # fmt: skip
+add("scan", "outer node made, then the step fails", ArgumentError, "a pair",
+    lambda e: sg.scan(lambda c, x: e.g.const(123.0) * c, e.x, length=3))  # fmt: skip
+add("scan", "node of another graph", GraphError, "another graph",
+    lambda e: sg.scan(lambda c, x: (c * e.ox, None), e.x, length=3))  # fmt: skip
+add("scan", "xs lengths differ", ShapeError, "leading axes",
+    lambda e: sg.scan(lambda c, x: (c, None), e.x, xs=(e.v, e.W)))  # fmt: skip
+add("scan", "no length", ArgumentError, "length", lambda e: sg.scan(lambda c, x: (c, None), e.x))
+add("scan", "max_nodes reached by the reverse scan", GraphError, "max_nodes",
+    lambda e: sg.build_grad(e.s, [e.x, e.y]),
+    setup=lambda e: (setattr(e, "s", sg.scan(lambda c, x: (sg.sin(c) * e.y, None), e.x,
+                                             length=4)[0]),
+                     setattr(e.g, "max_nodes", len(e.g) + 3)))  # fmt: skip
 add("hvp", "wrt None", GradError, "wrt must be a list", lambda e: sg.hvp(e.f, None, [1.0]))
 add("hvp", "v too short", GradError, "v has 1 entries but wrt has 2",
     lambda e: sg.hvp(e.f, [e.x, e.y], [1.0]))  # fmt: skip

@@ -28,7 +28,9 @@ def _call(fn, point):
 
 def test_registry_is_complete():
     for name, op in OPS.items():
-        if op.arity and not op.elementwise:
+        if op.multiple:  # a scan: one rule for the cotangents of all its parts
+            assert op.vjp_parts is not None and op.part_shapes is not None, name
+        elif op.arity and not op.elementwise:
             # Tensor ops: VJP rules, or an expansion in primitive ops that build_grad uses.
             assert len(op.vjp) == op.arity or (not op.vjp and op.expand is not None), name
             assert op.numpy is not None and op.shape is not None, name

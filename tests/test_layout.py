@@ -31,6 +31,7 @@ LAYERS = {
     "symgrad.program": 2,
     "symgrad.parse": 3,
     "symgrad.grad": 3,
+    "symgrad.scan": 3,
     "symgrad.optimize": 3,
     "symgrad.sympy_bridge": 3,
     "symgrad.dot": 3,

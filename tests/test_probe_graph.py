@@ -19,7 +19,7 @@ import symgrad as sg
 from symgrad.errors import GraphError, ShapeError, SymgradError
 from symgrad.graph import DEFAULT_MAX_ELEMENTS, MAX_ELEMENTS, NX_MUTATORS
 from symgrad.ops import MAX_NDIM, OPS
-from tests.toolbox import EXAMPLES, HOSTILE, Evil, example, hostile_cases, snapshot
+from tests.toolbox import EXAMPLES, HOSTILE, LOOP_OPS, Evil, example, hostile_cases, snapshot
 
 
 def assert_refused(g: sg.Graph, call, *words: str):
@@ -39,7 +39,10 @@ def assert_refused(g: sg.Graph, call, *words: str):
 
 
 def test_every_op_with_attributes_has_an_example_and_a_normalize():
-    with_attrs = {name for name, op in OPS.items() if op.attrs and op.arity}
+    # Loop ops' attributes hold a body graph: their probes are in tests/test_scan.py.
+    with_attrs = {
+        name for name, op in OPS.items() if op.attrs and op.arity and name not in LOOP_OPS
+    }
     assert with_attrs == set(EXAMPLES)
     assert all(OPS[name].normalize is not None for name in with_attrs)
 

@@ -38,7 +38,10 @@ ELEMENTWISE_OPS = sorted(n for n, op in OPS.items() if op.elementwise and op.ari
 DIFF_OPS = [n for n in ELEMENTWISE_OPS if OPS[n].differentiable]
 FLAT_OPS = [n for n in ELEMENTWISE_OPS if not OPS[n].differentiable]  # piecewise constant
 BINARY_OPS = [n for n in ELEMENTWISE_OPS if OPS[n].arity == 2]
-TENSOR_OPS = [n for n, op in OPS.items() if not op.elementwise]  # in registry order
+# Loops: a tuple-valued op (scan) and its projection (an op reading one part). Their attribute
+# is a body graph, so they are tested from sg.scan (tests/test_scan.py), not from cases of shapes.
+LOOP_OPS = [n for n, op in OPS.items() if op.multiple or "part" in op.attrs]
+TENSOR_OPS = [n for n, op in OPS.items() if not op.elementwise and n not in LOOP_OPS]
 
 
 # --- sampling an op's domain ---------------------------------------------------------------------

@@ -35,6 +35,8 @@ def local_constant(g, op, args, attrs):
     for a in args:
         if a.op != "const":
             return None
+    if OPS[op].multiple:
+        return None  # a tuple (a scan of constants) is no constant: its projections fold nothing
     value = np.asarray(OPS[op].numpy(*(np.asarray(a.value) for a in args), **attrs), np.float64)
     if value.size > MAX_FOLDED_SIZE or value.size > max(np.size(a.value) for a in args):
         # A big constant array would bloat the module more than the op costs; and an op that
