@@ -132,8 +132,15 @@ def scan(step, init, xs=None, length=None, checkpoint="store"):
     (``xs`` an ``Expr`` or a tuple of them, all with the same leading length), or None when
     ``xs`` is None and ``length`` gives the number of steps. ``y`` may be None (then ``ys`` is
     None), an ``Expr`` or a tuple of them: ``ys`` stacks them along a new leading axis. The step
-    may use any node of the graph the scan belongs to (weights, parameters). ``checkpoint``
-    (``"store"`` or ``"recompute"``) says what a gradient keeps from the forward pass.
+    may use any node of the graph the scan belongs to (weights, parameters).
+
+    ``checkpoint`` says what a gradient keeps from the forward pass: ``"store"`` every
+    intermediate of each step its derivative reads (most memory, no recomputation);
+    ``"recompute"`` only the carry entering each step (the reverse pass computes each step again
+    from it); an int k, the carry entering every k-th step: the loop is written as a scan of
+    n // k segments of k steps (and a last scan of the n % k steps left), and the reverse pass
+    recomputes one segment at a time, storing its k steps (memory ~ n/k + k carries and
+    intermediates: k ~ sqrt(n) for the least).
 
     >>> import symgrad as sg
     >>> g = sg.Graph(); a = g.input("a")
@@ -150,9 +157,12 @@ def scan(step, init, xs=None, length=None, checkpoint="store"):
         init_exprs = [_outer_expr(graph, v, f"init[{k}]") for k, v in enumerate(carry_items)]
         xs_exprs = [_outer_expr(graph, v, f"xs[{k}]") for k, v in enumerate(x_items)]
         n = _step_count(xs_exprs, xs is None, length)
+        if _is_int(checkpoint) and checkpoint >= 1:
+            return _segmented(step, init_exprs, carry_tuple, xs_exprs, x_tuple, n, int(checkpoint))
         if checkpoint not in CHECKPOINTS:
             raise ArgumentError(
-                f"scan: checkpoint must be 'store' or 'recompute', got {show(checkpoint)}"
+                "scan: checkpoint must be 'store', 'recompute' or a positive int (store every "
+                f"k-th carry), got {show(checkpoint)}"
             )
         body, captured, y_kind = _trace(step, graph, init_exprs, carry_tuple, xs_exprs, xs, x_tuple)
         node = graph.apply(
@@ -165,6 +175,50 @@ def scan(step, init, xs=None, length=None, checkpoint="store"):
     if y_kind == "none":
         return carry, None
     return carry, (tuple(stacks) if y_kind == "tuple" else stacks[0])
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _segmented(step, init, carry_tuple, xs, x_tuple, n, k):
+    """``scan(..., checkpoint=k)``: a scan of segments, each a scan of ``k`` steps (stored),
+    the outer one keeping only the carries between segments (recomputed), then the rest."""
+    k = min(k, n)
+    segments, done = n // k, (n // k) * k
+    carry0 = tuple(init) if carry_tuple else init[0]
+
+    def pack(items):
+        return None if not items else (tuple(items) if x_tuple else items[0])
+
+    def segment(carry, chunk):
+        return scan(step, carry, xs=chunk, length=k, checkpoint="store")
+
+    chunks = [x[0:done].reshape((segments, k, *x.shape[1:])) for x in xs]
+    carry, ys = scan(segment, carry0, xs=pack(chunks), length=segments, checkpoint="recompute")
+    ys = _map_ys(ys, lambda y: y.reshape((done, *y.shape[2:])))
+    if done == n:
+        return carry, ys
+    rest = [x[done:n] for x in xs]
+    carry, tail = scan(step, carry, xs=pack(rest), length=n - done, checkpoint="store")
+    if ys is None:
+        return carry, None
+
+    # The two stacks side by side: each placed in zeros of the whole length, then added.
+    def join(a, b):
+        full = (n, *a.shape[1:])
+        head = a.graph.apply("embed", a, index=(slice(0, done),), shape=full)
+        return head + a.graph.apply("embed", b, index=(slice(done, n),), shape=full)
+
+    if isinstance(ys, tuple):
+        return carry, tuple(join(a, b) for a, b in zip(ys, tail))
+    return carry, join(ys, tail)
+
+
+def _map_ys(ys, f):
+    if ys is None:
+        return None
+    return tuple(f(y) for y in ys) if isinstance(ys, tuple) else f(ys)
 
 
 def _items(value, what: str) -> tuple[list, bool]:

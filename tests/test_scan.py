@@ -412,3 +412,73 @@ def test_operands_that_do_not_fit_the_body_are_refused():
             g.apply("scan", *operands, **attrs)
     with pytest.raises(ShapeError, match="do not fit the body"):
         g.apply("scan", *node.args, **{**attrs, "length": 5})
+
+
+# --- checkpoint=k: segments --------------------------------------------------------------------
+
+
+def _decay(g, checkpoint, n=7, with_xs=True):
+    a, c0 = g.input("a"), g.input("c0")
+    xs = g.input("xs", (n,)) if with_xs else None
+
+    def step(c, x):
+        c = sg.sin(c * a + (0.0 if x is None else x))
+        return c, (c * c, c + a)
+
+    final, (p, q) = sg.scan(step, c0, xs=xs, length=None if with_xs else n, checkpoint=checkpoint)
+    return final + sg.sum(p * q) + sg.sum(q), [a, c0] + ([xs] if with_xs else [])
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 50])
+@pytest.mark.parametrize("with_xs", [True, False])
+def test_every_k_th_carry_gives_the_values_and_derivatives_of_store(k, with_xs):
+    g, ref = sg.Graph(), sg.Graph()
+    loss, wrt = _decay(g, k, with_xs=with_xs)
+    ref_loss, ref_wrt = _decay(ref, "store", with_xs=with_xs)
+    v = {"a": 0.7, "c0": 0.3, "xs": np.linspace(0.0, 1.0, 7)}
+    v = v if with_xs else {"a": 0.7, "c0": 0.3}
+    got = sg.evaluate([loss, *sg.build_grad(loss, wrt), *sg.hvp(loss, wrt[:2], [1.0, -0.5])], **v)
+    want = sg.evaluate(
+        [ref_loss, *sg.build_grad(ref_loss, ref_wrt), *sg.hvp(ref_loss, ref_wrt[:2], [1.0, -0.5])],
+        **v,
+    )
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
+
+
+def stacked_elements(outputs) -> int:
+    """Elements of every per-step stack the program of ``outputs`` keeps, scan bodies included
+    (what store, recompute and segments trade: memory counted, not measured)."""
+    from symgrad.program import Program
+
+    flat = outputs if isinstance(outputs, list) else [outputs]
+    programs = [Program.of(flat[0].graph, [e.id for e in flat])]
+    total = 0
+    while programs:
+        program = programs.pop()
+        for i, parts in program.parts.items():
+            attrs = dict(program.graph.node(i)["attrs"])
+            body = attrs["body"]
+            stacked = tuple(j for kind, j in parts if kind == "stack")
+            total += sum(attrs["length"] * int(np.prod(body.shape(j))) for j in stacked)
+            programs.append(body.program(stacked))
+    return total
+
+
+def test_recompute_and_segments_keep_fewer_stacked_values_than_store():
+    kept = {}
+    for checkpoint in ("store", "recompute", 10):
+        g = sg.Graph()
+        w, h0 = g.input("W", (4, 4)), g.input("h0", (4,))
+
+        def step(h, _, w=w):
+            h = sg.tanh(w @ h)
+            return sg.sigmoid(h) * h, None
+
+        final, _ = sg.scan(step, h0, length=100, checkpoint=checkpoint)
+        kept[checkpoint] = stacked_elements(sg.build_grad(sg.sum(final), [w, h0]))
+    # store: carries and intermediates at all 100 steps; recompute: the 100 carries of 4;
+    # segments of 10: 10 carries between segments, and one segment's 10 steps stored.
+    assert kept["recompute"] == 100 * 4
+    assert kept["store"] >= 4 * kept["recompute"]
+    assert kept[10] <= 10 * 4 + kept["store"] // 10
