@@ -59,9 +59,7 @@ def to_dot(outputs_or_graph, *, name: str = "symgrad", rankdir: str = "TB", labe
         f"  // symgrad: {len(ids)} nodes, {len(outputs)} output{'s' * (len(outputs) != 1)}",
         f"  graph [rankdir={rankdir}, forcelabels=true];",
     ]
-    for i in ids:
-        lines.append(f"  n{i} [{_node_attrs(graph, i, out_labels.get(i))}];")
-        lines.extend(_edge_lines(graph, i))
+    lines.extend(_graph_lines(graph, ids, out_labels))
     lines.extend(_legend(sorted({graph.node(i)["order"] for i in ids} - {0})))
     lines.append("}")
     return "\n".join(lines) + "\n"
@@ -130,6 +128,54 @@ def _flatten(obj) -> list[Expr]:
     return found
 
 
+def _graph_lines(graph: Graph, ids: list[int], out_labels: dict) -> list[str]:
+    """The nodes ``ids`` and their edges, then the body of each scan as a cluster, its
+    placeholders fed by the scan's operands (dashed edges). Bodies, nested ones included, are
+    queued and drawn one after another (no recursion); node names carry the path, ``n4b2``."""
+    lines: list[str] = []
+    work = [(graph, ids, out_labels, "n", None)]
+    while work:
+        graph, ids, out_labels, prefix, title = work.pop(0)
+        indent = "  " if title is None else "    "
+        if title is not None:
+            lines += [f"  subgraph cluster_{prefix} {{", f"    label={title};"]
+        links = []
+        for i in ids:
+            lines.append(f"{indent}{prefix}{i} [{_node_attrs(graph, i, out_labels.get(i))}];")
+            lines.extend(indent[2:] + line for line in _edge_lines(graph, i, prefix))
+            body = dict(graph.node(i)["attrs"]).get("body")
+            if body is not None:
+                inner = f"{prefix}{i}b"
+                links += _body_links(graph, i, body, prefix, inner)
+                length = dict(graph.node(i)["attrs"])["length"]
+                label = _quote(f"body of {prefix}{i}: {length} steps")
+                work.append((body.graph, sorted(body.graph.nx.nodes), _body_outputs(body), inner,
+                             label))  # fmt: skip
+        if title is not None:
+            lines.append("  }")
+        lines += links
+    return lines
+
+
+def _body_links(graph: Graph, i: int, body, prefix: str, inner: str) -> list[str]:
+    """Dashed edges from a scan's operands into its body's placeholders."""
+    holders = [*body.carry, *body.xs, *body.captures]
+    return [
+        f"  {prefix}{a} -> {inner}{h} [style=dashed];"
+        for a, h in zip(graph.node(i)["args"], holders)
+    ]
+
+
+def _body_outputs(body) -> dict[int, list[str]]:
+    """A body's outputs labelled by role: carry0, ..., y0, ..."""
+    labels: dict[int, list[str]] = {}
+    for k, j in enumerate(body.carry_out):
+        labels.setdefault(j, []).append(f"carry{k}")
+    for k, j in enumerate(body.ys):
+        labels.setdefault(j, []).append(f"y{k}")
+    return labels
+
+
 def _node_attrs(graph: Graph, i: int, outs: list[str] | None) -> str:
     node = graph.node(i)
     op, order = node["op"], node["order"]
@@ -158,7 +204,8 @@ def _node_attrs(graph: Graph, i: int, outs: list[str] | None) -> str:
 
 def _attr_text(attrs: tuple) -> str:
     # A tensor op's attributes, short: "sum axis=(1,)", "conv2d stride=(1, 1) padding=(0, 0)".
-    return "".join(f" {k}={v}" for k, v in attrs if k != "index") + (
+    # A scan's body is drawn as a cluster of its own, not as text.
+    return "".join(f" {k}={v}" for k, v in attrs if k not in ("index", "body")) + (
         " [index]" if any(k == "index" for k, _ in attrs) else ""
     )
 
@@ -167,7 +214,7 @@ def _shape_line(shape: tuple) -> list[str]:
     return [] if shape == () else [str(shape)]
 
 
-def _edge_lines(graph: Graph, i: int) -> list[str]:
+def _edge_lines(graph: Graph, i: int, prefix: str = "n") -> list[str]:
     """``a -> i`` for each distinct operand, in operand order, labelled with its positions."""
     args = graph.node(i)["args"]
     opdef = OPS[graph.node(i)["op"]]
@@ -178,7 +225,7 @@ def _edge_lines(graph: Graph, i: int) -> list[str]:
     for a, pos in positions.items():
         labelled = len(pos) > 1 or (len(args) > 1 and not opdef.commutative)
         attrs = f" [label={_quote(','.join(pos))}]" if labelled else ""
-        lines.append(f"  n{a} -> n{i}{attrs};")
+        lines.append(f"  {prefix}{a} -> {prefix}{i}{attrs};")
     return lines
 
 

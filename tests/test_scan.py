@@ -482,3 +482,28 @@ def test_recompute_and_segments_keep_fewer_stacked_values_than_store():
     assert kept["recompute"] == 100 * 4
     assert kept["store"] >= 4 * kept["recompute"]
     assert kept[10] <= 10 * 4 + kept["store"] // 10
+
+
+# --- DOT -------------------------------------------------------------------------------------------
+
+
+def test_dot_draws_each_body_as_a_cluster_fed_by_the_scans_operands():
+    g = sg.Graph()
+    a, x0 = g.input("a"), g.input("x0")
+
+    def outer_step(c, _):
+        c2, _ = sg.scan(lambda d, __: (d * a, None), c, length=3)
+        return sg.sin(c2), None
+
+    final, _ = sg.scan(outer_step, x0, length=4)
+    text = sg.to_dot(final)
+    outer = final.args[0].id
+    outer_body = g.attr(outer, "body")
+    [inner] = [i for i in range(len(outer_body.graph)) if outer_body.graph.node(i)["op"] == "scan"]
+    assert (
+        f"subgraph cluster_n{outer}b {{" in text and f'label="body of n{outer}: 4 steps";' in text
+    )
+    assert f"subgraph cluster_n{outer}b{inner}b {{" in text  # the nested body, by its path
+    assert text.count("[style=dashed]") == 2 + 2  # (x0, a) into the outer, (carry, a) inner
+    assert 'xlabel="carry0"' in text and text == sg.to_dot(final)  # deterministic
+    assert "body=" not in text  # the body is drawn, not printed
