@@ -484,7 +484,7 @@ def test_recompute_and_segments_keep_fewer_stacked_values_than_store():
     assert kept[10] <= 10 * 4 + kept["store"] // 10
 
 
-# --- DOT -------------------------------------------------------------------------------------------
+# --- DOT ---------------------------------------------------------------------------------------
 
 
 def test_dot_draws_each_body_as_a_cluster_fed_by_the_scans_operands():
