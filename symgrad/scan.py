@@ -518,7 +518,7 @@ def _build_reverse(body: Body, stacked, checkpoint, want_x, want_p):
     caps = [rb.input(f"p{k}", body.shape(i)) for k, i in enumerate(body.captures)]
     mapped = {i: e.id for i, e in zip([*ins, *body.captures], [*hist_x, *caps])}
     roots = [*body.carry_out, *stacked]
-    _copy_nodes(src, rb, roots, mapped)
+    copy_nodes(src, rb, roots, mapped)
     boundary = len(rb)
     wrt = [*hist_x[:nc], *(hist_x[nc + k] for k in range(nx) if want_x[k])]
     wrt += [caps[k] for k in wanted_p]
@@ -551,7 +551,7 @@ def _storing(rb: Graph, boundary, mapped, placeholders, caps, carry_out, ys):
     for m, a in enumerate(residuals):
         new[a] = out.input(f"x{n_in + m}", rb.node(a)["shape"]).id
     roots = [e.id for e in carry_out + ys]
-    _copy_nodes(rb, out, roots, new)
+    copy_nodes(rb, out, roots, new)
     names = out.inputs
     n_carry = len(carry_out)
     rev = Body(
@@ -570,7 +570,7 @@ def _storable(node: dict) -> bool:
     return node["op"] != "const" and not OPS[node["op"]].multiple
 
 
-def _copy_nodes(src: Graph, dst: Graph, roots, mapped: dict[int, int]) -> None:
+def copy_nodes(src: Graph, dst: Graph, roots, mapped: dict[int, int]) -> None:
     """Copy the nodes of ``src`` the ``roots`` need into ``dst``, each one node there;
     ``mapped`` (src id -> dst id) gives the nodes already there, and the walk stops at them."""
     seen, stack = set(), [r for r in roots if r not in mapped]

@@ -507,3 +507,29 @@ def test_dot_draws_each_body_as_a_cluster_fed_by_the_scans_operands():
     assert text.count("[style=dashed]") == 2 + 2  # (x0, a) into the outer, (carry, a) inner
     assert 'xlabel="carry0"' in text and text == sg.to_dot(final)  # deterministic
     assert "body=" not in text  # the body is drawn, not printed
+
+
+def test_optimize_folds_inside_bodies_and_keeps_the_stacks_it_reads():
+    g = sg.Graph()
+    a, xs = g.input("a"), g.input("xs", (5,))
+
+    def step(c, x):
+        waste = c * 1.0 + 0.0  # folds to c
+        return sg.log(1.0 + sg.exp(waste * a + x)), waste * 2.0
+
+    final, ys = sg.scan(step, a, xs=xs)
+    outputs = [final, ys, *sg.build_grad(final + sg.sum(ys), [a, xs])]
+    optimized = sg.optimize(outputs)
+
+    def body_ops(outs):
+        graph = outs[0].graph
+        found = [graph.attr(i, "body") for i in range(len(graph)) if graph.node(i)["op"] == "scan"]
+        return [[b.graph.node(i)["op"] for i in range(len(b.graph))] for b in found]
+
+    before, after = body_ops(outputs), body_ops(optimized)
+    assert len(after) == len(before) == 2
+    assert sum(map(len, after)) < sum(map(len, before))
+    assert "log1p" in after[0] and "log" not in after[0]  # the stable form, in the body
+    v = {"a": 0.3, "xs": np.linspace(-1.0, 2.0, 5)}
+    for got, want in zip(sg.evaluate(optimized, **v), sg.evaluate(outputs, **v)):
+        np.testing.assert_allclose(got, want, rtol=1e-14)

@@ -1,4 +1,5 @@
-"""Stage 3: ``optimize`` runs prune, CSE and constant folding to a fixed point (an iteration cap).
+"""Stage 3: ``optimize`` runs prune, CSE and constant folding to a fixed point, inside scan
+bodies too.
 
 Every pass is a pure function ``outputs -> outputs`` building a fresh graph, so the caller's graph
 is never touched and passes compose in any order.
@@ -6,6 +7,7 @@ is never touched and passes compose in any order.
 
 from __future__ import annotations
 
+from symgrad.optimize.bodies import bodies
 from symgrad.optimize.cse import cse
 from symgrad.optimize.fold import fold
 from symgrad.optimize.prune import prune
@@ -19,10 +21,12 @@ def optimize(outputs):
     >>> sg.optimize(f).op
     'input'
     """
+    # Each scan's body first (this same optimize, so nested bodies too), then the graph.
+    outputs = bodies(outputs, optimize)
     # fold re-creates every reachable node through hash-consing, so it also merges (CSE), and it
     # prunes what its rules dropped; since it folds each rewrite again as it builds it (up to
     # fold.MAX_DEPTH deep), one pass is already the fixed point: a second changes nothing (tested).
     return fold(outputs)
 
 
-__all__ = ["cse", "fold", "optimize", "prune"]
+__all__ = ["bodies", "cse", "fold", "optimize", "prune"]
