@@ -38,8 +38,10 @@ class Lowering:
     Tensor ops, by their layout class: ``"view"`` (a new view of the operand's memory, no copy:
     ``name`` is the method of the backend's view that makes it), ``"reduce"`` (a fold over axes
     with the combining instruction or intrinsic ``name``, starting from ``start``) or
-    ``"barrier"`` (reads whole arrays: ``name`` is the backend's writer of the op). A tensor op
-    without a lowering has an ``expand`` into ops that have one.
+    ``"barrier"`` (reads whole arrays: ``name`` is the backend's writer of the op; a scan is
+    one, writing all its parts) or ``"part"`` (a projection of a tuple-valued node, whose memory
+    that node's writer fills). A tensor op without a lowering has an ``expand`` into ops that
+    have one.
     """
 
     kind: str

@@ -33,7 +33,7 @@ import numpy as np
 from symgrad.errors import ArgumentError, GraphError, ShapeError
 from symgrad.grad import vjp
 from symgrad.graph import Expr, Graph
-from symgrad.ops import OPS, VARIADIC, Attr, _register, show
+from symgrad.ops import OPS, VARIADIC, Attr, Lowering, _register, show
 from symgrad.program import Program, run
 
 CHECKPOINTS = ("store", "recompute")
@@ -438,7 +438,7 @@ def _evaluate(*values, body, length, reverse, checkpoint, parts):
 
 
 _register(
-    "scan", VARIADIC, _evaluate, (), None, elementwise=False,
+    "scan", VARIADIC, _evaluate, (), Lowering("barrier", "scan"), elementwise=False,
     schema=(Attr("body", ("body",)), Attr("length", ("int",)), Attr("reverse", ("bool",), False),
             Attr("checkpoint", ("name",), "store")),
     normalize=_scan_normalize, shape=lambda op, shapes, attrs: (), multiple=True,
@@ -446,7 +446,8 @@ _register(
     vjp_parts=lambda cts, out, active, *args, **attrs: _vjp(cts, out, active, args, **attrs),
 )  # fmt: skip
 _register(
-    "scan_out", 1, lambda parts, part: parts[part], (lambda g, o, s, part: g,), None,
+    "scan_out", 1, lambda parts, part: parts[part], (lambda g, o, s, part: g,),
+    Lowering("part", "scan_out"),
     elementwise=False, schema=(Attr("part", ("tuple",)),), normalize=_part_normalize,
     shape=lambda op, shapes, attrs: shapes[0][attrs["part"]],
 )  # fmt: skip

@@ -533,3 +533,82 @@ def test_optimize_folds_inside_bodies_and_keeps_the_stacks_it_reads():
     v = {"a": 0.3, "xs": np.linspace(-1.0, 2.0, 5)}
     for got, want in zip(sg.evaluate(optimized, **v), sg.evaluate(outputs, **v)):
         np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+# --- compiled: the LLVM backend runs the loop around its body's kernel --------------------------
+
+
+def _nested(g):
+    a, x0 = g.input("a"), g.input("x0")
+
+    def outer_step(c, _):
+        c2, ys = sg.scan(lambda d, __: (sg.cos(d * a) + 0.1, d), c, length=3)
+        return sg.sin(c2) + sg.sum(ys), c2
+
+    final, ys = sg.scan(outer_step, x0, length=4, checkpoint="recompute")
+    loss = final + sg.sum(ys * ys)
+    return [loss, *sg.build_grad(loss, [a, x0]), *sg.hessian(loss, [a, x0])[0]]
+
+
+def _tuples(g):
+    xs, zs = g.input("xs", (4,)), g.input("zs", (4, 2))
+    w = g.input("w", (2,))
+
+    def step(carry, x):
+        s, v = carry
+        x1, z = x
+        return (s + x1 * sg.sum(v), v * z + w), (s * x1, sg.sum(v * w))
+
+    (s, v), (p, q) = sg.scan(step, (g.const(0.0), g.const(np.ones(2))), xs=(xs, zs))
+    loss = s + sg.sum(v) + sg.sum(p * q)
+    return [s, v, p, q, *sg.build_grad(loss, [xs, zs, w])]
+
+
+def _rnn_outputs(g, checkpoint):
+    _, (h, ys), params = _rnn(g, checkpoint=checkpoint)
+    loss = sg.sum(h) + sg.sum(ys * ys)
+    direction = [np.full(p.shape, 0.5) for p in params]
+    return [loss, h, ys, *sg.build_grad(loss, list(params)), *sg.hvp(loss, list(params), direction)]
+
+
+SCENARIOS = {
+    "rnn-store": lambda g: _rnn_outputs(g, "store"),
+    "rnn-recompute": lambda g: _rnn_outputs(g, "recompute"),
+    "rnn-segments": lambda g: _rnn_outputs(g, 4),
+    "nested": _nested,
+    "tuples": _tuples,
+    "decay": lambda g: _decay_outputs(g),
+}
+
+
+def _decay_outputs(g):
+    loss, wrt = _decay(g, "store")
+    return [loss, *sg.build_grad(loss, wrt)]
+
+
+def _values(fn, seed=0):
+    rng = np.random.default_rng(seed)
+    graph_inputs = fn.graph.inputs
+    return {n: rng.normal(size=graph_inputs[n].shape) * 0.5 if n in graph_inputs else 0.3
+            for n in fn.inputs}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("optimize", [True, False])
+def test_compiled_scans_equal_the_interpreter(name, optimize):
+    g = sg.Graph()
+    outputs = SCENARIOS[name](g)
+    fn = sg.compile(outputs, optimize=optimize)
+    ref = sg.compile(outputs, backend="numpy", optimize=False)
+    values = _values(ref)
+    for got, want in zip(fn(**values), ref(**values)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
+def test_a_compiled_scan_pickles_and_runs_again():
+    g = sg.Graph()
+    fn = sg.compile(_rnn_outputs(g, "store"))
+    again = pickle.loads(pickle.dumps(fn))
+    values = _rnn_values()
+    for got, want in zip(again(**values), fn(**values)):
+        np.testing.assert_array_equal(got, want)

@@ -23,6 +23,7 @@ import numpy as np
 
 from symgrad.arguments import contiguous
 from symgrad.errors import ArgumentError, LoweringError
+from symgrad.graph import Expr
 from symgrad.llvm.entry import method
 from symgrad.llvm.jit import (
     _check_symbols,
@@ -39,6 +40,7 @@ from symgrad.llvm.jit import (
 )
 from symgrad.llvm.loops import lower_tensor
 from symgrad.llvm.lower import WIDTH, lower
+from symgrad.llvm.plan import LoopBody
 from symgrad.ops import OPS
 from symgrad.optimize.expand import expand
 from symgrad.program import Program
@@ -222,8 +224,11 @@ class TensorKernel:
         self.distinct = list(dict.fromkeys(self.order))
         program = Program.of(graph, self.distinct)
         self.opt = opt
+        # Each scan's body is a kernel of its own, called by the scan's loop through a pointer.
+        self._bodies = {i: _body_kernel(graph, i, parts, opt) for i, parts in program.parts.items()}
+        loop_bodies = {i: k.as_loop_body() for i, k in self._bodies.items()}
         self.llvm_ir, self.plan = lower_tensor(
-            program, inputs, self.distinct, vector_ok, blas_dgemm()
+            program, inputs, self.distinct, vector_ok, blas_dgemm(), loop_bodies
         )
         _python_symbols()
         _check_symbols(self.llvm_ir)
@@ -234,6 +239,8 @@ class TensorKernel:
         if not address:
             raise LoweringError("compiled module lacks its kernel")
         self.kernel = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
+        self.box = np.array([address], np.uint64)  # how a scan's loop finds this kernel
+        self.inputs = tuple(inputs)
         self.fast = method(self._engine.get_function_address("sg_tensor_fast"))
         self._first = {i: k for k, i in reversed(list(enumerate(self.order)))}
         # Per call, only list lookups: where each kernel output goes, and which flat outputs
@@ -242,8 +249,18 @@ class TensorKernel:
         self._repeats = [(pos, self._first[i]) for pos, i in enumerate(self.order)
                          if self._first[i] != pos]  # fmt: skip
         self._scratch = threading.local()
-        # The constant arrays the kernel reads through bufs (read-only, owned by the graph).
+        # The constant arrays the kernel reads through bufs (read-only, owned by the graph),
+        # then for each scan the box of its body kernel's address and that kernel's own.
         self._constants = [graph.attr(i, "value") for i in self.plan.passed]
+        for i in sorted(self._bodies):
+            self._constants += [self._bodies[i].box, *self._bodies[i]._constants]
+
+    def as_loop_body(self):
+        """What a scan's loop needs to call this kernel (compiled from a body's outputs)."""
+        if self._repeats:
+            raise LoweringError("a scan body whose outputs merged when expanded")
+        return LoopBody(self.inputs, tuple(self.body_ids), max(self.plan.scratch, 1),
+                        len(self._constants))  # fmt: skip
 
     @property
     def asm(self) -> str:
@@ -276,6 +293,17 @@ class TensorKernel:
         for k, c in enumerate(self._constants):
             ptrs[self.n_in + n_out + 1 + k] = c.ctypes.data
         self.kernel(ptrs.ctypes.data)
+
+
+def _body_kernel(graph, i: int, parts: tuple, opt: int) -> TensorKernel:
+    """The kernel of scan ``i``'s body computing its carries out and the stacks ``parts`` read."""
+    body = graph.attr(i, "body")
+    stacked = [j for kind, j in parts if kind == "stack"]
+    ids = list(dict.fromkeys([*body.carry_out, *stacked]))
+    names = tuple(body.graph.attr(h, "name") for h in (*body.carry, *body.xs, *body.captures))
+    kernel = TensorKernel([Expr(body.graph, j) for j in ids], names, None, opt)
+    kernel.body_ids = ids  # the body's node ids, in the kernel's output order
+    return kernel
 
 
 @lru_cache(maxsize=1)

@@ -229,8 +229,9 @@ def _store(b: Body, ptr: str, off: str, value: str, stride: int) -> None:
 class Writer:
     """Writes the steps of a plan into ``fn``."""
 
-    def __init__(self, fn: Fn, program: Program, p: Plan, blas: str | None):
+    def __init__(self, fn: Fn, program: Program, p: Plan, blas: str | None, loops=None):
         self.fn, self.program, self.p, self.blas = fn, program, p, blas
+        self.loops = loops or {}  # scan id -> (LoopBody, index in bufs of its kernel's box)
         self.graph = program.graph
         self.step_of = {i: (op, args, attrs) for i, op, args, attrs in program.steps}
 
@@ -423,6 +424,118 @@ class Writer:
             "i64, double, ptr, i64)"
         )
 
+    # --- scans ------------------------------------------------------------------------------
+
+    def write_scan(self, i, args, attrs) -> None:
+        """The loop of a scan: its body's kernel called once per step on pointers, the carries
+        copied from step to step, each step's outputs written into the stacks read."""
+        body, n, reverse = attrs["body"], attrs["length"], attrs["reverse"]
+        info, box_at = self.loops[i]
+        holders = (*body.carry, *body.xs, *body.captures)
+        shapes = [body.shape(h) for h in holders]
+        nc, nx = len(body.carry), len(body.xs)
+        at = [self.p.loop_scratch[i]]
+
+        def take(size: int) -> str:
+            ptr = self._scratch_ptr(at[0])
+            at[0] += max(size, 1)
+            return ptr
+
+        cur = [take(_size(s)) for s in shapes[:nc]]
+        nxt = [take(_size(s)) for s in shapes[:nc]]
+        seqs = [self._c_order(a, (n, *s), take) for a, s in zip(args[nc:], shapes[nc : nc + nx])]
+        caps = [self._c_order(a, s, take) for a, s in zip(args[nc + nx :], shapes[nc + nx :])]
+        arena = take(info.scratch)
+        for k, shape in enumerate(shapes[:nc]):
+            self.copy(self.access(args[k], shape), Access(cur[k], 0, c_strides(shape)), shape)
+        slots = self._body_slots(i, info, box_at, caps, arena)
+        with self.fn.loop(0, n, 1) as t:
+            step = t if not reverse else self._emit(f"sub i64 {n - 1}, {t}")
+            ptrs = cur + [self._emit(f"getelementptr inbounds double, ptr {x}, i64 "
+                                     f"{self._emit(f'mul i64 {step}, {_size(s)}')}")
+                          for x, s in zip(seqs, shapes[nc : nc + nx])]  # fmt: skip
+            dests = self._step_dests(i, body, info, nxt, step)
+            for k, ptr in enumerate(ptrs):
+                self._store_slot(slots, k, ptr)
+            for k, where in enumerate(dests):
+                self._store_slot(slots, len(info.inputs) + k, where[0][0])
+            self.fn.lines.append(f"  call void {slots[1]}(ptr {slots[0]})")
+            for first, *more in dests:  # the same body node wanted in several places
+                for ptr, shape in more:
+                    self.copy(
+                        Access(first[0], 0, c_strides(shape)),
+                        Access(ptr, 0, c_strides(shape)),
+                        shape,
+                    )
+            for k, shape in enumerate(shapes[:nc]):
+                self.copy(
+                    Access(nxt[k], 0, c_strides(shape)), Access(cur[k], 0, c_strides(shape)), shape
+                )
+        for j, (kind, k) in self.p.parts[i]:
+            if kind == "final":
+                shape = shapes[k]
+                self.copy(Access(cur[k], 0, c_strides(shape)), self.dest(j), shape)
+
+    def _emit(self, instruction: str) -> str:
+        name = f"%s{self.fn.fresh()}"
+        self.fn.lines.append(f"  {name} = {instruction}")
+        return name
+
+    def _scratch_ptr(self, offset: int) -> str:
+        return self._emit(f"getelementptr inbounds double, ptr %scratch, i64 {offset}")
+
+    def _c_order(self, a: int, shape, take) -> str:
+        """Node ``a`` as C-order memory of ``shape``: where it lies, or a copy in scratch."""
+        v = self.p.views[a]
+        if v.shape == tuple(shape) and v.contiguous():
+            return self._emit(f"getelementptr inbounds double, ptr %buf{v.base}, i64 {v.offset}")
+        ptr = take(_size(shape))
+        self.copy(self.access(a, shape), Access(ptr, 0, c_strides(shape)), shape)
+        return ptr
+
+    def _body_slots(self, i, info, box_at, caps, arena) -> tuple[str, str]:
+        """The body kernel's argument array, its fixed slots filled (captures, arena, extras),
+        and the kernel's address (read from the box the caller passes)."""
+        n_slots = len(info.inputs) + len(info.outputs) + 1 + info.extras
+        slots = self._emit(f"alloca [{n_slots} x ptr], align 8")
+        n_var = len(info.inputs) - len(caps)
+        for k, ptr in enumerate(caps):
+            self._store_slot((slots,), n_var + k, ptr)
+        fixed = len(info.inputs) + len(info.outputs)
+        self._store_slot((slots,), fixed, arena)
+        for e in range(info.extras):
+            src = self._emit(f"getelementptr inbounds ptr, ptr %bufs, i64 {box_at + 1 + e}")
+            self._store_slot((slots,), fixed + 1 + e, self._emit(f"load ptr, ptr {src}, align 8"))
+        box = self._emit(f"getelementptr inbounds ptr, ptr %bufs, i64 {box_at}")
+        data = self._emit(f"load ptr, ptr {box}, align 8")
+        return slots, self._emit(f"load ptr, ptr {data}, align 8")
+
+    def _store_slot(self, slots, k: int, ptr: str) -> None:
+        slot = self._emit(f"getelementptr inbounds ptr, ptr {slots[0]}, i64 {k}")
+        self.fn.lines.append(f"  store ptr {ptr}, ptr {slot}, align 8")
+
+    def _step_dests(self, i, body, info, nxt, step) -> list[list[tuple[str, tuple]]]:
+        """For each body output, the places this step's value goes: ``(pointer, shape)``s,
+        the first written by the kernel, the others copied from it."""
+        stacks = {k: j for j, (kind, k) in self.p.parts[i] if kind == "stack"}
+        dests = []
+        for u in info.outputs:
+            shape = body.shape(u)
+            where = []
+            if u in stacks:
+                off = self._emit(f"mul i64 {step}, {_size(shape)}")
+                ptr = f"%buf{stacks[u]}"
+                where.append(
+                    (self._emit(f"getelementptr inbounds double, ptr {ptr}, i64 {off}"), shape)
+                )
+            where += [(nxt[k], shape) for k, o in enumerate(body.carry_out) if o == u]
+            dests.append(where)
+        return dests
+
+
+def _size(shape) -> int:
+    return max(int(np.prod(shape)), 1)
+
 
 def _blas_layout(v: View) -> tuple[int, int] | None:
     """CBLAS transpose flag and leading dimension of a row-major matrix view, if it has one."""
@@ -442,9 +555,17 @@ def _global(i: int, value) -> str:
 
 
 def lower_tensor(program: Program, inputs: tuple[str, ...], outputs: list[int], vector_ok,
-                 blas: str | None) -> tuple[str, Plan]:  # fmt: skip
-    """The module text of ``sg_tensor`` and the plan (scratch size, copies) it was written from."""
-    p = plan(program, inputs, outputs)
+                 blas: str | None, bodies=None) -> tuple[str, Plan]:  # fmt: skip
+    """The module text of ``sg_tensor`` and the plan (scratch size, copies) it was written from.
+
+    ``bodies`` maps each scan of the program to its body's compiled ``LoopBody``; the caller
+    passes, after the constant arrays, for each scan in ``sorted`` id order a box holding the
+    body kernel's address and then that kernel's own extra pointers.
+    """
+    bodies = bodies or {}
+    sizes = {i: b.loop_scratch(program.graph.attr(i, "body"), program.graph.attr(i, "length"))
+             for i, b in bodies.items()}  # fmt: skip
+    p = plan(program, inputs, outputs, sizes)
     fn = Fn(vector_ok)
     n_in, n_out = len(inputs), len(outputs)
     for i, (where, k) in sorted(p.buffers.items()):
@@ -466,9 +587,13 @@ def lower_tensor(program: Program, inputs: tuple[str, ...], outputs: list[int], 
         at = k if where == "in" else n_in + k
         fn.lines.append(f"  %bp{i} = getelementptr inbounds ptr, ptr %bufs, i64 {at}")
         fn.lines.append(f"  %buf{i} = load ptr, ptr %bp{i}, align 8")
+    loops, at = {}, n_in + n_out + 1 + len(p.passed)
+    for i in sorted(bodies):
+        loops[i] = (bodies[i], at)
+        at += 1 + bodies[i].extras
     fn.lines.insert(0, f"  %sp = getelementptr inbounds ptr, ptr %bufs, i64 {n_in + n_out}")
     fn.lines.insert(1, "  %scratch = load ptr, ptr %sp, align 8")
-    w = Writer(fn, program, p, blas)
+    w = Writer(fn, program, p, blas, loops)
     for step in p.steps:
         if step[1] == 0:
             w.barrier(step[2])
@@ -476,7 +601,7 @@ def lower_tensor(program: Program, inputs: tuple[str, ...], outputs: list[int], 
             w.loop(step[2])
     for o, k in p.copies:
         _copy_out(w, fn, program, p, o, k, n_in)
-    n_bufs = n_in + n_out + 1 + len(p.passed)
+    n_bufs = at
     text = "\n".join([
         *sorted(fn.declares), *fn.globals, "",
         "define void @sg_tensor(ptr noalias nocapture readonly %bufs) #1 {", "entry:",

@@ -102,6 +102,27 @@ class View:
         return View(self.base, offset, tuple(strides), tuple(shape))
 
 
+@dataclass(frozen=True)
+class LoopBody:
+    """A scan's body compiled as a kernel of its own, as the scan's loop calls it: ``inputs``
+    (placeholder names, in its argument order), ``outputs`` (body node ids, in its output
+    order), its arena (``scratch`` doubles) and how many pointers it takes after the arena
+    (``extras``: its constant arrays and the bodies of the scans inside it)."""
+
+    inputs: tuple[str, ...]
+    outputs: tuple[int, ...]
+    scratch: int
+    extras: int
+
+    def loop_scratch(self, body, length: int) -> int:
+        """Doubles the loop needs: the carries twice (this step's and the next), the sequences
+        and captures in C order (where their views are not), the body's arena."""
+        sizes = [max(int(np.prod(body.shape(h))), 1) for h in (*body.carry, *body.xs)]
+        caps = sum(max(int(np.prod(body.shape(h))), 1) for h in body.captures)
+        nc = len(body.carry)
+        return 2 * sum(sizes[:nc]) + length * sum(sizes[nc:]) + caps + self.scratch
+
+
 @dataclass
 class Plan:
     """What the function computes, in order: steps are ("barrier", id) or ("loop", ids)."""
@@ -116,10 +137,17 @@ class Plan:
     # Constant arrays too big to write into the module: the caller passes them after the
     # scratch pointer, in this order.
     passed: list[int] = field(default_factory=list)
+    # A scan: its projections (id, part), and where its scratch (carries, body arena) starts.
+    parts: dict[int, list[tuple[int, tuple]]] = field(default_factory=dict)
+    loop_scratch: dict[int, int] = field(default_factory=dict)
 
 
-def plan(program: Program, inputs: tuple[str, ...], outputs: list[int]) -> Plan:
-    """Stages, fused loops and buffers for ``program``; ``outputs`` distinct node ids."""
+def plan(program: Program, inputs: tuple[str, ...], outputs: list[int], loop_sizes=None) -> Plan:
+    """Stages, fused loops and buffers for ``program``; ``outputs`` distinct node ids.
+
+    A scan is a barrier step writing the buffers of its projections; ``loop_sizes`` gives the
+    scratch (in doubles) each scan's loop needs for itself (its carries, its body's arena).
+    """
     graph = program.graph
     p = Plan()
     stage: dict[int, int] = {}
@@ -160,6 +188,17 @@ def plan(program: Program, inputs: tuple[str, ...], outputs: list[int]) -> Plan:
             for a in args:  # a same-shape operand from an earlier stage is read from memory
                 if kind[a] == "ew" and stage[a] < s:
                     p.stored.add(a)
+        elif OPS[op].multiple:  # a scan: one step, writing all its projections
+            kind[i] = "tuple"
+            for a in args:  # it passes pointers: a scalar constant gets a global
+                if kind[a] == "scalar":
+                    _view_of(p, graph, a, kind)
+            ready[i] = max([need(a) for a in args if kind[a] != "scalar"], default=0)
+            p.steps.append((ready[i], 0, i))
+            p.parts[i] = []
+        elif len(args) == 1 and kind[args[0]] == "tuple":  # written by the scan's step
+            kind[i], ready[i] = "part", ready[args[0]]
+            p.parts[args[0]].append((i, attrs["part"]))
         elif _is_view(op) and (
             view := _derive(OPS[op].llvm, _view_of(p, graph, args[0], kind), attrs, shape)
         ):
@@ -179,7 +218,7 @@ def plan(program: Program, inputs: tuple[str, ...], outputs: list[int]) -> Plan:
             p.stored.add(o)
     _group_loops(p, graph, stage)
     p.steps.sort(key=lambda step: step[:2])
-    _assign_buffers(p, program, kind, is_output)
+    _assign_buffers(p, program, kind, is_output, loop_sizes or {})
     return p
 
 
@@ -217,7 +256,9 @@ def _group_loops(p: Plan, graph, stage: dict[int, int]) -> None:
         p.steps.append((s, 1, tuple(sorted(ids))))
 
 
-def _assign_buffers(p: Plan, program: Program, kind: dict, is_output: dict[int, int]) -> None:
+def _assign_buffers(
+    p: Plan, program: Program, kind: dict, is_output: dict[int, int], loop_sizes: dict
+) -> None:
     """Outputs write into the caller's arrays; everything else gets a slot of the scratch arena
     that is reused once its last reader has run (so the arena stays small and in cache)."""
     graph = program.graph
@@ -228,6 +269,8 @@ def _assign_buffers(p: Plan, program: Program, kind: dict, is_output: dict[int, 
     arena = _Arena()
     for t, step in enumerate(p.steps):
         made = [step[2]] if step[1] == 0 else [i for i in step[2] if i in p.stored]
+        if step[1] == 0 and step[2] in p.parts:  # a scan makes its projections' memory
+            made = [j for j, _ in p.parts[step[2]]]
         for i in made:
             shape = graph.node(i)["shape"]
             if i in is_output:
@@ -237,6 +280,10 @@ def _assign_buffers(p: Plan, program: Program, kind: dict, is_output: dict[int, 
             p.views[i] = View(i, 0, c_strides(shape), shape)
         for i in made:  # never read (an output only): nothing to keep
             last.setdefault(i, t)
+        if step[1] == 0 and step[2] in loop_sizes:  # the loop's own scratch, for its step only
+            size = max(loop_sizes[step[2]], 1)
+            p.loop_scratch[step[2]] = arena.take(size)
+            arena.give(p.loop_scratch[step[2]], size)
         for i in [i for i, at in last.items() if at == t]:
             if p.buffers.get(i, ("",))[0] == "scratch":
                 arena.give(p.buffers[i][1], max(int(np.prod(graph.node(i)["shape"])), 1))
