@@ -82,9 +82,18 @@ class CompiledFunction:
         # So does a scalar graph holding a tensor op (sum of a scalar): only the loop writer
         # lowers those.
         nodes = self.graph.nx._node
+        if self.program.parts and self._scalar_call():
+            return False  # loops over scalars: a batch of points, each with its own loop
         return any(
             nodes[i]["shape"] or not OPS[op].elementwise for i, op, *_ in self.program.steps
         ) or any(self.graph.inputs[name].shape for name in self.inputs)
+
+    def _scalar_call(self) -> bool:
+        """Every argument and output a scalar (then a call may take a batch of points)."""
+        nodes = self.graph.nx._node
+        return not any(self.graph.inputs[n].shape for n in self.inputs) and not any(
+            nodes[o]["shape"] for o in self.program.outputs
+        )
 
     def _plan_tensor_outputs(self, flat: list[Expr]) -> None:
         self._item_shapes = item_shapes(flat, self.layout)

@@ -24,8 +24,15 @@ class Interpreter:
 
     def run_points(self, arrays: list[np.ndarray], batch: tuple[int, ...], flat: list) -> None:
         """Fill the flat output views from arguments that broadcast to ``batch``."""
-        del batch  # numpy broadcasts the arguments itself
-        self.run_tensor(arrays, flat)
+        if not self.program.parts or not batch:
+            self.run_tensor(arrays, flat)  # numpy broadcasts the arguments itself
+            return
+        # A scan over scalars: each point runs its own loop (a stack holds one point's steps).
+        full = [np.broadcast_to(a, batch) for a in arrays]
+        for index in np.ndindex(*batch):
+            values = dict(zip(self.inputs, (a[index] for a in full)))
+            for view, value in zip(flat, run(self.program, values)):
+                view[index] = value
 
     def run_tensor(self, arrays: list[np.ndarray], flat: list) -> None:
         """Fill the flat output arrays from arguments of their declared shapes."""

@@ -612,3 +612,33 @@ def test_a_compiled_scan_pickles_and_runs_again():
     values = _rnn_values()
     for got, want in zip(again(**values), fn(**values)):
         np.testing.assert_array_equal(got, want)
+
+
+# --- batches of points: a scalar graph holding a scan ------------------------------------------
+
+
+def _scalar_loop(g):
+    a, b = g.input("a"), g.input("b")
+    final, ys = sg.scan(lambda c, x: (sg.sin(c * a) + b, c * c), g.const(0.5), length=6)
+    loss = final + sg.sum(ys)
+    return [loss, sg.build_grad(loss, [a, b]), sg.hessian(loss, [a, b])]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_scalar_graph_with_a_scan_runs_over_a_batch_of_points(threads):
+    g = sg.Graph()
+    outputs = _scalar_loop(g)
+    fn = sg.compile(outputs, threads=threads)
+    ref = sg.compile(outputs, backend="numpy")
+    assert not fn.tensor
+    a = np.linspace(0.1, 2.0, 1200).reshape(30, 40)  # chunks for both threads
+    b = np.linspace(-1.0, 1.0, 40)  # broadcast against a
+    got, want = fn(a=a, b=b), ref(a=a, b=b)
+    for x, y in zip(got, want):
+        assert x.shape == y.shape
+        np.testing.assert_allclose(x, y, rtol=1e-13, atol=1e-14)
+    assert got[2].shape == (30, 40, 2, 2)
+    # One point is the same as that point of the batch, and scalars give 0-d results.
+    one = fn(a=float(a[3, 5]), b=float(b[5]))
+    np.testing.assert_allclose(one[1], got[1][3, 5], rtol=1e-15)
+    assert one[0].shape == ()

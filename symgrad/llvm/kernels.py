@@ -216,7 +216,9 @@ class NativeKernels:
 class TensorKernel:
     """The compiled ``sg_tensor`` of a tensor graph, its plan and its engine."""
 
-    def __init__(self, flat: list, inputs: tuple[str, ...], threads: int | None, opt: int):
+    def __init__(
+        self, flat: list, inputs: tuple[str, ...], threads: int | None, opt: int, points=False
+    ):
         del threads  # a tensor step runs on one thread; BLAS threads on its own
         expanded = expand(list(flat))
         graph = expanded[0].graph
@@ -228,7 +230,7 @@ class TensorKernel:
         self._bodies = {i: _body_kernel(graph, i, parts, opt) for i, parts in program.parts.items()}
         loop_bodies = {i: k.as_loop_body() for i, k in self._bodies.items()}
         self.llvm_ir, self.plan = lower_tensor(
-            program, inputs, self.distinct, vector_ok, blas_dgemm(), loop_bodies
+            program, inputs, self.distinct, vector_ok, blas_dgemm(), loop_bodies, points
         )
         _python_symbols()
         _check_symbols(self.llvm_ir)
@@ -242,6 +244,11 @@ class TensorKernel:
         self.box = np.array([address], np.uint64)  # how a scan's loop finds this kernel
         self.inputs = tuple(inputs)
         self.fast = method(self._engine.get_function_address("sg_tensor_fast"))
+        if points:
+            at = self._engine.get_function_address("sg_points")
+            self.points = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+                at
+            )
         self._first = {i: k for k, i in reversed(list(enumerate(self.order)))}
         # Per call, only list lookups: where each kernel output goes, and which flat outputs
         # repeat an earlier one (copied after the kernel).
@@ -293,6 +300,57 @@ class TensorKernel:
         for k, c in enumerate(self._constants):
             ptrs[self.n_in + n_out + 1 + k] = c.ctypes.data
         self.kernel(ptrs.ctypes.data)
+
+
+class PointKernel:
+    """A graph of scalar arguments and outputs holding a scan: a batch of points, each point
+    the tensor kernel's whole work (its own loop), run by ``sg_points`` over chunks of points,
+    one chunk per thread when the batch is big enough."""
+
+    def __init__(self, flat: list, inputs: tuple[str, ...], threads: int | None, opt: int):
+        self.tensor = TensorKernel(flat, inputs, None, opt, points=True)
+        self.threads = threads if threads is not None else (os.cpu_count() or 1)
+        self.llvm_ir = self.tensor.llvm_ir
+
+    @property
+    def asm(self) -> str:
+        return self.tensor.asm
+
+    def run_points(self, arrays: list[np.ndarray], batch: tuple[int, ...], flat: list) -> None:
+        """Fill the flat output views (contiguous, the batch's size) from arguments that
+        broadcast to ``batch``."""
+        n = math.prod(batch)
+        if n == 0:
+            return
+        k = self.tensor
+        full = [a if a.size == 1 else contiguous(a, batch) for a in arrays]
+        steps = np.array([0 if a.size == 1 else 1 for a in full], np.int64)
+        outs = [flat[pos] for pos in k._out_pos]
+        chunks = min(self.threads, max(1, n // 256))
+        bounds = [n * c // chunks for c in range(chunks + 1)]
+        jobs = [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+        if len(jobs) == 1:
+            self._run(full, steps, outs, *jobs[0])
+        else:
+            list(_pool().map(lambda job: self._run(full, steps, outs, *job), jobs))
+        for pos, first in k._repeats:
+            flat[pos][...] = flat[first]
+
+    def _run(self, full, steps, outs, lo: int, hi: int) -> None:
+        k = self.tensor
+        try:
+            scratch = k._scratch.buffer
+        except AttributeError:
+            scratch = k._scratch.buffer = np.empty(max(k.plan.scratch, 1))
+        ptrs = np.empty(len(full) + len(outs) + 1 + len(k._constants), np.uint64)
+        for j, (a, step) in enumerate(zip(full, steps)):
+            ptrs[j] = a.ctypes.data + 8 * lo * int(step)
+        for j, out in enumerate(outs):
+            ptrs[len(full) + j] = out.ctypes.data + 8 * lo
+        ptrs[len(full) + len(outs)] = scratch.ctypes.data
+        for j, c in enumerate(k._constants):
+            ptrs[len(full) + len(outs) + 1 + j] = c.ctypes.data
+        k.points(ptrs.ctypes.data, steps.ctypes.data, hi - lo)
 
 
 def _body_kernel(graph, i: int, parts: tuple, opt: int) -> TensorKernel:
@@ -376,4 +434,6 @@ def executor(program: Program, flat: list, inputs: tuple[str, ...], tensor: bool
     """The kernels that run ``program`` (whose outputs are ``flat``) with arguments ``inputs``."""
     if tensor:
         return TensorKernel(flat, inputs, **options)
+    if program.parts:  # scalar arguments and outputs, a scan inside: points of tensor kernels
+        return PointKernel(flat, inputs, **options)
     return NativeKernels(program, inputs, **options)

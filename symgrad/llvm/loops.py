@@ -555,12 +555,13 @@ def _global(i: int, value) -> str:
 
 
 def lower_tensor(program: Program, inputs: tuple[str, ...], outputs: list[int], vector_ok,
-                 blas: str | None, bodies=None) -> tuple[str, Plan]:  # fmt: skip
+                 blas: str | None, bodies=None, points=False) -> tuple[str, Plan]:  # fmt: skip
     """The module text of ``sg_tensor`` and the plan (scratch size, copies) it was written from.
 
     ``bodies`` maps each scan of the program to its body's compiled ``LoopBody``; the caller
     passes, after the constant arrays, for each scan in ``sorted`` id order a box holding the
-    body kernel's address and then that kernel's own extra pointers.
+    body kernel's address and then that kernel's own extra pointers. With ``points``, the module
+    also holds ``sg_points`` (a scalar graph over a batch of points, see ``points_entry``).
     """
     bodies = bodies or {}
     sizes = {i: b.loop_scratch(program.graph.attr(i, "body"), program.graph.attr(i, "length"))
@@ -605,9 +606,45 @@ def lower_tensor(program: Program, inputs: tuple[str, ...], outputs: list[int], 
     text = "\n".join([
         *sorted(fn.declares), *fn.globals, "",
         "define void @sg_tensor(ptr noalias nocapture readonly %bufs) #1 {", "entry:",
-        *fn.lines, "  ret void", "}", fast_tensor_entry(n_bufs), ATTRIBUTES,
+        *fn.lines, "  ret void", "}", fast_tensor_entry(n_bufs),
+        *([points_entry(n_in, n_out, n_bufs)] if points else []), ATTRIBUTES,
     ])  # fmt: skip
     return text, p
+
+
+def points_entry(n_in: int, n_out: int, n_bufs: int) -> str:
+    """``sg_points(bufs, steps, n)``: ``sg_tensor`` at points 0..n-1 of a batch, for a graph of
+    scalar inputs and outputs that holds tensors inside (a scan's stacks). Input k of point p
+    is ``bufs[k][p * steps[k]]`` (a step of 0: one value for all), output k ``bufs[n_in+k][p]``;
+    the arena and everything after it are shared by the points, which run one after another."""
+    lines = [
+        "define void @sg_points(ptr noalias nocapture readonly %bufs, ptr noalias nocapture "
+        "readonly %steps, i64 %n) #1 {",
+        "entry:",
+        f"  %local = alloca [{n_bufs} x ptr], align 8",
+    ]
+    for k in range(n_in + n_out, n_bufs):  # the same for every point
+        lines += [f"  %fp{k} = getelementptr inbounds ptr, ptr %bufs, i64 {k}",
+                  f"  %f{k} = load ptr, ptr %fp{k}, align 8",
+                  f"  %fl{k} = getelementptr inbounds ptr, ptr %local, i64 {k}",
+                  f"  store ptr %f{k}, ptr %fl{k}, align 8"]  # fmt: skip
+    lines += ["  br label %head", "head:", "  %p = phi i64 [ 0, %entry ], [ %next, %body ]",
+              "  %more = icmp slt i64 %p, %n", "  br i1 %more, label %body, label %done",
+              "body:"]  # fmt: skip
+    for k in range(n_in + n_out):
+        if k < n_in:
+            lines += [f"  %sp{k} = getelementptr inbounds i64, ptr %steps, i64 {k}",
+                      f"  %st{k} = load i64, ptr %sp{k}, align 8",
+                      f"  %o{k} = mul i64 %p, %st{k}"]  # fmt: skip
+        offset = f"%o{k}" if k < n_in else "%p"
+        lines += [f"  %bp{k} = getelementptr inbounds ptr, ptr %bufs, i64 {k}",
+                  f"  %b{k} = load ptr, ptr %bp{k}, align 8",
+                  f"  %e{k} = getelementptr inbounds double, ptr %b{k}, i64 {offset}",
+                  f"  %l{k} = getelementptr inbounds ptr, ptr %local, i64 {k}",
+                  f"  store ptr %e{k}, ptr %l{k}, align 8"]  # fmt: skip
+    lines += ["  call void @sg_tensor(ptr %local)", "  %next = add nsw i64 %p, 1",
+              "  br label %head", "done:", "  ret void", "}"]  # fmt: skip
+    return "\n".join(lines)
 
 
 def _copy_out(w: Writer, fn: Fn, program: Program, p: Plan, o: int, k: int, n_in: int) -> None:
