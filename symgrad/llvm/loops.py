@@ -564,9 +564,7 @@ def lower_tensor(program: Program, inputs: tuple[str, ...], outputs: list[int], 
     also holds ``sg_points`` (a scalar graph over a batch of points, see ``points_entry``).
     """
     bodies = bodies or {}
-    sizes = {i: b.loop_scratch(program.graph.attr(i, "body"), program.graph.attr(i, "length"))
-             for i, b in bodies.items()}  # fmt: skip
-    p = plan(program, inputs, outputs, sizes)
+    p = plan(program, inputs, outputs, bodies)
     fn = Fn(vector_ok)
     n_in, n_out = len(inputs), len(outputs)
     for i, (where, k) in sorted(p.buffers.items()):

@@ -114,13 +114,21 @@ class LoopBody:
     scratch: int
     extras: int
 
-    def loop_scratch(self, body, length: int) -> int:
-        """Doubles the loop needs: the carries twice (this step's and the next), the sequences
-        and captures in C order (where their views are not), the body's arena."""
-        sizes = [max(int(np.prod(body.shape(h))), 1) for h in (*body.carry, *body.xs)]
-        caps = sum(max(int(np.prod(body.shape(h))), 1) for h in body.captures)
-        nc = len(body.carry)
-        return 2 * sum(sizes[:nc]) + length * sum(sizes[nc:]) + caps + self.scratch
+    def loop_scratch(self, body, length: int, views: list) -> int:
+        """Doubles the loop needs: the carries twice (this step's and the next), copies in C
+        order of the sequences and captures whose ``views`` are not, the body's arena."""
+        nc, nx = len(body.carry), len(body.xs)
+        shapes = [body.shape(h) for h in (*body.carry, *body.xs, *body.captures)]
+        shapes[nc : nc + nx] = [(length, *s) for s in shapes[nc : nc + nx]]
+        size = 2 * sum(_size(s) for s in shapes[:nc]) + self.scratch
+        for v, shape in zip(views, shapes[nc:]):
+            if v.shape != tuple(shape) or not v.contiguous():
+                size += _size(shape)
+        return size
+
+
+def _size(shape) -> int:
+    return max(int(np.prod(shape)), 1)
 
 
 @dataclass
@@ -145,8 +153,8 @@ class Plan:
 def plan(program: Program, inputs: tuple[str, ...], outputs: list[int], loop_sizes=None) -> Plan:
     """Stages, fused loops and buffers for ``program``; ``outputs`` distinct node ids.
 
-    A scan is a barrier step writing the buffers of its projections; ``loop_sizes`` gives the
-    scratch (in doubles) each scan's loop needs for itself (its carries, its body's arena).
+    A scan is a barrier step writing the buffers of its projections; ``loop_sizes`` gives, for
+    each scan, its compiled body (a ``LoopBody``): its loop's scratch follows from it.
     """
     graph = program.graph
     p = Plan()
@@ -281,7 +289,11 @@ def _assign_buffers(
         for i in made:  # never read (an output only): nothing to keep
             last.setdefault(i, t)
         if step[1] == 0 and step[2] in loop_sizes:  # the loop's own scratch, for its step only
-            size = max(loop_sizes[step[2]], 1)
+            i = step[2]
+            attrs = dict(graph.node(i)["attrs"])
+            operands = graph.node(i)["args"][len(attrs["body"].carry) :]
+            views = [p.views[a] for a in operands]
+            size = loop_sizes[i].loop_scratch(attrs["body"], attrs["length"], views)
             p.loop_scratch[step[2]] = arena.take(size)
             arena.give(p.loop_scratch[step[2]], size)
         for i in [i for i, at in last.items() if at == t]:
