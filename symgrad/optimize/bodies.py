@@ -20,6 +20,8 @@ from symgrad.scan import Body, copy_nodes
 def bodies(outputs, optimize):
     """``outputs`` with each scan's body replaced by ``optimize`` of it (the caller's pass)."""
     flat, _ = flatten_outputs(outputs)
+    if not flat[0].graph._has_parts:
+        return outputs  # no scan anywhere in the graph (the common case: no walk)
     read = _stacks_read(flat[0].graph, [e.id for e in flat])
     if not read:
         return outputs

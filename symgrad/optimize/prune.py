@@ -41,10 +41,13 @@ def _copy(new: Graph, node: dict, mapped: dict[int, int], rule: Rule | None) -> 
     if op == "const":
         return new.const_id(attrs[0][1])
     ids = tuple(mapped[a] for a in node["args"])
-    if rule is not None:
-        replacement = rule(op, tuple(Expr(new, j) for j in ids), dict(attrs))
-        if replacement is not None:
-            return replacement.id
+    if rule is None:
+        # A plain copy: ids map in ascending order (so sorted operands stay sorted), and the
+        # node's shape and attributes were checked when it was made: no shape rule again.
+        return new._add(op, ids, attrs, node["shape"])
+    replacement = rule(op, tuple(Expr(new, j) for j in ids), dict(attrs))
+    if replacement is not None:
+        return replacement.id
     return new.node_id(op, ids, attrs)
 
 
