@@ -284,7 +284,7 @@ class _Tracer:
         if v.graph is not self.outer:
             if self.outer._capture is None:
                 raise GraphError(
-                    "scan: the step uses a node of another graph (neither the scan's graph nor "
+                    f"scan: the step uses {v!r} of another graph (neither the scan's graph nor "
                     "one around it)"
                 )
             v = Expr(self.outer, self.outer._capture(v))  # a nested scan: capture outward first
@@ -352,9 +352,13 @@ def _step_result(result, carry_tuple: bool, n: int) -> tuple[list, list, str]:
     new_carry, y = result
     if carry_tuple != isinstance(new_carry, (tuple, list)) or (carry_tuple and len(new_carry) != n):
         want = f"a tuple of {n}" if carry_tuple else "one Expr"
+        got = (
+            f"a {type(new_carry).__name__} of {len(new_carry)}"
+            if isinstance(new_carry, (tuple, list))
+            else f"one {type(new_carry).__name__}"
+        )
         raise ArgumentError(
-            f"scan: the step returned a carry of another structure than init ({want}): got "
-            f"{show(new_carry)}"
+            f"scan: the step returned a carry of another structure than init ({want}): got {got}"
         )
     new_carry = list(new_carry) if carry_tuple else [new_carry]
     if y is None:
@@ -525,7 +529,9 @@ def _build_reverse(body: Body, stacked, checkpoint, want_x, want_p):
     wrt += [caps[k] for k in wanted_p]
     grads = vjp([Expr(rb, mapped[i]) for i in roots], [*c_bar, *y_bar], wrt)
     n_x = sum(want_x)
-    carry_out = [*grads[:nc], *(a + g for a, g in zip(p_acc, grads[nc + n_x :]))]
+    order = max((rb.node(e.id)["order"] for e in grads), default=1)
+    with rb.stamped("grad", max(order, 1)):  # the running sum of a capture's cotangent
+        carry_out = [*grads[:nc], *(a + g for a, g in zip(p_acc, grads[nc + n_x :]))]
     ys = grads[nc : nc + n_x]
     placeholders = [*c_bar, *p_acc, *hist_x, *y_bar]
     if checkpoint == "store":

@@ -54,6 +54,8 @@ def to_sympy(e, *, evaluate: bool = True):
         for i in reachable(graph, [x.id for x in leaves]):
             try:
                 memo[i] = _sympy_node(sp, graph, i, memo, rel)
+            except GraphError:
+                raise  # already says which node (an op without a SymPy form)
             except RecursionError:
                 raise GraphError(
                     f"to_sympy: node {i}: SymPy's evaluation recursed too deep; pass evaluate=False"
@@ -80,7 +82,12 @@ def _sympy_node(sp, graph: Graph, i: int, memo: dict, rel: dict):
         # Piecewise((a, x < y), ...), not Ne(Piecewise(...), 0)
         return sp.Piecewise((operands[1], rel[args[0]]), (operands[2], True))
     if opdef is None or opdef.sympy is None:
-        raise GraphError(f"to_sympy: node {i}: op {op!r} has no SymPy form")
+        hint = (
+            " (a loop: SymPy has no form for it; evaluate it, or unroll it)"
+            if (opdef is not None and (opdef.multiple or "part" in opdef.attrs))
+            else ""
+        )
+        raise GraphError(f"to_sympy: node {i}: op {op!r} has no SymPy form{hint}")
     return opdef.sympy(sp, *operands)
 
 
