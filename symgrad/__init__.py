@@ -23,6 +23,7 @@ from symgrad.errors import (
     SizeError,
     SymgradError,
 )
+from symgrad.forward import jvp
 from symgrad.grad import build_grad, hessian, hvp, jacobian
 from symgrad.graph import OP_FUNCTIONS as _FUNCTIONS
 from symgrad.graph import Expr, Graph
@@ -75,6 +76,7 @@ __all__ = [
     "hessian",
     "hvp",
     "jacobian",
+    "jvp",
     "optimize",
     "parse",
     "scan",

@@ -138,6 +138,11 @@ class OpDef:
     # contribution (or None) per operand.
     multiple: bool = False
     vjp_parts: Callable | None = None
+    # Forward mode: ``jvp(tangents, out, *operands, **attrs)`` -> the output's tangent, built
+    # from graph ops; ``tangents`` has one Expr per operand, or None where it has none. None for
+    # an elementwise op (its Jacobian is diagonal: its VJP rules applied to the tangents,
+    # symgrad/forward.py) and for an op with an ``expand`` (differentiated through it).
+    jvp: Callable | None = None
     part_shapes: Callable | None = None  # attrs -> a mapping part -> shape (ShapeError if none)
     # Values c of a constant last operand for which the op has an exact form in other ops
     # (pow: x**2 is x*x): c -> build(x, const, apply), read by fold and by the emitters.
@@ -572,6 +577,33 @@ def _restore(g, x, attrs):
     return ap("reshape", g, shape=kept_shape(x.shape, attrs["axis"]))
 
 
+def _linear(op: str):
+    """The JVP of an op linear in its one operand: the op applied to the tangent."""
+    return lambda ts, o, x, **attrs: ap(op, ts[0], **attrs)
+
+
+def _amax_jvp(ts, o, x, axis, keepdims):
+    # The tangent of a maximum: the mean of the tangents at the maxima (ties split evenly).
+    hit = ap("eq", x, _restore(o, x, {"axis": axis, "keepdims": keepdims}))
+    total = ap("sum", hit * ts[0], axis=axis, keepdims=keepdims)
+    return total / ap("sum", hit, axis=axis, keepdims=keepdims)
+
+
+def _logsumexp_jvp(ts, o, x, axis, keepdims):
+    weights = ap("exp", x - _restore(o, x, {"axis": axis, "keepdims": keepdims}))
+    return ap("sum", weights * ts[0], axis=axis, keepdims=keepdims)
+
+
+def _bilinear(op: str, ts, a, b, **attrs):
+    """The JVP of an op linear in each operand: op(ta, b) + op(a, tb), each where it has one."""
+    parts = []
+    if ts[0] is not None:
+        parts.append(ap(op, ts[0], b, **attrs))
+    if ts[1] is not None:
+        parts.append(ap(op, a, ts[1], **attrs))
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
 def _sum_vjp(g, o, x, axis, keepdims):
     return ap("broadcast_to", _restore(g, x, {"axis": axis, "keepdims": keepdims}), shape=x.shape)
 
@@ -595,7 +627,7 @@ def _mean_expand(x, axis, keepdims):
 
 _register("sum", 1, lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
           (_sum_vjp,), Lowering("reduce", "fadd", start=0.0), schema=_REDUCE_ATTRS,
-          shape=_reduce_shape,
+          shape=_reduce_shape, jvp=_linear("sum"),
           normalize=_reduce_normalize, elementwise=False,
           domain=(SMALL,))  # fmt: skip
 _register("mean", 1, lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims),
@@ -604,6 +636,7 @@ _register("mean", 1, lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=ke
           domain=(SMALL,))  # fmt: skip
 _register("amax", 1, lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=keepdims),
           (_amax_vjp,), Lowering("reduce", "llvm.maximum", start=-np.inf), text="max",
+          jvp=_amax_jvp,
           schema=_REDUCE_ATTRS, shape=_reduce_shape,
           normalize=_reduce_normalize, elementwise=False, domain=(SMALL,))  # fmt: skip
 
@@ -626,7 +659,7 @@ _register(
     (lambda g, o, a, b: ap("matmul", g, ap("transpose", b, axes=(1, 0))),
      lambda g, o, a, b: ap("matmul", ap("transpose", a, axes=(1, 0)), g)),
     Lowering("barrier", "matmul"), text="@", infix=True, shape=_matmul_shape, elementwise=False,
-    domain=(SMALL, SMALL),
+    domain=(SMALL, SMALL), jvp=lambda ts, o, a, b: _bilinear("matmul", ts, a, b),
 )  # fmt: skip
 
 
@@ -663,7 +696,7 @@ _register("transpose", 1, lambda x, axes: np.transpose(x, axes),
           schema=(Attr("axes", ("tuple", "None"), None),), normalize=_transpose_normalize,
           elementwise=False,
           shape=lambda op, shapes, at: tuple(shapes[0][a] for a in at["axes"]),
-          domain=(SMALL,))  # fmt: skip
+          domain=(SMALL,), jvp=_linear("transpose"))  # fmt: skip
 
 
 def _shape_attr(op, value, positive: bool = True) -> tuple[int, ...]:
@@ -697,7 +730,8 @@ _register("reshape", 1, lambda x, shape: np.reshape(x, shape),
           (lambda g, o, x, shape: ap("reshape", g, shape=x.shape),), Lowering("view", "reshape"),
           schema=(_SHAPE,),
           normalize=_reshape_normalize, elementwise=False,
-          shape=lambda op, shapes, at: at["shape"], domain=(SMALL,))  # fmt: skip
+          shape=lambda op, shapes, at: at["shape"], domain=(SMALL,),
+          jvp=_linear("reshape"))  # fmt: skip
 
 
 def _broadcast_normalize(op, shapes, attrs):
@@ -712,7 +746,7 @@ _register("broadcast_to", 1, lambda x, shape: np.broadcast_to(x, shape).copy(),
           (lambda g, o, x, shape: g,), Lowering("view", "broadcast"), schema=(_SHAPE,),
           normalize=_broadcast_normalize,
           elementwise=False, shape=lambda op, shapes, at: at["shape"],
-          domain=(SMALL,))  # fmt: skip
+          domain=(SMALL,), jvp=_linear("broadcast_to"))  # fmt: skip
 
 
 def _index_item(op: str, item, n: int):
@@ -811,13 +845,14 @@ _register("getitem", 1, lambda x, index: x[decode_index(index)],
           normalize=lambda op, shapes, at: {"index": normalize_index(op, shapes[0],
                                                                      at["index"])},
           shape=lambda op, shapes, at: indexed_shape(at["index"]),
-          domain=(SMALL,))  # fmt: skip
+          domain=(SMALL,), jvp=_linear("getitem"))  # fmt: skip
 # embed: the operand placed at ``index`` in zeros of ``shape`` (the adjoint of getitem; pads).
 _register("embed", 1, _embed,
           (lambda g, o, x, index, shape: ap("getitem", g, index=index),),
           Lowering("barrier", "embed"),
           schema=(_INDEX, _SHAPE), normalize=_embed_normalize, elementwise=False,
-          shape=lambda op, shapes, at: at["shape"], domain=(SMALL,))  # fmt: skip
+          shape=lambda op, shapes, at: at["shape"], domain=(SMALL,),
+          jvp=_linear("embed"))  # fmt: skip
 
 
 def _safe_max(x, axes):
@@ -860,6 +895,7 @@ def _logsumexp_vjp(g, o, x, axis, keepdims):
 
 
 _register("logsumexp", 1, _np_logsumexp, (_logsumexp_vjp,), None, schema=_REDUCE_ATTRS,
+          jvp=_logsumexp_jvp,
           shape=_reduce_shape, normalize=_reduce_normalize, expand=_logsumexp_expand,
           elementwise=False, domain=(SMALL,))  # fmt: skip
 
@@ -881,12 +917,16 @@ def _softmax_expand(x, axis):
     return e / ap("sum", e, axis=axis, keepdims=True)
 
 
+def _softmax_jvp(ts, o, x, axis):
+    return o * (ts[0] - ap("sum", o * ts[0], axis=axis, keepdims=True))
+
+
 _register("softmax", 1, _np_softmax,
           (lambda g, o, x, axis: o * (g - ap("sum", g * o, axis=axis, keepdims=True)),), None,
           schema=(Attr("axis", ("int", "tuple"), -1),), normalize=_softmax_normalize,
           expand=_softmax_expand,
           shape=lambda op, shapes, at: shapes[0], elementwise=False,
-          domain=(SMALL,))  # fmt: skip
+          domain=(SMALL,), jvp=_softmax_jvp)  # fmt: skip
 
 
 def _pair(op: str, what: str, v, low: int) -> tuple[int, int]:
@@ -970,14 +1010,14 @@ _register("windows", 1, lambda x, kernel_size, stride: _windows(x, kernel_size, 
           Lowering("view", "windows"), schema=(_KERNEL, _STRIDE),
           normalize=_windows_normalize,
           shape=_windows_shape, elementwise=False,
-          domain=(SMALL,))  # fmt: skip
+          domain=(SMALL,), jvp=_linear("windows"))  # fmt: skip
 _register("window_sum", 1, _np_window_sum,
           (lambda g, o, x, kernel_size, stride, shape: ap("windows", g, kernel_size=kernel_size,
                                                           stride=stride),),
           Lowering("barrier", "window_sum"), schema=(_KERNEL, _STRIDE, _SHAPE),
           normalize=_windows_normalize,
           shape=_window_sum_shape, elementwise=False,
-          domain=(SMALL,))  # fmt: skip
+          domain=(SMALL,), jvp=_linear("window_sum"))  # fmt: skip
 
 
 def _np_conv2d(x, w, stride, padding):

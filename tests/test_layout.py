@@ -32,6 +32,7 @@ LAYERS = {
     "symgrad.parse": 3,
     "symgrad.grad": 3,
     "symgrad.scan": 3,
+    "symgrad.forward": 3,
     "symgrad.optimize": 3,
     "symgrad.sympy_bridge": 3,
     "symgrad.dot": 3,

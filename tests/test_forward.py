@@ -1,0 +1,147 @@
+"""Forward mode: ``sg.jvp``, parametrized over the registry.
+
+Every op's tangent is checked both ways against reverse mode (``<u, J v>`` from ``jvp`` equals
+``<J^T u, v>`` from ``build_grad``) and against central differences; second order through
+forward over reverse (the JVP of a gradient is a Hessian-vector product).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import symgrad as sg
+from symgrad.errors import GradError
+from symgrad.ops import OPS
+from tests.toolbox import (
+    DIFF_OPS,
+    EXAMPLES,
+    LOOP_OPS,
+    TENSOR_OPS,
+    central_difference,
+    domain_sample,
+    example,
+    snapshot,
+)
+
+# Tensor ops without attributes, by the shapes of their operands.
+PLAIN = {"matmul": [(3, 4), (4, 2)]}
+
+
+def _case(name: str, rng):
+    """(graph, operand inputs, output, values) of op ``name`` at a random point of its domain."""
+    if name in EXAMPLES:
+        g, xs, attrs = example(name)
+    else:
+        g = sg.Graph()
+        shapes = PLAIN.get(name, [(3,)] * OPS[name].arity)
+        xs, attrs = [g.input(f"x{k}", s) for k, s in enumerate(shapes)], {}
+    y = g.apply(name, *xs, **attrs)
+    values = dict(zip((x.name for x in xs), domain_sample(name, [x.shape for x in xs], rng)))
+    if name in ("amax", "max_pool2d"):  # no ties: the derivative exists
+        values = {k: v + 1e-3 * np.arange(v.size).reshape(v.shape) for k, v in values.items()}
+    return g, xs, y, values
+
+
+def test_every_op_is_covered():
+    assert set(TENSOR_OPS) <= set(EXAMPLES) | set(PLAIN)
+    assert len(DIFF_OPS) >= 30
+
+
+@pytest.mark.parametrize("name", DIFF_OPS + TENSOR_OPS)
+def test_jvp_is_the_transpose_of_the_vjp(name):
+    rng = np.random.default_rng(0)
+    g, xs, y, values = _case(name, rng)
+    v = [rng.normal(size=x.shape) for x in xs]
+    u = rng.normal(size=y.shape)
+    [tangent] = sg.jvp(y, xs, v)
+    forward = float(np.sum(u * sg.evaluate(tangent, **values)))
+    grads = sg.build_grad(sg.sum(y * u) if y.shape else y * float(u), xs)
+    reverse = sum(float(np.sum(gk * vk)) for gk, vk in zip(sg.evaluate(grads, **values), v))
+    assert forward == pytest.approx(reverse, rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", DIFF_OPS + TENSOR_OPS)
+def test_jvp_matches_central_differences(name):
+    rng = np.random.default_rng(1)
+    g, xs, y, values = _case(name, rng)
+    v = [rng.normal(size=x.shape) for x in xs]
+    [tangent] = sg.jvp(y, xs, v)
+    got = sg.evaluate(tangent, **values)
+
+    def along(s):
+        moved = {x.name: values[x.name] + s * vk for x, vk in zip(xs, v)}
+        return sg.evaluate(y, **moved)
+
+    want = central_difference(along, 0.0, step=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_forward_over_reverse_is_a_hessian_vector_product():
+    g = sg.Graph()
+    x = g.input("x", (4,))
+    w = g.input("w", (4, 4))
+    f = sg.sum(sg.tanh(w @ x) ** 2) + sg.logsumexp(x * x)
+    [grad] = sg.build_grad(f, [x])
+    direction = np.array([0.5, -1.0, 2.0, 0.25])
+    [forward] = sg.jvp(grad, [x], [direction])
+    [reverse] = sg.hvp(f, [x], [direction])
+    rng = np.random.default_rng(2)
+    values = {"x": rng.normal(size=4), "w": rng.normal(size=(4, 4))}
+    np.testing.assert_allclose(sg.evaluate(forward, **values), sg.evaluate(reverse, **values),
+                               rtol=1e-12, atol=1e-14)  # fmt: skip
+    # ... and it compiles to the same values.
+    fn = sg.compile([forward])
+    np.testing.assert_allclose(fn(**values)[0], sg.evaluate(reverse, **values), rtol=1e-12)
+
+
+def test_second_order_forward_over_forward():
+    g = sg.Graph()
+    x, y = g.input("x"), g.input("y")
+    f = sg.sin(x * y) + x**3
+    [dx] = sg.jvp(f, [x, y], [1.0, 0.0])
+    [dxx] = sg.jvp(dx, [x, y], [1.0, 0.0])
+    point = {"x": 0.7, "y": 1.3}
+    want = -(1.3**2) * np.sin(0.7 * 1.3) + 6 * 0.7
+    assert float(sg.evaluate(dxx, **point)) == pytest.approx(want, rel=1e-13)
+
+
+def test_outputs_that_do_not_depend_on_wrt_get_zeros_of_their_shape():
+    g = sg.Graph()
+    x, z = g.input("x"), g.input("z", (2, 3))
+    t_scalar, t_tensor = sg.jvp([x * 2.0, z + 1.0], [x], [1.0])
+    assert float(sg.evaluate(t_scalar, x=1.0)) == 2.0
+    assert t_tensor.shape == (2, 3) and not np.any(sg.evaluate(t_tensor))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda e: sg.jvp(e["f"], [e["x"]], [1.0, 2.0]), "2 tangents for 1 wrt"),
+        (lambda e: sg.jvp(e["f"], [e["x"]], [np.ones(3)]), r"shape \(3,\), but its wrt"),
+        (lambda e: sg.jvp(e["f"], [e["other"]], [1.0]), "wrt.0. must be an Expr of"),
+        (lambda e: sg.jvp(e["f"], [e["x"]], ["a"]), "must be an Expr or a number"),
+        (lambda e: sg.jvp([e["f"], e["other"]], [e["x"]], [1.0]), "different graphs"),
+        (lambda e: sg.jvp(e["f"], e["x"], None), "must be an Expr or a number"),
+        (lambda e: sg.jvp("f", [e["x"]], [1.0]), "must be a list"),
+    ],
+)
+def test_bad_calls_are_grad_errors_and_change_nothing(call, match):
+    g = sg.Graph()
+    x = g.input("x")
+    env = {"x": x, "f": sg.sin(x), "other": sg.Graph().input("o")}
+    before = snapshot(g)
+    with pytest.raises(GradError, match=match):
+        call(env)
+    assert snapshot(g) == before
+
+
+def test_a_loop_is_refused_by_name_until_forward_mode_reaches_it():
+    g = sg.Graph()
+    a = g.input("a")
+    final, _ = sg.scan(lambda c, _: (c * a, None), a, length=3)
+    before = snapshot(g)
+    with pytest.raises(GradError, match="scan.*no forward-mode rule yet: use build_grad"):
+        sg.jvp(final, [a], [1.0])
+    assert snapshot(g) == before
+    assert set(LOOP_OPS) == {"scan", "scan_out"}
