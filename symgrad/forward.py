@@ -17,7 +17,7 @@ Where the rules come from, per op of the registry:
 
 from __future__ import annotations
 
-from symgrad.errors import GradError, SymgradError
+from symgrad.errors import GradError, GraphError, ShapeError, SymgradError
 from symgrad.graph import Expr, Graph, paused_gc, reachable
 from symgrad.ops import OPS
 
@@ -53,10 +53,10 @@ def jvp(outputs, wrt, tangents) -> list[Expr]:
         for k, (w, t) in enumerate(zip(wrt, tangents)):
             t = _tangent(graph, t, w.shape, f"tangents[{k}]")
             seeds[w.id] = t if w.id not in seeds else seeds[w.id] + t
-        return _forward(graph, outs, seeds)
+        return forward(graph, outs, seeds)
 
 
-def _forward(graph: Graph, outs: list[Expr], seeds: dict[int, Expr]) -> list[Expr]:
+def forward(graph: Graph, outs: list[Expr], seeds: dict[int, Expr]) -> list[Expr]:
     """The tangents of ``outs`` given those of the seed nodes, each node's built once."""
     active = _active(graph, [o.id for o in outs], set(seeds))
     order = 1 + max((graph.node(i)["order"] for i in active), default=0)
@@ -69,10 +69,14 @@ def _forward(graph: Graph, outs: list[Expr], seeds: dict[int, Expr]) -> list[Exp
             ts = [tangent.get(a) for a in node["args"]]
             if all(t is None for t in ts):
                 continue
+            # (A scan's tangent is a pair: the tangent scan and which of its parts holds the
+            # tangent of each of the scan's parts; its projections' rules read it.)
             try:
                 tangent[i] = _rule(graph, i, node, ts)
             except SymgradError as err:
-                raise GradError(f"jvp: {node['op']} (node {i}): {err}") from err
+                # The graph's limits (max_nodes, max_elements) keep their class, as in build_grad.
+                kind = type(err) if type(err) in (GraphError, ShapeError) else GradError
+                raise kind(f"jvp: {node['op']} (node {i}): {err}") from err
         return [tangent[o.id] if o.id in tangent else _zeros(graph, o.shape) for o in outs]
 
 
@@ -88,8 +92,8 @@ def _rule(graph: Graph, i: int, node: dict, ts: list) -> Expr:
     if opdef.expand is not None:
         expanded = opdef.expand(*args, **attrs)
         seeds = {a.id: t for a, t in zip(args, ts) if t is not None}
-        return _forward(graph, [expanded], seeds)[0]
-    raise GradError(f"op {node['op']!r} has no forward-mode rule yet: use build_grad")
+        return forward(graph, [expanded], seeds)[0]
+    raise GradError(f"op {node['op']!r} has no forward-mode rule")
 
 
 def _diagonal(opdef, out: Expr, args: list[Expr], attrs: dict, ts: list) -> Expr:

@@ -31,9 +31,10 @@ import numbers
 import numpy as np
 
 from symgrad.errors import ArgumentError, GraphError, ShapeError
+from symgrad.forward import forward
 from symgrad.grad import vjp
 from symgrad.graph import Expr, Graph
-from symgrad.ops import OPS, VARIADIC, Attr, Lowering, _register, show
+from symgrad.ops import OPS, VARIADIC, Attr, Lowering, _register, ap, show
 from symgrad.program import Program, run
 
 CHECKPOINTS = ("store", "recompute")
@@ -448,12 +449,15 @@ _register(
     normalize=_scan_normalize, shape=lambda op, shapes, attrs: (), multiple=True,
     part_shapes=lambda attrs: PartShapes(attrs["body"], attrs["length"]),
     vjp_parts=lambda cts, out, active, *args, **attrs: _vjp(cts, out, active, args, **attrs),
+    jvp=lambda ts, out, *args, **attrs: _jvp(ts, out, args, **attrs),
 )  # fmt: skip
 _register(
     "scan_out", 1, lambda parts, part: parts[part], (lambda g, o, s, part: g,),
     Lowering("part", "scan_out"),
     elementwise=False, schema=(Attr("part", ("tuple",)),), normalize=_part_normalize,
     shape=lambda op, shapes, attrs: shapes[0][attrs["part"]],
+    # The tangent of a part: that part's tangent in the tangent scan (see _jvp).
+    jvp=lambda ts, o, s, part: ap("scan_out", ts[0][0], part=ts[0][1][part]),
 )  # fmt: skip
 
 
@@ -597,3 +601,60 @@ def copy_nodes(src: Graph, dst: Graph, roots, mapped: dict[int, int]) -> None:
         dst._stamp = (node["role"], node["order"])
         mapped[i] = dst.node_id(node["op"], tuple(mapped[a] for a in node["args"]), node["attrs"])
     dst._stamp = ("primal", 0)
+
+
+# --- forward mode: a tangent scan ---------------------------------------------------------------
+
+
+def _jvp(ts, out: Expr, args, body, length, reverse, checkpoint):
+    """The tangent of a scan: one scan carrying the carries and their tangents, its body the
+    step body with its forward-mode tangents. Returns the tangent scan and, for each part of
+    this scan its projections read, the part of the tangent scan holding that part's tangent."""
+    graph = out.graph
+    parts = sorted({graph.attr(j, "part") for j in graph.nx.succ[out.id]})
+    stacked = tuple(j for kind, j in parts if kind == "stack")
+    tangent_body, tangent_of = _tangent_body(body, stacked)
+    nc, nx = len(body.carry), len(body.xs)
+    tangents = [t if t is not None else _zeros(graph, a.shape) for a, t in zip(args, ts)]
+    node = graph.apply(
+        "scan", *args[:nc], *tangents[:nc], *args[nc : nc + nx], *tangents[nc : nc + nx],
+        *args[nc + nx :], *tangents[nc + nx :], body=tangent_body, length=length,
+        reverse=reverse, checkpoint=checkpoint,
+    )  # fmt: skip
+    mapping = {("final", k): ("final", nc + k) for k in range(nc)}
+    mapping.update({("stack", j): ("stack", tangent_of[j]) for j in stacked})
+    return node, mapping
+
+
+def _tangent_body(body: Body, stacked: tuple) -> tuple[Body, dict[int, int]]:
+    """The step with its tangents: placeholders for the carries, xs and captures and then for
+    their tangents; carries out and then their tangents; the tangent of each node ``stacked``.
+    Cached on the body; returns it with body node id -> id of its tangent there."""
+    key = ("tangent", stacked)
+    if key not in body._cache:
+        body._cache[key] = _build_tangent(body, stacked)
+    return body._cache[key]
+
+
+def _build_tangent(body: Body, stacked: tuple):
+    src = body.graph
+    tb = Graph(max_nodes=src.max_nodes, max_elements=src.max_elements)
+    roles = [("carry", body.carry), ("x", body.xs), ("p", body.captures)]
+    values, tangents = {}, {}
+    for prefix, ids in roles:
+        n = len(ids)
+        for k, i in enumerate(ids):
+            values[i] = tb.input(f"{prefix}{k}", body.shape(i))
+        for k, i in enumerate(ids):
+            tangents[i] = tb.input(f"{prefix}{n + k}", body.shape(i))
+    mapped = {i: e.id for i, e in values.items()}
+    roots = [*body.carry_out, *stacked]
+    copy_nodes(src, tb, roots, mapped)
+    outs = forward(
+        tb, [Expr(tb, mapped[i]) for i in roots], {values[i].id: t for i, t in tangents.items()}
+    )
+    carry_out = [mapped[i] for i in body.carry_out] + [e.id for e in outs[: len(body.carry_out)]]
+    tangent_of = {j: e.id for j, e in zip(stacked, outs[len(body.carry_out) :])}
+    holders = [[values[i].id for i in ids] + [tangents[i].id for i in ids] for _, ids in roles]
+    rebuilt = Body(tb, *holders, carry_out, list(tangent_of.values()))
+    return rebuilt, tangent_of

@@ -172,10 +172,11 @@ add("jvp", "tangent of the wrong shape", GradError, r"shape \(3,\), but its wrt"
     lambda e: sg.jvp(e.f, [e.x], [np.ones(3)]))  # fmt: skip
 add("jvp", "wrt of another graph", GradError, "must be an Expr of the outputs' graph",
     lambda e: sg.jvp(e.f, [e.ox], [1.0]))  # fmt: skip
-add("jvp", "through a scan", GradError, "no forward-mode rule yet",
+add("jvp", "max_nodes reached by the tangent scan", GraphError, "max_nodes",
     lambda e: sg.jvp(e.s, [e.y], [1.0]),
-    setup=lambda e: setattr(e, "s", sg.scan(lambda c, x: (c * e.y, None), e.x,
-                                            length=2)[0]))  # fmt: skip
+    setup=lambda e: (setattr(e, "s", sg.scan(lambda c, x: (c * e.y, None), e.x,
+                                             length=2)[0]),
+                     setattr(e.g, "max_nodes", len(e.g) + 2)))  # fmt: skip
 add("scan", "carry changes shape", ShapeError, r"carry\[0\] of shape \(2, 3\)",
     lambda e: sg.scan(lambda c, x: (c * e.W, None), e.x, length=3))  # fmt: skip
 add("scan", "outer node made, then the step fails", ArgumentError, "a pair",

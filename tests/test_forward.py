@@ -16,7 +16,6 @@ from symgrad.ops import OPS
 from tests.toolbox import (
     DIFF_OPS,
     EXAMPLES,
-    LOOP_OPS,
     TENSOR_OPS,
     central_difference,
     domain_sample,
@@ -136,12 +135,28 @@ def test_bad_calls_are_grad_errors_and_change_nothing(call, match):
     assert snapshot(g) == before
 
 
-def test_a_loop_is_refused_by_name_until_forward_mode_reaches_it():
+@pytest.mark.parametrize("checkpoint", ["store", "recompute", 2])
+def test_jvp_through_a_scan_is_a_tangent_scan(checkpoint):
     g = sg.Graph()
-    a = g.input("a")
-    final, _ = sg.scan(lambda c, _: (c * a, None), a, length=3)
-    before = snapshot(g)
-    with pytest.raises(GradError, match="scan.*no forward-mode rule yet: use build_grad"):
-        sg.jvp(final, [a], [1.0])
-    assert snapshot(g) == before
-    assert set(LOOP_OPS) == {"scan", "scan_out"}
+    a, xs, w = g.input("a"), g.input("xs", (5,)), g.input("w", (2,))
+
+    def step(c, x):
+        h, v = c
+        return (sg.sin(h * a + x) + sg.sum(v * w), v * sg.cos(h)), h * h
+
+    (h, v), ys = sg.scan(step, (a, w), xs=xs, checkpoint=checkpoint)
+    loss = h + sg.sum(v) + sg.sum(ys * ys)
+    direction = [1.0, np.linspace(0.0, 1.0, 5), np.array([0.5, -1.0])]
+    [tangent] = sg.jvp(loss, [a, xs, w], direction)
+    values = {"a": 0.7, "xs": np.linspace(-1.0, 1.0, 5), "w": np.array([0.3, -0.2])}
+    grads = sg.evaluate(sg.build_grad(loss, [a, xs, w]), **values)
+    want = sum(float(np.sum(gk * dk)) for gk, dk in zip(grads, direction))
+    assert float(sg.evaluate(tangent, **values)) == pytest.approx(want, rel=1e-12)
+    assert float(sg.compile([tangent])(**values)[0]) == pytest.approx(want, rel=1e-12)
+    # Forward over reverse through the loop: the tangent of the reverse scan.
+    [grad_a] = sg.build_grad(loss, [a])
+    [forward] = sg.jvp(grad_a, [a], [1.0])
+    [reverse] = sg.hvp(loss, [a], [1.0])
+    assert float(sg.evaluate(forward, **values)) == pytest.approx(
+        float(sg.evaluate(reverse, **values)), rel=1e-11
+    )

@@ -207,3 +207,11 @@ def test_defaults_come_from_the_schema():
     assert g.apply("avg_pool2d", x, kernel_size=3).shape == (1, 1, 1, 1)
     assert g.apply("sum", x).shape == ()
     assert g.apply("softmax", x).id == g.apply("softmax", x, axis=3).id
+
+
+@pytest.mark.parametrize("name", COMPUTED)
+def test_every_op_has_a_forward_mode_rule(name):
+    # An elementwise op's is its VJP rules (a diagonal Jacobian); the others state one, or are
+    # differentiated through their expansion (symgrad/forward.py).
+    op = OPS[name]
+    assert op.elementwise or callable(op.jvp) or op.expand is not None
