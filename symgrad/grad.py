@@ -13,6 +13,7 @@ the derivative of a naive ``log(1 + exp(x))``-style formula is the stable one.
 from __future__ import annotations
 
 from symgrad.errors import GradError, GraphError, ShapeError, SymgradError
+from symgrad.forward import jvp
 from symgrad.graph import Expr, Graph, paused_gc, reachable
 from symgrad.ops import OPS
 from symgrad.stable import stabilize
@@ -113,11 +114,14 @@ def hessian(y: Expr, wrt) -> list[list[Expr]]:
         return [build_grad(gi, wrt) for gi in grads]
 
 
-def hvp(y: Expr, wrt, v) -> list[Expr]:
+def hvp(y: Expr, wrt, v, mode: str = "reverse") -> list[Expr]:
     """Hessian-vector product H·v as graph nodes, at the cost of two gradients.
 
     d/dx (∇y · v) = H v, so it is the gradient of one scalar: no Hessian is ever built. ``v`` has
     one Expr or number per ``wrt``, each of that ``wrt``'s shape (tensors work too).
+    ``mode="forward-over-reverse"`` builds it instead as the tangent of the gradient along ``v``
+    (``sg.jvp``): the same values, one forward sweep over the gradient's nodes instead of a
+    second reverse sweep (no cotangent of the whole gradient graph is kept).
 
     >>> from symgrad.interp import evaluate
     >>> from symgrad.parse import parse
@@ -126,6 +130,8 @@ def hvp(y: Expr, wrt, v) -> list[Expr]:
     [4.0, 6.0]
     """
     graph = _check_output(y, "y")
+    if mode not in ("reverse", "forward-over-reverse"):
+        raise GradError(f"hvp: mode must be 'reverse' or 'forward-over-reverse', got {mode!r}")
     single = isinstance(wrt, Expr) and not isinstance(v, (list, tuple))
     wrt = _check_wrt(graph, wrt)
     v = [v] if single else _as_list(v, "v")  # hvp(y, x, 1.0) as hvp(y, [x], [1.0])
@@ -135,6 +141,12 @@ def hvp(y: Expr, wrt, v) -> list[Expr]:
         return []
     with graph.atomic():
         grads = build_grad(y, wrt)
+        if mode == "forward-over-reverse":
+            v = [_coerce(graph, vi, f"v[{i}]") for i, vi in enumerate(v)]
+            for i, (gi, vi) in enumerate(zip(grads, v)):
+                if vi.shape != gi.shape:
+                    raise GradError(f"hvp: v[{i}] has shape {vi.shape} but wrt[{i}] has {gi.shape}")
+            return jvp(grads, wrt, v)
         total = None
         for i, (gi, vi) in enumerate(zip(grads, v)):
             vi = _coerce(graph, vi, f"v[{i}]")

@@ -160,3 +160,17 @@ def test_jvp_through_a_scan_is_a_tangent_scan(checkpoint):
     assert float(sg.evaluate(forward, **values)) == pytest.approx(
         float(sg.evaluate(reverse, **values)), rel=1e-11
     )
+
+
+def test_hvp_forward_over_reverse_equals_reverse_over_reverse():
+    g = sg.Graph()
+    x, w = g.input("x", (3,)), g.input("w")
+    f = sg.sum(sg.exp(x * w) * x) + sg.logsumexp(x) * w**2
+    v = [np.array([1.0, -2.0, 0.5]), 0.3]
+    values = {"x": np.array([0.1, 0.2, -0.4]), "w": 0.7}
+    got = sg.evaluate(sg.hvp(f, [x, w], v, mode="forward-over-reverse"), **values)
+    want = sg.evaluate(sg.hvp(f, [x, w], v), **values)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    with pytest.raises(GradError, match="mode must be"):
+        sg.hvp(f, [x, w], v, mode="forward")
