@@ -946,3 +946,73 @@ def test_tensor_ops_on_scalars_compile():
     outputs = [f, *sg.build_grad(f, [w])]
     got = sg.compile(outputs)(3.0)
     assert [float(v) for v in got] == [18.0, 9.0]
+
+
+# --- compile work grows linearly (issue 12 item 4): counted, never timed -------------------------
+
+
+def _planning_work(outputs, monkeypatch) -> int:
+    """Lines run in plan.py and loops.py while lowering ``outputs``, plus the elements of every
+    set plan.py builds (a set's construction is one C call: lines do not show its size)."""
+    import sys
+
+    from symgrad.llvm import plan as plan_module
+    from symgrad.llvm.loops import lower_tensor
+    from symgrad.program import Program
+
+    counted = (plan_module.__file__, sys.modules["symgrad.llvm.loops"].__file__)
+    work = [0]
+
+    def sized(kind):
+        def build(items=()):
+            items = list(items)
+            work[0] += len(items)
+            return kind(items)
+
+        return build
+
+    monkeypatch.setattr(plan_module, "set", sized(set), raising=False)
+    monkeypatch.setattr(plan_module, "frozenset", sized(frozenset), raising=False)
+
+    def trace(frame, event, arg):
+        if frame.f_code.co_filename not in counted:
+            return None
+        if event == "line":
+            work[0] += 1
+        return trace
+
+    ids = [e.id for e in outputs]
+    program = Program.of(outputs[0].graph, ids)
+    sys.settrace(trace)
+    try:
+        lower_tensor(program, tuple(outputs[0].graph.inputs), ids, lambda name: False, None)
+    finally:
+        sys.settrace(None)
+    return work[0]
+
+
+def _fused_chain(n: int) -> list:
+    # One fused loop group of 2n elementwise nodes: each member once made a set of all of them.
+    g = sg.Graph()
+    v = g.input("v", (8,))
+    x = v
+    for _ in range(n):
+        x = x * 1.5 + v
+    return [sg.sum(x)]
+
+
+def _staged_chain(n: int) -> list:
+    # n reductions, each a barrier between loops: 2n steps, whose freed buffers were once
+    # found by a scan of every buffer at every step.
+    g = sg.Graph()
+    v = g.input("v", (8,))
+    for _ in range(n):
+        v = sg.tanh(v * sg.sum(v))
+    return [v]
+
+
+@pytest.mark.parametrize("build", [_fused_chain, _staged_chain])
+def test_planning_work_grows_linearly(build, monkeypatch):
+    small = _planning_work(build(150), monkeypatch)
+    big = _planning_work(build(300), monkeypatch)
+    assert big <= 2.2 * small, (small, big)

@@ -247,11 +247,11 @@ class Writer:
     def loop(self, ids: tuple[int, ...]) -> None:
         members = set(ids)
         shape = self.graph.node(ids[0])["shape"]
-        reads: list[int] = []
+        reads: dict[int, None] = {}  # in first-read order; a dict: membership in O(1)
         for i in ids:
             for a in self.step_of[i][1]:
-                if a not in members and a not in self.p.scalars and a not in reads:
-                    reads.append(a)
+                if a not in members and a not in self.p.scalars:
+                    reads.setdefault(a)
         stores = [i for i in ids if i in self.p.stored]
 
         def compute(b: Body, loaded: list[str]) -> list[str]:
