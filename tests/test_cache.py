@@ -95,8 +95,9 @@ def compiled_without_hit(text: str = FORMULA):
 
 
 def key_of(fn) -> str:
-    """The entry's key, from public facts only (the IR, the versions, the CPU, the options)."""
-    return jit._cache_key(fn._native.llvm_ir, f"opt={fn._native.opt}")
+    """The entry's key, from public facts only (the program, the versions, the CPU, symgrad's
+    source, the options): anyone can compute it, which is why entries carry an HMAC."""
+    return fn._native.cache_key
 
 
 def victim_key(text: str = FORMULA) -> str:
@@ -746,3 +747,92 @@ def test_stale_temporary_files_are_removed(folder):
     os.utime(stale, (old, old))
     compiled_without_hit()
     assert not stale.exists() and fresh.exists()
+
+
+# --- the key comes before lowering (issue 12 item 4) -------------------------------------------
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a cache hit lowered or planned")
+
+
+def test_a_scalar_hit_does_not_lower(folder, monkeypatch):
+    from symgrad.llvm import kernels
+
+    first = compiled_without_hit()
+    monkeypatch.setattr(kernels, "lower", _refuse)
+    second = compile_formula()
+    assert second._native.cache_hit
+    assert_correct(second)
+    monkeypatch.undo()
+    assert second.llvm_ir == first.llvm_ir  # written on demand, the same text
+
+
+def test_a_tensor_hit_neither_plans_nor_lowers(folder, monkeypatch):
+    from symgrad.llvm import kernels, loops
+
+    g = sg.Graph()
+    x = g.input("x", (20, 30))
+    big = np.random.default_rng(5).standard_normal((20, 30))  # a constant passed by pointer
+    e = sg.sum(sg.tanh(x * big) * big)
+    outputs = [e, *sg.build_grad(e, [x])]
+    first = sg.compile(outputs, optimize=False)
+    for name in ("lower_tensor",):
+        monkeypatch.setattr(kernels, name, _refuse)
+    monkeypatch.setattr(loops, "plan", _refuse)
+    second = sg.compile(outputs, optimize=False)
+    assert second._native.cache_hit
+    # The scratch size and the constants passed come from the object code, as planned.
+    assert (second._native.scratch, second._native.passed) == (
+        first._native.plan.scratch,
+        first._native.plan.passed,
+    )
+    value = np.random.default_rng(6).standard_normal((20, 30))
+    compare(second(value), first(value), EXACT)
+
+
+def _key(text: str, opt: int = 1, extra: str | None = None, inputs=None) -> str:
+    f = sg.parse(text)
+    if extra is not None:
+        sg.parse(extra, graph=f.graph)  # unrelated nodes, made first: other ids
+        f = sg.parse(text, graph=f.graph)
+    return sg.compile(f, inputs=inputs, optimize=False, opt=opt)._native.cache_key
+
+
+def test_the_key_names_what_decides_the_code():
+    base = _key("sin(x) * y + 2.5")
+    assert _key("sin(x) * y + 2.5") == base
+    assert _key("sin(x) * y + 2.5", extra="exp(a) + b * c") == base  # ids do not matter
+    assert _key("sin(x) * y + 2.5000000000000004") != base  # a constant's last bit does
+    assert _key("sin(x) * y + -2.5") != base
+    assert _key("cos(x) * y + 2.5") != base
+    assert _key("sin(y) * x + 2.5") != base
+    assert _key("sin(x) * y + 2.5", opt=0) != base
+    assert _key("sin(x) * y + 2.5", inputs=["y", "x"]) != base  # the arguments' order
+
+
+def test_the_key_of_a_tensor_kernel_covers_arrays_and_scan_bodies():
+    def key(value: float, scale: float) -> str:
+        g = sg.Graph()
+        x = g.input("x", (3,))
+        c = np.arange(3.0) * value
+
+        def step(carry, _):
+            return carry * scale + c, None
+
+        carry, _ = sg.scan(step, x, length=4)
+        return sg.compile(carry, optimize=False)._native.cache_key
+
+    assert key(1.0, 0.5) == key(1.0, 0.5)
+    assert key(1.0, 0.5) != key(1.0 + 2**-52, 0.5)  # an array constant's bits
+    assert key(1.0, 0.5) != key(1.0, 0.25)  # a node inside the body
+
+
+def test_a_program_the_key_cannot_spell_is_keyed_by_its_ir(folder, monkeypatch):
+    from symgrad.llvm import kernels
+
+    monkeypatch.setattr(kernels, "program_key", lambda *args: None)
+    first = compiled_without_hit()
+    [entry] = entries(folder)
+    assert entry.name == jit._cache_key(first.llvm_ir, "opt=1") + ".o"
+    assert compile_formula()._native.cache_hit

@@ -8,8 +8,9 @@ emitted as an object file and loaded into an MCJIT engine that the ``NativeKerne
 
 Every external symbol the module calls is looked up before anything runs: an unresolved symbol
 would crash the process at the call. The object code is cached on disk (``cache.py``: where,
-whom it trusts, eviction) keyed by a hash of the IR text (itself a function of the graph), the
-llvmlite and LLVM versions, the CPU and its features and the options.
+whom it trusts, eviction) keyed by ``key.py``'s hash of the program, the host and the software,
+computed before anything is lowered (so a hit costs no lowering, planning or LLVM), or by a hash
+of the IR text with the same facts when the program holds a value the key cannot spell.
 """
 
 from __future__ import annotations
@@ -181,13 +182,24 @@ def blas_dgemm() -> str | None:
     return None
 
 
-def _object_code(ir: str, opt: int, tm=None, codegen: str = "") -> tuple[bool, bytes]:
-    """Object code for module text ``ir``: from the cache, or compiled by ``tm`` (the target
-    machine of straight-line kernels by default) and cached."""
-    key = _cache_key(ir, f"opt={opt}{codegen}")
-    payload = object_cache.load(key)
-    if payload is not None:
-        return True, payload
+def _object_code(
+    key: str | None, make_ir, opt: int, tm=None, codegen: str = ""
+) -> tuple[bool, bytes]:
+    """Object code from the cache under ``key`` (``key.program_key``, known before any
+    lowering), or compiled from the module text ``make_ir()`` by ``tm`` (the target machine of
+    straight-line kernels by default) and cached. ``make_ir`` is called on a miss only: a hit
+    never lowers or plans. Without a key (a program the key cannot spell) the entry is keyed by
+    a hash of the IR text."""
+    if key is not None:
+        payload = object_cache.load(key)
+        if payload is not None:
+            return True, payload
+    ir = make_ir()
+    if key is None:
+        key = _cache_key(ir, f"opt={opt}{codegen}")
+        payload = object_cache.load(key)
+        if payload is not None:
+            return True, payload
     tm = tm or _target()[0]
     with _lock:  # LLVM's pass and codegen state is not to be shared between threads
         context = _llvm().create_context()

@@ -38,7 +38,8 @@ from symgrad.llvm.jit import (
     blas_dgemm,
     vector_ok,
 )
-from symgrad.llvm.loops import lower_tensor
+from symgrad.llvm.key import program_key
+from symgrad.llvm.loops import PLAN_FACTS, lower_tensor
 from symgrad.llvm.lower import WIDTH, lower
 from symgrad.llvm.plan import LoopBody
 from symgrad.ops import OPS
@@ -79,20 +80,35 @@ class NativeKernels:
         # (a Hessian's zeros and its symmetric half) are filled in here, not stored per point.
         self.outs = OutputPlan(program.graph, list(program.outputs))
         self.n_fast_out = len(self.outs.kernel_ids)
-        program = Program.of(program.graph, self.outs.kernel_ids)
+        # The kernel's program: the same steps (a constant output left among them emits no
+        # code), only the outputs it stores. Not a second walk of the graph: a warm cache hit
+        # costs little more than the key.
+        program = Program(program.graph, program.steps, program.inputs,
+                          tuple(self.outs.kernel_ids), program.parts)  # fmt: skip
         self.n_in, self.n_out = len(inputs), len(program.outputs)
         self.threads = threads or os.cpu_count() or 1
         if threads is None and _cost_per_point(program) < THREAD_MIN_COST:
             self.threads = 1
         self.opt = opt
-        self.llvm_ir = lower(program, inputs, vector_ok)
-        _check_symbols(self.llvm_ir)
-        self.cache_hit = False
+        self._program, self._names, self._ir = program, tuple(inputs), None
+        # The key comes from the program, before lowering: a hit lowers nothing.
+        self.cache_key = program_key(program, self._names, "point", f"opt={opt}")
         self._engine = self._load(self._object_code())
         self._bind_functions()
 
+    @property
+    def llvm_ir(self) -> str:
+        """The module text (written on first use when the object code came from the cache)."""
+        if self._ir is None:
+            self._ir = lower(self._program, self._names, vector_ok)
+        return self._ir
+
+    def _checked_ir(self) -> str:
+        _check_symbols(self.llvm_ir)
+        return self.llvm_ir
+
     def _object_code(self) -> bytes:
-        self.cache_hit, payload = _object_code(self.llvm_ir, self.opt)
+        self.cache_hit, payload = _object_code(self.cache_key, self._checked_ir, self.opt)
         return payload
 
     def _load(self, payload: bytes):
@@ -229,14 +245,19 @@ class TensorKernel:
         # Each scan's body is a kernel of its own, called by the scan's loop through a pointer.
         self._bodies = {i: _body_kernel(graph, i, parts, opt) for i, parts in program.parts.items()}
         loop_bodies = {i: k.as_loop_body() for i, k in self._bodies.items()}
-        self.llvm_ir, self.plan = lower_tensor(
-            program, inputs, self.distinct, vector_ok, blas_dgemm(), loop_bodies, points
-        )
+        self._lowering = (program, tuple(inputs), self.distinct, loop_bodies, points)
+        self._ir, self._plan = None, None
+        kind = "tensor-points" if points else "tensor"
+        self.cache_key = program_key(program, tuple(inputs), kind, f"opt={opt}loops")
         _python_symbols()
-        _check_symbols(self.llvm_ir)
         self.n_in = len(inputs)
-        self.cache_hit, payload = _object_code(self.llvm_ir, opt, _loop_target(), "loops")
+        self.cache_hit, payload = _object_code(
+            self.cache_key, self._checked_ir, opt, _loop_target(), "loops"
+        )
         self._engine = _load_engine(payload)
+        # What the caller passes and reserves, read from the object code itself (written there
+        # from the plan), so a cache hit needs no plan.
+        self.scratch, self.passed = read_plan_facts(self._engine, program)
         address = self._engine.get_function_address("sg_tensor")
         if not address:
             raise LoweringError("compiled module lacks its kernel")
@@ -258,7 +279,7 @@ class TensorKernel:
         self._scratch = threading.local()
         # The constant arrays the kernel reads through bufs (read-only, owned by the graph),
         # then for each scan the box of its body kernel's address and that kernel's own.
-        self._constants = [graph.attr(i, "value") for i in self.plan.passed]
+        self._constants = [graph.attr(i, "value") for i in self.passed]
         for i in sorted(self._bodies):
             self._constants += [self._bodies[i].box, *self._bodies[i]._constants]
 
@@ -266,8 +287,29 @@ class TensorKernel:
         """What a scan's loop needs to call this kernel (compiled from a body's outputs)."""
         if self._repeats:
             raise LoweringError("a scan body whose outputs merged when expanded")
-        return LoopBody(self.inputs, tuple(self.body_ids), max(self.plan.scratch, 1),
+        return LoopBody(self.inputs, tuple(self.body_ids), max(self.scratch, 1),
                         len(self._constants))  # fmt: skip
+
+    @property
+    def llvm_ir(self) -> str:
+        """The module text (written on first use when the object code came from the cache)."""
+        if self._ir is None:
+            program, inputs, distinct, loop_bodies, points = self._lowering
+            self._ir, self._plan = lower_tensor(
+                program, inputs, distinct, vector_ok, blas_dgemm(), loop_bodies, points
+            )
+        return self._ir
+
+    @property
+    def plan(self):
+        """The plan the kernel was written from (made on first use after a cache hit)."""
+        if self._plan is None:
+            self.llvm_ir  # noqa: B018 (writing the module makes the plan)
+        return self._plan
+
+    def _checked_ir(self) -> str:
+        _check_symbols(self.llvm_ir)
+        return self.llvm_ir
 
     @property
     def asm(self) -> str:
@@ -281,7 +323,7 @@ class TensorKernel:
         try:
             scratch = self._scratch.buffer
         except AttributeError:
-            scratch = self._scratch.buffer = np.empty(max(self.plan.scratch, 1))
+            scratch = self._scratch.buffer = np.empty(max(self.scratch, 1))
         if self.fast is not None:
             self.fast.call(*arrays, *[flat[k] for k in self._out_pos], scratch, *self._constants)
         else:
@@ -341,7 +383,7 @@ class PointKernel:
         try:
             scratch = k._scratch.buffer
         except AttributeError:
-            scratch = k._scratch.buffer = np.empty(max(k.plan.scratch, 1))
+            scratch = k._scratch.buffer = np.empty(max(k.scratch, 1))
         ptrs = np.empty(len(full) + len(outs) + 1 + len(k._constants), np.uint64)
         for j, (a, step) in enumerate(zip(full, steps)):
             ptrs[j] = a.ctypes.data + 8 * lo * int(step)
@@ -351,6 +393,19 @@ class PointKernel:
         for j, c in enumerate(k._constants):
             ptrs[len(full) + len(outs) + 1 + j] = c.ctypes.data
         k.points(ptrs.ctypes.data, steps.ctypes.data, hi - lo)
+
+
+def read_plan_facts(engine, program: Program) -> tuple[int, list[int]]:
+    """The scratch size and the passed constants' node ids, from ``sg_plan_facts`` in the
+    loaded object code (``loops._plan_facts``)."""
+    at = engine.get_global_value_address(PLAN_FACTS)
+    if not at:
+        raise LoweringError("compiled module lacks its plan facts")
+    scratch, n = (ctypes.c_int64 * 2).from_address(at)
+    places = list((ctypes.c_int64 * (2 + n)).from_address(at))[2:]
+    if not all(0 <= k < len(program.steps) for k in places):
+        raise LoweringError("compiled module's plan facts do not fit its program")
+    return scratch, [program.steps[k][0] for k in places]
 
 
 def _body_kernel(graph, i: int, parts: tuple, opt: int) -> TensorKernel:

@@ -4,6 +4,8 @@ ABI: ``void sg_tensor(ptr bufs)``. ``bufs[k]`` points at input k (float64, C ord
 declared shape), then at each kernel output (C order, its node's shape), then at a scratch arena
 of ``plan.scratch`` doubles that the caller owns (one per thread), then at each constant array
 of ``plan.passed`` (those bigger than ``INLINE_CONST_SIZE``; smaller ones are module globals).
+The global ``sg_plan_facts`` (``_plan_facts``) holds the scratch size and which constants are
+passed, so a kernel loaded from the object cache is called without planning again.
 
 Each fused loop group of the plan is one loop nest computing its elementwise nodes in registers
 (so ``relu(x @ W + b)`` is one loop over the matmul's output, not three temporary arrays); each
@@ -38,6 +40,7 @@ from symgrad.program import Program
 
 BLAS_MIN_FLOPS = 32 * 32 * 32  # below this m*n*k the call costs more than an inline loop
 INLINE_CONST_SIZE = 64  # constant arrays up to this size are written into the module
+PLAN_FACTS = "sg_plan_facts"  # the global holding the scratch size and the passed constants
 
 
 # ----------------------------------------------------------------------------------------------
@@ -601,6 +604,7 @@ def lower_tensor(program: Program, inputs: tuple[str, ...], outputs: list[int], 
     for o, k in p.copies:
         _copy_out(w, fn, program, p, o, k, n_in)
     n_bufs = at
+    fn.globals.append(_plan_facts(program, p))
     text = "\n".join([
         *sorted(fn.declares), *fn.globals, "",
         "define void @sg_tensor(ptr noalias nocapture readonly %bufs) #1 {", "entry:",
@@ -608,6 +612,16 @@ def lower_tensor(program: Program, inputs: tuple[str, ...], outputs: list[int], 
         *([points_entry(n_in, n_out, n_bufs)] if points else []), ATTRIBUTES,
     ])  # fmt: skip
     return text, p
+
+
+def _plan_facts(program: Program, p: Plan) -> str:
+    """``@sg_plan_facts``: what the caller of ``sg_tensor`` must know of the plan, in the object
+    code itself, so a kernel loaded from the cache needs no plan: the scratch size in doubles,
+    the number of constant arrays passed, then each one's place in ``program.steps``."""
+    place = {step[0]: k for k, step in enumerate(program.steps)}
+    facts = [p.scratch, len(p.passed), *(place[i] for i in p.passed)]
+    items = ", ".join(f"i64 {v}" for v in facts)
+    return f"@{PLAN_FACTS} = constant [{len(facts)} x i64] [{items}], align 8"
 
 
 def points_entry(n_in: int, n_out: int, n_bufs: int) -> str:
