@@ -646,3 +646,85 @@ def test_compile_work_grows_linearly_with_the_arguments():
     small = count_work(sg.compile, _many_arguments(300), optimize=False, backend="numpy").calls
     big = count_work(sg.compile, _many_arguments(600), optimize=False, backend="numpy").calls
     assert big <= 2.2 * small, (small, big)
+
+
+# --- big straight-line kernels, cut into functions (issue 12 item 4) ----------------------------
+
+
+def _recurrence(n: int, ops=("mul", "add", "div")) -> tuple[list, list]:
+    """A scalar recurrence over 2n+1 arguments with its value and gradient: a straight line of
+    a few thousand steps whose gradient reads values from far back, and whose gradient has
+    outputs that are arguments themselves (d/dx_k of x_k * y is y)."""
+    g = sg.Graph()
+    y = g.input("y0")
+    total = g.const(0.0)
+    for k in range(n):
+        w, x = g.input(f"w{k}"), g.input(f"x{k}")
+        y = y * w + x / (1.5 + w * w) if "div" in ops else y * w + x
+        total = total + y * x
+    wrt = list(g.inputs.values())
+    return [total, sg.build_grad(total, wrt), sg.build_grad(total, wrt)[:3]], wrt
+
+
+def _functions(ir: str) -> dict[str, int]:
+    """Instructions per function defined in ``ir``."""
+    sizes, name = {}, None
+    for line in ir.splitlines():
+        if line.startswith("define "):
+            name = re.search(r"@([\w.]+)\(", line)[1]
+            sizes[name] = 0
+        elif line == "}":
+            name = None
+        elif name and line.startswith("  "):
+            sizes[name] += 1
+    return sizes
+
+
+def test_a_big_kernel_is_cut_into_bounded_functions(monkeypatch):
+    from symgrad.llvm import lower
+
+    monkeypatch.setattr(lower, "CHUNK", 100)
+    outputs, wrt = _recurrence(60)
+    fn = sg.compile(outputs, optimize=False)
+    sizes = _functions(fn.llvm_ir)
+    chunks = [name for name in sizes if re.fullmatch(r"sg_(point|batch)\d+", name)]
+    assert len(chunks) >= 2 * 8  # ~850 steps and ~120 leaf outputs, in both kernels
+    # A chunk's steps, each a few instructions (the batch kernel's input loads are six), and
+    # what the kernels around them do stays small whatever the size.
+    assert max(sizes[name] for name in chunks) <= 12 * lower.CHUNK
+    assert max(sizes["sg_point"], sizes["sg_batch"], sizes["sg_fast"]) <= 100
+
+
+def test_a_cut_kernel_equals_the_interpreter_bit_for_bit(monkeypatch):
+    from symgrad.llvm import lower
+
+    monkeypatch.setattr(lower, "CHUNK", 100)
+    outputs, wrt = _recurrence(60)
+    fn = sg.compile(outputs, optimize=False)
+    rng = np.random.default_rng(7)
+    names = [e.name for e in wrt]
+    batch = {n: rng.uniform(-1.1, 1.1, 7) for n in names}  # the 4-lane loop and its tail
+    point = {n: float(v[0]) for n, v in batch.items()}
+    for values in (batch, point):
+        for got, want in zip(fn(**values), sg.evaluate(outputs, **values)):
+            np.testing.assert_array_equal(got, want)
+    # The fast path (Python floats, positionally) and the general one agree.
+    fast = fn(*[point[n] for n in fn.inputs])
+    for got, want in zip(fast, fn(**point)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_many_arguments_take_the_looped_fast_path():
+    from symgrad.llvm.entry import UNROLL_MAX
+
+    outputs, wrt = _recurrence(UNROLL_MAX, ops=("mul", "add"))
+    fn = sg.compile(outputs)
+    assert len(fn.inputs) > UNROLL_MAX
+    assert _functions(fn.llvm_ir)["sg_fast"] <= 40
+    values = [0.5 + 0.01 * k for k in range(len(fn.inputs))]
+    want = sg.evaluate(outputs, **dict(zip(fn.inputs, values)))
+    for got, expected in zip(fn(*values), want):  # every argument a float: sg_fast
+        np.testing.assert_array_equal(got, expected)
+    values[-1] = np.float32(values[-1])  # not an exact float: the general path, same result
+    for got, expected in zip(fn(*values), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-7)

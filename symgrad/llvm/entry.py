@@ -13,6 +13,10 @@ from __future__ import annotations
 import ctypes
 import sys
 
+# Arguments up to which sg_fast checks and loads each one in code of its own (the fastest call);
+# beyond, a loop does it.
+UNROLL_MAX = 64
+
 
 def fast_entry(n_in: int) -> str:
     """``sg_fast``: a CPython ``METH_FASTCALL`` function around ``sg_point``.
@@ -25,6 +29,8 @@ def fast_entry(n_in: int) -> str:
     numpy's public array struct): ``ob_refcnt`` at byte 0 and ``ob_type`` at 8 of every object,
     a float's value at 16, an array's ``data`` pointer at 16. ``self``'s type is the float type.
     """
+    if n_in > UNROLL_MAX:
+        return _looped_fast_entry(n_in)
     size = max(n_in, 1)
     lines = [
         "define ptr @sg_fast(ptr %self, ptr %args, i64 %nargs) #1 {",
@@ -57,6 +63,29 @@ def fast_entry(n_in: int) -> str:
         "}",
     ]
     return "\n".join(lines)
+
+
+def _looped_fast_entry(n_in: int) -> str:
+    """``sg_fast`` for many arguments: the same checks and loads as a loop over the arguments,
+    so the function's size does not grow with them (unrolled, 8,000 arguments made 16,000
+    blocks, and LLVM's passes and code generation on them grew faster than linearly)."""
+    return "\n".join([
+        "define ptr @sg_fast(ptr %self, ptr %args, i64 %nargs) #1 {", "entry:",
+        f"  %buf = alloca [{n_in} x double], align 8", *_field("%ftype", "%self", 8, "ptr"),
+        f"  %nok = icmp eq i64 %nargs, {n_in + 1}", "  br i1 %nok, label %head, label %fail",
+        "head:", "  %k = phi i64 [ 0, %entry ], [ %next, %load ]",
+        f"  %more = icmp ult i64 %k, {n_in}", "  br i1 %more, label %check, label %call",
+        "check:", "  %next = add nuw i64 %k, 1",
+        "  %a.p = getelementptr inbounds ptr, ptr %args, i64 %next",
+        "  %a = load ptr, ptr %a.p, align 8", *_field("%t", "%a", 8, "ptr"),
+        "  %ok = icmp eq ptr %t, %ftype", "  br i1 %ok, label %load, label %fail",
+        "load:", *_field("%v", "%a", 16, "double"),
+        "  %v.s = getelementptr inbounds double, ptr %buf, i64 %k",
+        "  store double %v, ptr %v.s, align 8", "  br label %head",
+        "call:", "  %arr = load ptr, ptr %args, align 8", *_field("%data", "%arr", 16, "ptr"),
+        "  call void @sg_point(ptr %buf, ptr %data)", *return_new_reference("%arr"),
+        "fail:", *return_new_reference("%self"), "}",
+    ])  # fmt: skip
 
 
 def fast_tensor_entry(n_bufs: int) -> str:
