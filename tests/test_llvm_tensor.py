@@ -29,6 +29,7 @@ Tolerances, and why each is what it is:
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 
 import numpy as np
@@ -1016,3 +1017,41 @@ def test_planning_work_grows_linearly(build, monkeypatch):
     small = _planning_work(build(150), monkeypatch)
     big = _planning_work(build(300), monkeypatch)
     assert big <= 2.2 * small, (small, big)
+
+
+def _long_chain(n: int) -> tuple[list, dict]:
+    """An unrolled recurrence over slices of a vector (IEEE operations only), value and
+    gradient: one fused group of a few thousand nodes unless cut."""
+    g = sg.Graph()
+    w, seq = g.input("w", (6,)), g.input("seq", (n, 6))
+    h = w
+    for t in range(n):
+        h = h * w / (1.0 + h * h) + seq[t]
+    loss = sg.sum(h * h)
+    rng = np.random.default_rng(3)
+    values = {"w": rng.uniform(-1, 1, 6), "seq": rng.uniform(-1, 1, (n, 6))}
+    return [loss, *sg.build_grad(loss, [w, seq])], values
+
+
+def test_a_long_fused_group_is_cut_into_loops_and_functions(monkeypatch):
+    from symgrad.llvm import loops, plan
+
+    monkeypatch.setattr(plan, "GROUP_MAX", 40)
+    monkeypatch.setattr(loops, "PART_LINES", 300)
+    outputs, values = _long_chain(60)
+    fn = sg.compile(outputs, optimize=False)
+    loops_written = [step for step in fn._native.plan.steps if step[1] == 1]
+    assert max(len(step[2]) for step in loops_written) <= 40
+    assert len(loops_written) >= 10
+    parts = re.findall(r"define internal void @sg_tensor\d+", fn.llvm_ir)
+    assert len(parts) >= 5
+    for got, want in zip(fn(**values), sg.evaluate(outputs, **values)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_a_big_tensor_module_is_generated_at_level_0():
+    from symgrad.llvm import jit
+
+    small, big = "\n" * jit.LEVEL2_MAX_LINES, "\n" * (jit.LEVEL2_MAX_LINES + 1)
+    assert jit.loop_target_for(small) is jit._loop_target()
+    assert jit.loop_target_for(big) is jit._target()[0]

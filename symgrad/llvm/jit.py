@@ -79,6 +79,19 @@ def _loop_target():
     return _new_target_machine(cpu, features, opt=2)
 
 
+# Tensor modules of more IR lines than this are generated at level 0. Level 2's code generation
+# costs ~7x level 0's per line (an unrolled 32-step LSTM's value + gradient, 54k lines: 1.75 s
+# vs 0.25 s) and pays off in long loops over big arrays; a module this big is a long unrolled
+# program of small loops, where it did not (that LSTM: 101.7 vs 101.9 us per call, the same
+# results bit for bit).
+LEVEL2_MAX_LINES = 20_000
+
+
+def loop_target_for(ir: str):
+    """The target machine for a tensor module: level 2, or level 0 when the module is big."""
+    return _loop_target() if ir.count("\n") <= LEVEL2_MAX_LINES else _target()[0]
+
+
 @cache
 def symbol_available(name: str) -> bool:
     """Does this process resolve the C symbol ``name`` (libm, libmvec)?"""
@@ -187,9 +200,9 @@ def _object_code(
 ) -> tuple[bool, bytes]:
     """Object code from the cache under ``key`` (``key.program_key``, known before any
     lowering), or compiled from the module text ``make_ir()`` by ``tm`` (the target machine of
-    straight-line kernels by default) and cached. ``make_ir`` is called on a miss only: a hit
-    never lowers or plans. Without a key (a program the key cannot spell) the entry is keyed by
-    a hash of the IR text."""
+    straight-line kernels by default; a function of the IR text chooses one) and cached.
+    ``make_ir`` is called on a miss only: a hit never lowers or plans. Without a key (a program
+    the key cannot spell) the entry is keyed by a hash of the IR text."""
     if key is not None:
         payload = object_cache.load(key)
         if payload is not None:
@@ -200,7 +213,7 @@ def _object_code(
         payload = object_cache.load(key)
         if payload is not None:
             return True, payload
-    tm = tm or _target()[0]
+    tm = tm(ir) if callable(tm) else tm or _target()[0]
     with _lock:  # LLVM's pass and codegen state is not to be shared between threads
         context = _llvm().create_context()
         payload = tm.emit_object(_optimized_module(ir, opt, context))

@@ -30,12 +30,12 @@ from symgrad.llvm.jit import (
     _llvm,
     _load_engine,
     _lock,
-    _loop_target,
     _object_code,
     _optimized_module,
     _python_symbols,
     _target,
     blas_dgemm,
+    loop_target_for,
     vector_ok,
 )
 from symgrad.llvm.key import program_key
@@ -252,7 +252,7 @@ class TensorKernel:
         _python_symbols()
         self.n_in = len(inputs)
         self.cache_hit, payload = _object_code(
-            self.cache_key, self._checked_ir, opt, _loop_target(), "loops"
+            self.cache_key, self._checked_ir, opt, loop_target_for, "loops"
         )
         self._engine = _load_engine(payload)
         # What the caller passes and reserves, read from the object code itself (written there
@@ -316,7 +316,7 @@ class TensorKernel:
         with _lock:
             context = _llvm().create_context()
             module = _optimized_module(self.llvm_ir, self.opt, context)
-            return _loop_target().emit_assembly(module)
+            return loop_target_for(self.llvm_ir).emit_assembly(module)
 
     def run_tensor(self, arrays: list[np.ndarray], flat: list[np.ndarray]) -> None:
         """Inputs (contiguous, declared shapes) -> ``flat`` output arrays (contiguous)."""

@@ -19,6 +19,7 @@ innermost loop are hoisted out of it. The module also holds ``sg_tensor_fast`` (
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +41,12 @@ from symgrad.program import Program
 
 BLAS_MIN_FLOPS = 32 * 32 * 32  # below this m*n*k the call costs more than an inline loop
 INLINE_CONST_SIZE = 64  # constant arrays up to this size are written into the module
+# IR lines per function of a tensor kernel, about: LLVM's code generation at level 2 grows
+# faster than the function (an unrolled 32-step LSTM's value + gradient in one function of 36k
+# lines: 5.9 s); the steps are written into functions of about this many lines instead, each
+# called in turn by sg_tensor (values pass between steps through memory anyway).
+PART_LINES = 4000
+BUFFER_RE = re.compile(r"%buf\d+\b|%scratch\b")
 PLAN_FACTS = "sg_plan_facts"  # the global holding the scratch size and the passed constants
 
 
@@ -570,48 +577,90 @@ def lower_tensor(program: Program, inputs: tuple[str, ...], outputs: list[int], 
     p = plan(program, inputs, outputs, bodies)
     fn = Fn(vector_ok)
     n_in, n_out = len(inputs), len(outputs)
+    defs = _buffer_definitions(program, p, fn, n_in, n_out)
+    loops, at = {}, n_in + n_out + 1 + len(p.passed)
+    for i in sorted(bodies):
+        loops[i] = (bodies[i], at)
+        at += 1 + bodies[i].extras
+    w = Writer(fn, program, p, blas, loops)
+    parts = _write_parts(fn, w, p, program, n_in)
+    n_bufs = at
+    fn.globals.append(_plan_facts(program, p))
+    text = "\n".join([
+        *sorted(fn.declares), *fn.globals, "", *_part_functions(parts, defs),
+        fast_tensor_entry(n_bufs), *([points_entry(n_in, n_out, n_bufs)] if points else []),
+        ATTRIBUTES,
+    ])  # fmt: skip
+    return text, p
+
+
+def _buffer_definitions(program: Program, p: Plan, fn: Fn, n_in: int, n_out: int) -> dict:
+    """``%buf{i}`` -> the lines defining it from ``%bufs`` (or ``%scratch``, or a global), in
+    buffer order; a function of the kernel starts with those of the buffers it uses."""
+    defs: dict[str, list[str]] = {}
     for i, (where, k) in sorted(p.buffers.items()):
         value = p.scalars.get(i) if i in p.scalars else program.graph.attr(i, "value")
         if where == "const" and np.size(value) > INLINE_CONST_SIZE:
             # Passed by pointer: a 300 x 300 array as IR text was 2.4 MB and 0.3 s to compile.
             at = n_in + n_out + 1 + len(p.passed)
             p.passed.append(i)
-            fn.lines.append(f"  %bp{i} = getelementptr inbounds ptr, ptr %bufs, i64 {at}")
-            fn.lines.append(f"  %buf{i} = load ptr, ptr %bp{i}, align 8")
-            continue
-        if where == "const":
+            defs[f"%buf{i}"] = [f"  %bp{i} = getelementptr inbounds ptr, ptr %bufs, i64 {at}",
+                                f"  %buf{i} = load ptr, ptr %bp{i}, align 8"]  # fmt: skip
+        elif where == "const":
             fn.globals.append(_global(i, value))
-            fn.lines.append(f"  %buf{i} = getelementptr inbounds double, ptr @buf{i}, i64 0")
-            continue
-        if where == "scratch":
-            fn.lines.append(f"  %buf{i} = getelementptr inbounds double, ptr %scratch, i64 {k}")
-            continue
-        at = k if where == "in" else n_in + k
-        fn.lines.append(f"  %bp{i} = getelementptr inbounds ptr, ptr %bufs, i64 {at}")
-        fn.lines.append(f"  %buf{i} = load ptr, ptr %bp{i}, align 8")
-    loops, at = {}, n_in + n_out + 1 + len(p.passed)
-    for i in sorted(bodies):
-        loops[i] = (bodies[i], at)
-        at += 1 + bodies[i].extras
-    fn.lines.insert(0, f"  %sp = getelementptr inbounds ptr, ptr %bufs, i64 {n_in + n_out}")
-    fn.lines.insert(1, "  %scratch = load ptr, ptr %sp, align 8")
-    w = Writer(fn, program, p, blas, loops)
+            defs[f"%buf{i}"] = [f"  %buf{i} = getelementptr inbounds double, ptr @buf{i}, i64 0"]
+        elif where == "scratch":
+            defs[f"%buf{i}"] = [f"  %buf{i} = getelementptr inbounds double, ptr %scratch, i64 {k}"]
+        else:
+            at = k if where == "in" else n_in + k
+            defs[f"%buf{i}"] = [f"  %bp{i} = getelementptr inbounds ptr, ptr %bufs, i64 {at}",
+                                f"  %buf{i} = load ptr, ptr %bp{i}, align 8"]  # fmt: skip
+    scratch = [f"  %sp = getelementptr inbounds ptr, ptr %bufs, i64 {n_in + n_out}",
+               "  %scratch = load ptr, ptr %sp, align 8"]  # fmt: skip
+    return {"%scratch": scratch, **defs}
+
+
+def _write_parts(fn: Fn, w: Writer, p: Plan, program: Program, n_in: int) -> list[list[str]]:
+    """The plan's steps and copies written as the bodies of functions of about ``PART_LINES``
+    lines each (a step is never cut: each starts a fresh function once one is full)."""
+    parts: list[list[str]] = []
+
+    def step_boundary() -> None:
+        if not parts or len(fn.lines) >= PART_LINES:
+            fn.lines, fn.block = [], "entry"
+            parts.append(fn.lines)
+
     for step in p.steps:
+        step_boundary()
         if step[1] == 0:
             w.barrier(step[2])
         else:
             w.loop(step[2])
     for o, k in p.copies:
+        step_boundary()
         _copy_out(w, fn, program, p, o, k, n_in)
-    n_bufs = at
-    fn.globals.append(_plan_facts(program, p))
-    text = "\n".join([
-        *sorted(fn.declares), *fn.globals, "",
-        "define void @sg_tensor(ptr noalias nocapture readonly %bufs) #1 {", "entry:",
-        *fn.lines, "  ret void", "}", fast_tensor_entry(n_bufs),
-        *([points_entry(n_in, n_out, n_bufs)] if points else []), ATTRIBUTES,
-    ])  # fmt: skip
-    return text, p
+    return parts or [[]]
+
+
+def _part_functions(parts: list[list[str]], defs: dict) -> list[str]:
+    """``sg_tensor``, and when the work took more than one part, ``sg_tensor{k}`` for each part
+    called one after another. Each starts with the definitions of the buffers it names."""
+    if len(parts) == 1:
+        return [_function("define void @sg_tensor(ptr noalias nocapture readonly %bufs) #1 {",
+                          parts[0], defs)]  # fmt: skip
+    texts = [_function(f"define internal void @sg_tensor{k}(ptr noalias nocapture readonly %bufs) "
+                       "#2 {", lines, defs) for k, lines in enumerate(parts)]  # fmt: skip
+    calls = [f"  call void @sg_tensor{k}(ptr %bufs)" for k in range(len(parts))]
+    texts.append("\n".join(["define void @sg_tensor(ptr noalias nocapture readonly %bufs) #1 {",
+                            "entry:", *calls, "  ret void", "}"]))  # fmt: skip
+    return texts
+
+
+def _function(head: str, lines: list[str], defs: dict) -> str:
+    used = set(BUFFER_RE.findall("\n".join(lines)))
+    header = [line for name, block in defs.items() if name in used or name == "%scratch"
+              for line in block]  # fmt: skip
+    return "\n".join([head, "entry:", *header, *lines, "  ret void", "}"])
 
 
 def _plan_facts(program: Program, p: Plan) -> str:

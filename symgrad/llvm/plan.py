@@ -131,6 +131,11 @@ def _size(shape) -> int:
     return max(int(np.prod(shape)), 1)
 
 
+# Nodes per fused loop at most (see ``_pieces``): enough that the values stored between the
+# pieces of a long chain cost little next to the work of a piece.
+GROUP_MAX = 256
+
+
 @dataclass
 class Plan:
     """What the function computes, in order: steps are ("barrier", id) or ("loop", ids)."""
@@ -260,8 +265,29 @@ def _group_loops(p: Plan, graph, stage: dict[int, int]) -> None:
     for i, s in stage.items():
         groups.setdefault((s, graph.node(i)["shape"]), []).append(i)
     for (s, _), ids in groups.items():
-        # Loops of stage s run after the barriers of stage s (sort key (s, 1) vs (s, 0)).
-        p.steps.append((s, 1, tuple(sorted(ids))))
+        # Loops of stage s run after the barriers of stage s (sort key (s, 1) vs (s, 0)); the
+        # pieces of one group keep their order (the sort is stable).
+        for piece in _pieces(p, graph, sorted(ids)):
+            p.steps.append((s, 1, piece))
+
+
+def _pieces(p: Plan, graph, ids: list[int]) -> list[tuple[int, ...]]:
+    """A fused group cut into loops of at most ``GROUP_MAX`` nodes, in id order; a node that a
+    later piece reads is stored, to be read from memory there.
+
+    One loop body of an unrolled recurrence's whole chain of elementwise nodes was tens of
+    thousands of instructions, and LLVM's code generation grows faster than a loop body (a
+    32-step LSTM's value + gradient: 5.9 s at level 2)."""
+    if len(ids) <= GROUP_MAX:
+        return [tuple(ids)]
+    pieces = [tuple(ids[k : k + GROUP_MAX]) for k in range(0, len(ids), GROUP_MAX)]
+    piece_of = {i: n for n, piece in enumerate(pieces) for i in piece}
+    for n, piece in enumerate(pieces):
+        for i in piece:
+            for a in graph.node(i)["args"]:
+                if piece_of.get(a, n) < n:
+                    p.stored.add(a)
+    return pieces
 
 
 def _assign_buffers(
