@@ -617,7 +617,9 @@ def _buffer_definitions(program: Program, p: Plan, fn: Fn, n_in: int, n_out: int
                                 f"  %buf{i} = load ptr, ptr %bp{i}, align 8"]  # fmt: skip
     scratch = [f"  %sp = getelementptr inbounds ptr, ptr %bufs, i64 {n_in + n_out}",
                "  %scratch = load ptr, ptr %sp, align 8"]  # fmt: skip
-    return {"%scratch": scratch, **defs}
+    defs = {"%scratch": scratch, **defs}
+    defs["order"] = {name: k for k, name in enumerate(defs)}
+    return defs
 
 
 def _write_parts(fn: Fn, w: Writer, p: Plan, program: Program, n_in: int) -> list[list[str]]:
@@ -657,9 +659,12 @@ def _part_functions(parts: list[list[str]], defs: dict) -> list[str]:
 
 
 def _function(head: str, lines: list[str], defs: dict) -> str:
-    used = set(BUFFER_RE.findall("\n".join(lines)))
-    header = [line for name, block in defs.items() if name in used or name == "%scratch"
-              for line in block]  # fmt: skip
+    # The definitions of the buffers named, in the order of ``defs`` (the scratch pointer first):
+    # sorted from the names used, not filtered from every buffer (one pass over all buffers per
+    # function was quadratic).
+    place = defs["order"]
+    used = set(BUFFER_RE.findall("\n".join(lines))) | {"%scratch"}
+    header = [line for name in sorted(used, key=place.__getitem__) for line in defs[name]]
     return "\n".join([head, "entry:", *header, *lines, "  ret void", "}"])
 
 

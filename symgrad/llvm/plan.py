@@ -16,6 +16,7 @@ once its last reader has run. ``loops.py`` writes the plan as LLVM IR.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -383,12 +384,14 @@ class _Arena:
         return at
 
     def give(self, at: int, n: int) -> None:
-        self.free.append((at, n))
-        self.free.sort()
-        merged: list[tuple[int, int]] = []
-        for start, size in self.free:
-            if merged and merged[-1][0] + merged[-1][1] == start:
-                merged[-1] = (merged[-1][0], merged[-1][1] + size)
-            else:
-                merged.append((start, size))
-        self.free = merged
+        # The free list is kept sorted and merged: the block goes in at its place and joins its
+        # neighbours if it touches them (a sort and a merge of the whole list at every give was
+        # 2.6 s of planning a 256-step unrolled LSTM).
+        free = self.free
+        k = bisect.bisect_left(free, (at, n))
+        if k < len(free) and at + n == free[k][0]:  # joins the next block
+            n += free.pop(k)[1]
+        if k and free[k - 1][0] + free[k - 1][1] == at:  # joins the previous block
+            free[k - 1] = (free[k - 1][0], free[k - 1][1] + n)
+        else:
+            free.insert(k, (at, n))
