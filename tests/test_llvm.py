@@ -728,3 +728,35 @@ def test_many_arguments_take_the_looped_fast_path():
     values[-1] = np.float32(values[-1])  # not an exact float: the general path, same result
     for got, expected in zip(fn(*values), want):
         np.testing.assert_allclose(got, expected, rtol=1e-7)
+
+
+def _lowering_lines(n: int) -> int:
+    """Lines run in lower.py while writing the module of ``_recurrence(n)``."""
+    from symgrad.llvm import lower
+    from symgrad.program import Program
+
+    outputs, wrt = _recurrence(n)
+    flat = [outputs[0], *outputs[1]]
+    program = Program.of(flat[0].graph, list(dict.fromkeys(e.id for e in flat)))
+    count = [0]
+
+    def trace(frame, event, arg):
+        if frame.f_code.co_filename != lower.__file__:
+            return None
+        count[0] += event == "line"
+        return trace
+
+    sys.settrace(trace)
+    try:
+        lower.lower(program, tuple(e.name for e in wrt), lambda name: True)
+    finally:
+        sys.settrace(None)
+    return count[0]
+
+
+def test_lowering_a_cut_kernel_is_linear_work(monkeypatch):
+    from symgrad.llvm import lower
+
+    monkeypatch.setattr(lower, "CHUNK", 10)  # many chunks: work per chunk must not grow
+    small, big = _lowering_lines(60), _lowering_lines(120)
+    assert big <= 2.2 * small, (small, big)

@@ -283,6 +283,7 @@ class Split:
     slots: dict[int, int]
     out_at: dict[int, list[int]]  # a computed output's id -> its places among the outputs
     leaf_outputs: list[list[tuple[int, int]]]  # (place, id) of outputs that are leaves
+    consts: dict[int, float] = field(default_factory=dict)  # constant id -> its value
 
     @classmethod
     def of(cls, program: Program) -> Split | None:
@@ -307,7 +308,10 @@ class Split:
                 leaf_out.append((place, o))
         leaf_chunks = [leaf_out[k : k + CHUNK] for k in range(0, len(leaf_out), CHUNK)]
         leaves = {s[0]: s for s in program.steps if s[1] in ("input", "const")}
-        return cls(chunks, leaves, slots, out_at, leaf_chunks)
+        split = cls(chunks, leaves, slots, out_at, leaf_chunks)
+        # Once for all chunks (once per chunk was quadratic: every constant, every chunk).
+        split.consts = {i: s[3]["value"] for i, s in leaves.items() if s[1] == "const"}
+        return split
 
     @property
     def n_functions(self) -> int:
@@ -324,7 +328,7 @@ class Split:
                 store_out(b, place, value)
             return
         values: dict[int, str] = {}
-        consts = {i: s[3]["value"] for i, s in self.leaves.items() if s[1] == "const"}
+        consts = self.consts
 
         def value(a: int) -> str:
             if a not in values:
