@@ -760,3 +760,14 @@ def test_lowering_a_cut_kernel_is_linear_work(monkeypatch):
     monkeypatch.setattr(lower, "CHUNK", 10)  # many chunks: work per chunk must not grow
     small, big = _lowering_lines(60), _lowering_lines(120)
     assert big <= 2.2 * small, (small, big)
+
+
+def test_a_big_straight_line_module_skips_the_ir_passes():
+    from symgrad.llvm import jit
+
+    small, big = "\n" * jit.STRAIGHT_PASSES_MAX_LINES, "\n" * (jit.STRAIGHT_PASSES_MAX_LINES + 1)
+    assert (jit.straight_opt(small, 1), jit.straight_opt(big, 1), jit.straight_opt(small, 0)) == (
+        1,
+        0,
+        0,
+    )

@@ -36,6 +36,7 @@ from symgrad.llvm.jit import (
     _target,
     blas_dgemm,
     loop_target_for,
+    straight_opt,
     vector_ok,
 )
 from symgrad.llvm.key import program_key
@@ -131,7 +132,8 @@ class NativeKernels:
         tm, _, _ = _target()
         with _lock:
             context = _llvm().create_context()
-            return tm.emit_assembly(_optimized_module(self.llvm_ir, self.opt, context))
+            opt = straight_opt(self.llvm_ir, self.opt)
+            return tm.emit_assembly(_optimized_module(self.llvm_ir, opt, context))
 
     def expand(self, kernel_out: np.ndarray) -> np.ndarray:
         """All flat outputs of one point, from the kernel's (``sg_point``'s or ``sg_fast``'s)."""
