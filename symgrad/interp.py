@@ -68,7 +68,8 @@ def evaluate(outputs, /, **values):
     # Values for inputs the outputs do not use are accepted, as a user evaluating several
     # derivatives at one point expects; names the graph does not know are still errors.
     known = flatten_outputs(items)[0][0].graph.inputs
-    extra = [n for n in values if n in known and n not in fn.inputs]
+    taken = set(fn.inputs)  # a set: many inputs made this quadratic
+    extra = [n for n in values if n in known and n not in taken]
     if extra:
         fn = compile(items, inputs=[*fn.inputs, *extra], backend="numpy", optimize=False)
     result = fn(**values)
