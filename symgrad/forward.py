@@ -18,7 +18,7 @@ Where the rules come from, per op of the registry:
 from __future__ import annotations
 
 from symgrad.errors import GradError, GraphError, ShapeError, SymgradError
-from symgrad.graph import Expr, Graph, paused_gc, reachable
+from symgrad.graph import Expr, Graph, active_nodes, paused_gc, zeros
 from symgrad.ops import OPS
 
 
@@ -58,7 +58,7 @@ def jvp(outputs, wrt, tangents) -> list[Expr]:
 
 def forward(graph: Graph, outs: list[Expr], seeds: dict[int, Expr]) -> list[Expr]:
     """The tangents of ``outs`` given those of the seed nodes, each node's built once."""
-    active = _active(graph, [o.id for o in outs], set(seeds))
+    active = active_nodes(graph, [o.id for o in outs], set(seeds))
     order = 1 + max((graph.node(i)["order"] for i in active), default=0)
     tangent = dict(seeds)
     with graph.stamped("grad", order):
@@ -77,7 +77,7 @@ def forward(graph: Graph, outs: list[Expr], seeds: dict[int, Expr]) -> list[Expr
                 # The graph's limits (max_nodes, max_elements) keep their class, as in build_grad.
                 kind = type(err) if type(err) in (GraphError, ShapeError) else GradError
                 raise kind(f"jvp: {node['op']} (node {i}): {err}") from err
-        return [tangent[o.id] if o.id in tangent else _zeros(graph, o.shape) for o in outs]
+        return [tangent[o.id] if o.id in tangent else zeros(graph, o.shape) for o in outs]
 
 
 def _rule(graph: Graph, i: int, node: dict, ts: list) -> Expr:
@@ -107,17 +107,7 @@ def _diagonal(opdef, out: Expr, args: list[Expr], attrs: dict, ts: list) -> Expr
         if part.shape != out.shape:
             part = out.graph.apply("broadcast_to", part, shape=out.shape)
         total = part if total is None else total + part
-    return total if total is not None else _zeros(out.graph, out.shape)
-
-
-def _active(graph: Graph, outs: list[int], seeds: set[int]) -> list[int]:
-    """Ids on a path from a seed to an output, ascending."""
-    active, reached = [], set()
-    for i in reachable(graph, outs):
-        if i in seeds or any(a in reached for a in graph.node(i)["args"]):
-            reached.add(i)
-            active.append(i)
-    return active
+    return total if total is not None else zeros(out.graph, out.shape)
 
 
 def _tangent(graph: Graph, t, shape: tuple[int, ...], what: str) -> Expr:
@@ -132,11 +122,6 @@ def _tangent(graph: Graph, t, shape: tuple[int, ...], what: str) -> Expr:
     if t.shape != shape:
         raise GradError(f"jvp: {what} has shape {t.shape}, but its wrt has shape {shape}")
     return t
-
-
-def _zeros(graph: Graph, shape: tuple[int, ...]) -> Expr:
-    zero = graph.const(0.0)
-    return zero if not shape else graph.apply("broadcast_to", zero, shape=shape)
 
 
 def _graph_of(outs: list) -> Graph:

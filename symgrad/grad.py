@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from symgrad.errors import GradError, GraphError, ShapeError, SymgradError
 from symgrad.forward import jvp
-from symgrad.graph import Expr, Graph, paused_gc, reachable
+from symgrad.graph import Expr, Graph, active_nodes, paused_gc, zeros
 from symgrad.ops import OPS
 from symgrad.stable import stabilize
 
@@ -57,7 +57,7 @@ def vjp(ys: list[Expr], cotangents: list[Expr], wrt: list[Expr]) -> list[Expr]:
 def _gradients(graph: Graph, ys: list[Expr], seeds: list, wrt: list[Expr]) -> list[Expr]:
     """The VJP of ``ys`` with output adjoints ``seeds`` (None: 1), each node of derivative
     order one more than the highest among the nodes differentiated."""
-    active = _active_nodes(graph, [y.id for y in ys], {w.id for w in wrt})
+    active = active_nodes(graph, [y.id for y in ys], {w.id for w in wrt})
     order = 1 + max((graph.node(i)["order"] for i in active), default=0)
     with graph.stamped("grad", order):
         pending: dict[int, list[Part]] = {}
@@ -65,7 +65,7 @@ def _gradients(graph: Graph, ys: list[Expr], seeds: list, wrt: list[Expr]) -> li
             pending.setdefault(y.id, []).append((_seed(graph, seed, y.shape), ()))
         ct = _backward(graph, pending, active)
         # The constant is hash-consed: every unconnected wrt shares one zero node.
-        return [_apply(graph, *ct[w.id]) if w.id in ct else _zeros(graph, w.shape) for w in wrt]
+        return [_apply(graph, *ct[w.id]) if w.id in ct else zeros(graph, w.shape) for w in wrt]
 
 
 def jacobian(ys, wrt) -> list[list[Expr]]:
@@ -258,7 +258,7 @@ def _propagate_expanded(graph, opdef, args, attrs, g, pending, active_set) -> No
     ops, built in the graph, and pass on what reaches its operands."""
     expanded = opdef.expand(*args, **attrs)
     wanted = {a.id for a in args if a.id in active_set}
-    local = _active_nodes(graph, [expanded.id], wanted)
+    local = active_nodes(graph, [expanded.id], wanted)
     done = _backward(graph, {expanded.id: [(g, ())]}, local)
     for a in args:
         if a.id in wanted and a.id in done:
@@ -306,22 +306,6 @@ def _fit(c: Expr, shape: tuple[int, ...]) -> Expr:
     )
     total = c.graph.apply("sum", c, axis=axes, keepdims=False)
     return total if total.shape == shape else total.reshape(shape)
-
-
-def _zeros(graph: Graph, shape: tuple[int, ...]) -> Expr:
-    zero = graph.const(0.0)
-    return zero if not shape else graph.apply("broadcast_to", zero, shape=shape)
-
-
-def _active_nodes(graph: Graph, ys: list[int], wrt: set[int]) -> list[int]:
-    """Ids on a path from a ``wrt`` node to one of ``ys``, ascending."""
-    active: list[int] = []
-    reached: set[int] = set()
-    for i in reachable(graph, ys):
-        if i in wrt or any(a in reached for a in graph.node(i)["args"]):
-            reached.add(i)
-            active.append(i)
-    return active
 
 
 def _check_output(y, what: str) -> Graph:

@@ -631,6 +631,24 @@ def reachable(graph: Graph, roots) -> list[int]:
     return sorted(seen)
 
 
+def active_nodes(graph: Graph, outs: list[int], sources: set[int]) -> list[int]:
+    """Ids on a path from one of ``sources`` to one of ``outs``, ascending: the nodes a
+    derivative sweep (reverse or forward) between them visits."""
+    active: list[int] = []
+    reached: set[int] = set()
+    for i in reachable(graph, outs):
+        if i in sources or any(a in reached for a in graph.node(i)["args"]):
+            reached.add(i)
+            active.append(i)
+    return active
+
+
+def zeros(graph: Graph, shape: tuple[int, ...]) -> Expr:
+    """The constant 0 of ``shape`` (hash-consed: every zero of a shape is one node)."""
+    zero = graph.const(0.0)
+    return zero if not shape else graph.apply("broadcast_to", zero, shape=shape)
+
+
 def _binary(op: str, reflected: bool = False):
     def method(self, other):
         return self.graph.apply(op, other, self) if reflected else self.graph.apply(op, self, other)

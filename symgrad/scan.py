@@ -33,7 +33,7 @@ import numpy as np
 from symgrad.errors import ArgumentError, GraphError, ShapeError
 from symgrad.forward import forward
 from symgrad.grad import vjp
-from symgrad.graph import Expr, Graph
+from symgrad.graph import Expr, Graph, zeros
 from symgrad.ops import OPS, VARIADIC, Attr, Lowering, _register, ap, show
 from symgrad.program import Program, run
 
@@ -473,8 +473,8 @@ def _vjp(cts: dict, out: Expr, active: list[bool], args, body, length, reverse, 
     stacked = tuple(sorted(j for kind, j in cts if kind == "stack"))
     rev, residuals = _reverse_body(body, stacked, checkpoint, want_x, want_p)
     c_bar = [cts.get(("final", k)) for k in range(nc)]
-    c_bar = [_zeros(graph, body.shape(i)) if c is None else c for c, i in zip(c_bar, body.carry)]
-    p_bar = [_zeros(graph, cap.shape) for cap, w in zip(caps, want_p) if w]
+    c_bar = [zeros(graph, body.shape(i)) if c is None else c for c, i in zip(c_bar, body.carry)]
+    p_bar = [zeros(graph, cap.shape) for cap, w in zip(caps, want_p) if w]
     history = [graph.apply("scan_out", out, part=("stack", i)) for i in body.carry]
     stored = [graph.apply("scan_out", out, part=("stack", j)) for j in residuals]
     y_bar = [cts[("stack", j)] for j in stacked]
@@ -491,11 +491,6 @@ def _vjp(cts: dict, out: Expr, active: list[bool], args, body, length, reverse, 
         *(next(x_out) if w else None for w in want_x),
         *(next(p_out) if w else None for w in want_p),
     ]
-
-
-def _zeros(graph: Graph, shape: tuple[int, ...]) -> Expr:
-    zero = graph.const(0.0)
-    return graph.apply("broadcast_to", zero, shape=shape) if shape else zero
 
 
 def _reverse_body(body: Body, stacked, checkpoint, want_x, want_p) -> tuple[Body, tuple]:
@@ -615,7 +610,7 @@ def _jvp(ts, out: Expr, args, body, length, reverse, checkpoint):
     stacked = tuple(j for kind, j in parts if kind == "stack")
     tangent_body, tangent_of = _tangent_body(body, stacked)
     nc, nx = len(body.carry), len(body.xs)
-    tangents = [t if t is not None else _zeros(graph, a.shape) for a, t in zip(args, ts)]
+    tangents = [t if t is not None else zeros(graph, a.shape) for a, t in zip(args, ts)]
     node = graph.apply(
         "scan", *args[:nc], *tangents[:nc], *args[nc : nc + nx], *tangents[nc : nc + nx],
         *args[nc + nx :], *tangents[nc + nx :], body=tangent_body, length=length,
