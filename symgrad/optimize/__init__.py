@@ -7,6 +7,7 @@ is never touched and passes compose in any order.
 
 from __future__ import annotations
 
+from symgrad.graph import paused_gc
 from symgrad.optimize.bodies import bodies
 from symgrad.optimize.cse import cse
 from symgrad.optimize.fold import fold
@@ -21,12 +22,14 @@ def optimize(outputs):
     >>> sg.optimize(f).op
     'input'
     """
-    # Each scan's body first (this same optimize, so nested bodies too), then the graph.
-    outputs = bodies(outputs, optimize)
-    # fold re-creates every reachable node through hash-consing, so it also merges (CSE), and it
-    # prunes what its rules dropped; since it folds each rewrite again as it builds it (up to
-    # fold.MAX_DEPTH deep), one pass is already the fixed point: a second changes nothing (tested).
-    return fold(outputs)
+    with paused_gc():  # a 100k-node value + gradient: 2.7 s with the collector, 1.6 s without
+        # Each scan's body first (this same optimize, so nested bodies too), then the graph.
+        outputs = bodies(outputs, optimize)
+        # fold re-creates every reachable node through hash-consing, so it also merges (CSE),
+        # and prunes what its rules dropped; since it folds each rewrite again as it builds it
+        # (up to fold.MAX_DEPTH deep), one pass is already the fixed point: a second changes
+        # nothing (tested).
+        return fold(outputs)
 
 
 __all__ = ["bodies", "cse", "fold", "optimize", "prune"]
