@@ -33,6 +33,7 @@ from symgrad.parse import parse  # after the submodule import, so sg.parse is th
 from symgrad.scan import scan
 from symgrad.scipy_bridge import ScipyObjective, scipy_objective
 from symgrad.tensor import TENSOR_FUNCTIONS as _TENSOR_FUNCTIONS
+from symgrad.tensor import stack  # a list operand: not a function of the text language
 
 __version__ = "0.1.0"
 
@@ -82,6 +83,7 @@ __all__ = [
     "scan",
     "ScipyObjective",
     "scipy_objective",
+    "stack",
     "to_dot",
     "to_svg",
     "to_sympy",

@@ -12,6 +12,10 @@ the derivative of a naive ``log(1 + exp(x))``-style formula is the stable one.
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from symgrad.errors import GradError, GraphError, ShapeError, SymgradError
 from symgrad.forward import jvp
 from symgrad.graph import Expr, Graph, active_nodes, paused_gc, zeros
@@ -68,8 +72,14 @@ def _gradients(graph: Graph, ys: list[Expr], seeds: list, wrt: list[Expr]) -> li
         return [_apply(graph, *ct[w.id]) if w.id in ct else zeros(graph, w.shape) for w in wrt]
 
 
-def jacobian(ys, wrt) -> list[list[Expr]]:
-    """``J[i][j]`` = d ys[i] / d wrt[j], one ``build_grad`` per output (each a scalar Expr).
+def jacobian(ys, wrt, mode: str = "auto") -> list[list[Expr]]:
+    """``J[i][j]`` = d ys[i] / d wrt[j], of shape ``ys[i].shape + wrt[j].shape`` (a scalar
+    ``Expr`` when both are scalars).
+
+    ``mode="reverse"`` builds one gradient per output element, ``"forward"`` one tangent
+    (``sg.jvp``) per wrt element; ``"auto"`` takes forward when the wrt have fewer elements in
+    all than the outputs, else reverse. Tensor entries are stacked from those sweeps
+    (``sg.stack``). If the call fails, no node is left in the graph.
 
     >>> from symgrad.parse import parse
     >>> f = parse("x * y"); x, y = f.graph.inputs.values()
@@ -77,21 +87,83 @@ def jacobian(ys, wrt) -> list[list[Expr]]:
     (2, 2)
     """
     ys = [ys] if isinstance(ys, Expr) else _as_list(ys, "ys")
+    if mode not in ("auto", "forward", "reverse"):
+        raise GradError(f"jacobian: mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
     if not ys:
         return []
     # Every output and wrt is checked before the first gradient is built, and the graph is
     # rolled back if one fails anyway: a bad ys[1] must not leave ys[0]'s gradient behind.
-    graph = _check_output(ys[0], "ys[0]")
+    graph = _check_tensor(ys[0], "ys[0]")
     for k, y in enumerate(ys[1:], 1):
-        if _check_output(y, f"ys[{k}]") is not graph:
+        if _check_tensor(y, f"ys[{k}]") is not graph:
             raise GradError(f"ys[{k}] belongs to another graph than ys[0]")
     wrt = _check_wrt(graph, wrt)
-    with graph.atomic():
-        return [build_grad(y, wrt) for y in ys]
+    if mode == "auto":
+        n_out, n_in = (sum(_size(e.shape) for e in group) for group in (ys, wrt))
+        mode = "forward" if n_in < n_out else "reverse"
+    with graph.atomic(), paused_gc():
+        return _forward_jacobian(ys, wrt) if mode == "forward" else _reverse_jacobian(ys, wrt)
+
+
+def _reverse_jacobian(ys: list[Expr], wrt: list[Expr]) -> list[list[Expr]]:
+    """One gradient per element of each output, stacked (output shape first)."""
+    rows = []
+    for y in ys:
+        grads = [build_grad(y[index] if y.shape else y, wrt) for index in _indices(y.shape)]
+        if not y.shape:
+            rows.append(grads[0])
+            continue
+        rows.append([_stacked([g[j] for g in grads], y.shape, w.shape, 0)
+                     for j, w in enumerate(wrt)])  # fmt: skip
+    return rows
+
+
+def _forward_jacobian(ys: list[Expr], wrt: list[Expr]) -> list[list[Expr]]:
+    """One tangent of all outputs per element of each wrt, stacked (wrt shape last)."""
+    columns = []  # per wrt: per element, the tangents of every output
+    for w in wrt:
+        seeds = [1.0] if not w.shape else [_one_hot(w.shape, index) for index in _indices(w.shape)]
+        columns.append([jvp(ys, [w], [seed]) for seed in seeds])
+    rows = []
+    for i, y in enumerate(ys):
+        row = []
+        for w, cols in zip(wrt, columns):
+            if not w.shape:
+                row.append(cols[0][i])
+            else:
+                row.append(_stacked([c[i] for c in cols], y.shape, w.shape, len(y.shape)))
+        rows.append(row)
+    return rows
+
+
+def _stacked(parts: list[Expr], y_shape, w_shape, axis: int) -> Expr:
+    """``parts`` (one per element of the stacked shape) stacked at ``axis``, reshaped so the
+    stacked axis becomes the whole stacked shape (``y_shape`` at 0, ``w_shape`` at the end)."""
+    from symgrad.tensor import stack
+
+    whole = stack(parts, axis=axis)
+    shape = (*y_shape, *w_shape)
+    return whole if whole.shape == shape else whole.graph.apply("reshape", whole, shape=shape)
+
+
+def _indices(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    return [tuple(int(k) for k in index) for index in np.ndindex(*shape)] if shape else [()]
+
+
+def _one_hot(shape: tuple[int, ...], index: tuple[int, ...]) -> np.ndarray:
+    seed = np.zeros(shape)
+    seed[index] = 1.0
+    return seed
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
 
 
 def hessian(y: Expr, wrt) -> list[list[Expr]]:
-    """``H[i][j]`` = d² y / d wrt[i] d wrt[j]: the Jacobian of the gradient (scalar ``wrt``).
+    """``H[i][j]`` = d² y / d wrt[i] d wrt[j], of shape ``wrt[i].shape + wrt[j].shape``: the
+    Jacobian of the gradient (reverse over reverse for scalar ``wrt``, forward over reverse, one
+    tangent per element, for tensors).
 
     Entries are nodes of derivative order 2; compile ``[H]`` (a list of lists) to get a matrix.
 
@@ -103,15 +175,11 @@ def hessian(y: Expr, wrt) -> list[list[Expr]]:
     """
     graph = _check_output(y, "y")
     wrt = _check_wrt(graph, wrt)
-    for k, w in enumerate(wrt):
-        if w.shape != ():
-            raise GradError(
-                f"hessian: wrt[{k}] has shape {w.shape}, not (): the Hessian takes scalar wrt "
-                "(use hvp for tensors, or sg.jacobian(grads, wrt) for their blocks)"
-            )
-    with graph.atomic():
+    with graph.atomic(), paused_gc():
         grads = build_grad(y, wrt)
-        return [build_grad(gi, wrt) for gi in grads]
+        if all(not w.shape for w in wrt):
+            return [build_grad(gi, wrt) for gi in grads]
+        return _forward_jacobian(grads, wrt)
 
 
 def hvp(y: Expr, wrt, v, mode: str = "reverse") -> list[Expr]:
@@ -308,9 +376,14 @@ def _fit(c: Expr, shape: tuple[int, ...]) -> Expr:
     return total if total.shape == shape else total.reshape(shape)
 
 
-def _check_output(y, what: str) -> Graph:
+def _check_tensor(y, what: str) -> Graph:
     if not isinstance(y, Expr):
         raise GradError(f"{what} must be an Expr, got {type(y).__name__}")
+    return y.graph
+
+
+def _check_output(y, what: str) -> Graph:
+    _check_tensor(y, what)
     if y.shape != ():
         raise GradError(
             f"{what} must be a scalar, got shape {y.shape}: reduce it (sg.sum(y), or "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from symgrad.errors import GraphError
+from symgrad.errors import ArgumentError, GraphError, ShapeError
 from symgrad.graph import Expr, matmul  # matmul: a @ b, so it lives with Expr
 
 _NONE = object()
@@ -149,6 +149,41 @@ def max_pool2d(x, kernel_size=2, stride=None) -> Expr:
 
 
 @_atomic
+def stack(exprs, axis=0) -> Expr:
+    """The ``Expr``s of ``exprs`` (all of one shape and graph) stacked along a new ``axis``, as
+    ``numpy.stack``: each placed in zeros of the result's shape (``embed``, getitem's adjoint)
+    and the placements added, so the backends and both derivative modes need nothing new.
+
+    >>> from symgrad.graph import Graph
+    >>> g = Graph(); a, b = g.input("a", shape=(3,)), g.input("b", shape=(3,))
+    >>> stack([a, b]).shape, stack([a, b], axis=1).shape, stack([g.input("c")] * 2).shape
+    ((2, 3), (3, 2), (2,))
+    """
+    if not isinstance(exprs, (list, tuple)) or not exprs:
+        raise ArgumentError("stack: exprs must be a non-empty list of Exprs")
+    items = [_as_expr(f"stack: exprs[{k}]", e) for k, e in enumerate(exprs)]
+    graph, shape = items[0].graph, items[0].shape
+    for k, e in enumerate(items[1:], 1):
+        if e.graph is not graph:
+            raise GraphError(f"stack: exprs[{k}] belongs to another graph than exprs[0]")
+        if e.shape != shape:
+            raise ShapeError(f"stack: exprs[{k}] has shape {e.shape} but exprs[0] has {shape}")
+    if type(axis) is not int or not -len(shape) - 1 <= axis <= len(shape):
+        raise ArgumentError(f"stack: axis must be an int in [{-len(shape) - 1}, {len(shape)}], "
+                            f"got {axis!r}")  # fmt: skip
+    axis %= len(shape) + 1
+    out = (*shape[:axis], len(items), *shape[axis:])
+    if len(items) == 1:
+        return graph.apply("reshape", items[0], shape=out)
+    total = None
+    with graph.atomic():  # a failure part-way (max_nodes) leaves no placement behind
+        for k, e in enumerate(items):
+            index = (slice(None),) * axis + (k,)
+            part = graph.apply("embed", e, index=index, shape=out)
+            total = part if total is None else total + part
+    return total
+
+
 def mse(prediction, target) -> Expr:
     """Mean squared error ``mean((prediction - target)**2)``."""
     d = prediction - target

@@ -142,8 +142,11 @@ add("build_grad", "seed of another graph", GradError, "seed belongs to another g
 add("build_grad", "max_nodes reached part-way", GraphError, "max_nodes",
     lambda e: sg.build_grad(e.F, [e.W, e.x]),
     setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 3))  # fmt: skip
-add("jacobian", "second output a tensor", GradError, r"ys\[1\] must be a scalar, got shape \(3,\)",
-    lambda e: sg.jacobian([e.f, e.v], [e.x, e.y]))  # fmt: skip
+add("jacobian", "mode misspelt", GradError, "mode must be 'auto', 'forward' or 'reverse'",
+    lambda e: sg.jacobian([e.f, e.v], [e.x, e.y], mode="fwd"))  # fmt: skip
+add("jacobian", "max_nodes reached stacking a tensor output", GraphError, "max_nodes",
+    lambda e: sg.jacobian([e.f, e.v], [e.x, e.y], mode="reverse"),
+    setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 12))  # fmt: skip
 add("jacobian", "second output a str", GradError, r"ys\[1\] must be an Expr",
     lambda e: sg.jacobian([e.f, "f"], [e.x]))  # fmt: skip
 add("jacobian", "outputs of two graphs", GradError, r"ys\[1\] belongs to another graph",
@@ -160,8 +163,9 @@ def _tight_jacobian(e):
 add("jacobian", "max_nodes reached at the second output", GraphError, "max_nodes",
     lambda e: sg.jacobian([e.f, e.h], [e.x, e.y]),
     setup=_tight_jacobian)  # fmt: skip
-add("hessian", "tensor wrt", GradError, r"wrt\[0\] has shape \(2, 3\)",
-    lambda e: sg.hessian(e.F, [e.W]))  # fmt: skip
+add("hessian", "max_nodes reached with a tensor wrt", GraphError, "max_nodes",
+    lambda e: sg.hessian(e.F, [e.W]),
+    setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 20))  # fmt: skip
 add("hessian", "wrt None entry", GradError, r"wrt\[1\] must be an Expr",
     lambda e: sg.hessian(e.f, [e.x, None]))  # fmt: skip
 add("hessian", "tensor y", GradError, "y must be a scalar", lambda e: sg.hessian(e.v, [e.x]))
@@ -370,6 +374,16 @@ add("matmul", "numbers only", GraphError, "needs at least one Expr",
     lambda e: sg.matmul(np.ones((3, 3)), np.ones(3)))  # fmt: skip
 add("matmul", "W, array (const then fail)", ShapeError, "inner dimensions",
     lambda e: sg.matmul(e.W, np.ones(5)))  # fmt: skip
+add("stack", "shapes differ", ShapeError, r"exprs\[1\] has shape \(2, 3\) but exprs\[0\] has \(3,\)",
+    lambda e: sg.stack([e.v, e.W]))  # fmt: skip
+add("stack", "axis 2 of vectors", ArgumentError, r"axis must be an int in \[-2, 1\]",
+    lambda e: sg.stack([e.v, e.v], axis=2))  # fmt: skip
+add("stack", "empty", ArgumentError, "non-empty list", lambda e: sg.stack([]))
+add("stack", "of two graphs", GraphError, r"exprs\[1\] belongs to another graph",
+    lambda e: sg.stack([e.f, e.ox]))  # fmt: skip
+add("stack", "max_nodes reached part-way", GraphError, "max_nodes",
+    lambda e: sg.stack([e.v, e.v, e.v]),
+    setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 3))  # fmt: skip
 add("sum", "axis 3", ShapeError, "axis 3 is out of range", lambda e: sg.sum(e.W, axis=3))
 add("sum", "a str", GraphError, "sum: operand is a str", lambda e: sg.sum("a"))
 add("sum", "keepdims a str", ShapeError, "keepdims", lambda e: sg.sum(e.W, keepdims="yes"))
