@@ -32,6 +32,8 @@ from symgrad.optimize import optimize
 from symgrad.parse import parse  # after the submodule import, so sg.parse is the function
 from symgrad.scan import scan
 from symgrad.scipy_bridge import ScipyObjective, scipy_objective
+from symgrad.sparse import SparseDerivative, sparse_hessian, sparse_jacobian
+from symgrad.sparsity import hessian_sparsity, jacobian_sparsity
 from symgrad.tensor import TENSOR_FUNCTIONS as _TENSOR_FUNCTIONS
 from symgrad.tensor import stack  # a list operand: not a function of the text language
 
@@ -75,14 +77,19 @@ __all__ = [
     "evaluate",
     "from_sympy",
     "hessian",
+    "hessian_sparsity",
     "hvp",
     "jacobian",
+    "jacobian_sparsity",
     "jvp",
     "optimize",
     "parse",
     "scan",
     "ScipyObjective",
     "scipy_objective",
+    "SparseDerivative",
+    "sparse_hessian",
+    "sparse_jacobian",
     "stack",
     "to_dot",
     "to_svg",

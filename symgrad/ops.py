@@ -80,6 +80,7 @@ _KIND_TEXT = {
     "body": "a scan body",
 }
 REQUIRED = object()  # the default of an attribute every node must be given
+MOVES = "moves"  # OpDef.pattern of an op that only moves elements (see OpDef)
 VARIADIC = -1  # the arity of an op whose operand count its attributes say (scan: its body)
 
 
@@ -147,6 +148,13 @@ class OpDef:
     # Values c of a constant last operand for which the op has an exact form in other ops
     # (pow: x**2 is x*x): c -> build(x, const, apply), read by fold and by the emitters.
     exact: dict[float, Callable] | None = None
+    # Structural sparsity (sparsity.py): which operand elements each output element depends on.
+    # None: by the op's kind (an elementwise op element to element, as broadcast; any other op
+    # every output element on every operand element, which is safe but dense). MOVES: the op
+    # places operand elements (or zeros), so its numpy form applied to the operand's element
+    # numbers tells where each came from. A function ``(operand shapes, attrs)`` -> one pair
+    # (output flat indices, operand flat indices) of int arrays per operand, exact.
+    pattern: Callable | str | None = None
 
     @property
     def attrs(self) -> tuple[str, ...]:
@@ -616,6 +624,31 @@ def _amax_vjp(g, o, x, axis, keepdims):
     return _restore(g, x, attrs) * share
 
 
+def _reduce_pattern(shapes, attrs):
+    """Each operand element feeds the one output element its reduced axes collapse to."""
+    shape, axes = shapes[0], attrs["axis"]
+    where = np.indices(shape).reshape(len(shape), -1) if shape else np.zeros((0, 1), int)
+    kept = [d for d in range(len(shape)) if d not in axes]
+    out = np.ravel_multi_index(tuple(where[kept]), tuple(shape[d] for d in kept)) if kept else 0
+    return [(np.broadcast_to(out, (_size(shape),)), np.arange(_size(shape)))]
+
+
+def _matmul_pattern(shapes, attrs):
+    """out[i, j] reads row i of a and column j of b, whole."""
+    (m, k), (_, n) = shapes
+    i, j, inner = (a.ravel() for a in np.meshgrid(range(m), range(n), range(k), indexing="ij"))
+    return [(i * n + j, i * k + inner), (i * n + j, inner * n + j)]
+
+
+def _window_sum_pattern(shapes, attrs):
+    """Each operand element (one entry of one window) adds to the element it was taken from:
+    the move ``windows`` makes from the output's shape, read backwards."""
+    size = _size(attrs["shape"])
+    numbers = np.arange(size, dtype=float).reshape(attrs["shape"])
+    source = _windows(numbers, attrs["kernel_size"], attrs["stride"]).ravel().astype(np.int64)
+    return [(source, np.arange(source.size))]
+
+
 def _size(shape) -> int:
     return math.prod(int(n) for n in shape)  # Python ints: no int64 overflow
 
@@ -629,7 +662,7 @@ _register("sum", 1, lambda x, axis, keepdims: np.sum(x, axis=axis, keepdims=keep
           (_sum_vjp,), Lowering("reduce", "fadd", start=0.0), schema=_REDUCE_ATTRS,
           shape=_reduce_shape, jvp=_linear("sum"),
           normalize=_reduce_normalize, elementwise=False,
-          domain=(SMALL,))  # fmt: skip
+          domain=(SMALL,), pattern=_reduce_pattern)  # fmt: skip
 _register("mean", 1, lambda x, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims),
           (), None, schema=_REDUCE_ATTRS, shape=_reduce_shape,
           normalize=_reduce_normalize, expand=_mean_expand, elementwise=False,
@@ -638,7 +671,8 @@ _register("amax", 1, lambda x, axis, keepdims: np.max(x, axis=axis, keepdims=kee
           (_amax_vjp,), Lowering("reduce", "llvm.maximum", start=-np.inf), text="max",
           jvp=_amax_jvp,
           schema=_REDUCE_ATTRS, shape=_reduce_shape,
-          normalize=_reduce_normalize, elementwise=False, domain=(SMALL,))  # fmt: skip
+          normalize=_reduce_normalize, elementwise=False, domain=(SMALL,),
+          pattern=_reduce_pattern)  # fmt: skip
 
 
 def _matmul_shape(op, shapes, attrs):
@@ -660,6 +694,7 @@ _register(
      lambda g, o, a, b: ap("matmul", ap("transpose", a, axes=(1, 0)), g)),
     Lowering("barrier", "matmul"), text="@", infix=True, shape=_matmul_shape, elementwise=False,
     domain=(SMALL, SMALL), jvp=lambda ts, o, a, b: _bilinear("matmul", ts, a, b),
+    pattern=_matmul_pattern,
 )  # fmt: skip
 
 
@@ -696,7 +731,7 @@ _register("transpose", 1, lambda x, axes: np.transpose(x, axes),
           schema=(Attr("axes", ("tuple", "None"), None),), normalize=_transpose_normalize,
           elementwise=False,
           shape=lambda op, shapes, at: tuple(shapes[0][a] for a in at["axes"]),
-          domain=(SMALL,), jvp=_linear("transpose"))  # fmt: skip
+          domain=(SMALL,), jvp=_linear("transpose"), pattern=MOVES)  # fmt: skip
 
 
 def _shape_attr(op, value, positive: bool = True) -> tuple[int, ...]:
@@ -731,7 +766,7 @@ _register("reshape", 1, lambda x, shape: np.reshape(x, shape),
           schema=(_SHAPE,),
           normalize=_reshape_normalize, elementwise=False,
           shape=lambda op, shapes, at: at["shape"], domain=(SMALL,),
-          jvp=_linear("reshape"))  # fmt: skip
+          jvp=_linear("reshape"), pattern=MOVES)  # fmt: skip
 
 
 def _broadcast_normalize(op, shapes, attrs):
@@ -746,7 +781,7 @@ _register("broadcast_to", 1, lambda x, shape: np.broadcast_to(x, shape).copy(),
           (lambda g, o, x, shape: g,), Lowering("view", "broadcast"), schema=(_SHAPE,),
           normalize=_broadcast_normalize,
           elementwise=False, shape=lambda op, shapes, at: at["shape"],
-          domain=(SMALL,), jvp=_linear("broadcast_to"))  # fmt: skip
+          domain=(SMALL,), jvp=_linear("broadcast_to"), pattern=MOVES)  # fmt: skip
 
 
 def _index_item(op: str, item, n: int):
@@ -845,14 +880,14 @@ _register("getitem", 1, lambda x, index: x[decode_index(index)],
           normalize=lambda op, shapes, at: {"index": normalize_index(op, shapes[0],
                                                                      at["index"])},
           shape=lambda op, shapes, at: indexed_shape(at["index"]),
-          domain=(SMALL,), jvp=_linear("getitem"))  # fmt: skip
+          domain=(SMALL,), jvp=_linear("getitem"), pattern=MOVES)  # fmt: skip
 # embed: the operand placed at ``index`` in zeros of ``shape`` (the adjoint of getitem; pads).
 _register("embed", 1, _embed,
           (lambda g, o, x, index, shape: ap("getitem", g, index=index),),
           Lowering("barrier", "embed"),
           schema=(_INDEX, _SHAPE), normalize=_embed_normalize, elementwise=False,
           shape=lambda op, shapes, at: at["shape"], domain=(SMALL,),
-          jvp=_linear("embed"))  # fmt: skip
+          jvp=_linear("embed"), pattern=MOVES)  # fmt: skip
 
 
 def _safe_max(x, axes):
@@ -1010,14 +1045,14 @@ _register("windows", 1, lambda x, kernel_size, stride: _windows(x, kernel_size, 
           Lowering("view", "windows"), schema=(_KERNEL, _STRIDE),
           normalize=_windows_normalize,
           shape=_windows_shape, elementwise=False,
-          domain=(SMALL,), jvp=_linear("windows"))  # fmt: skip
+          domain=(SMALL,), jvp=_linear("windows"), pattern=MOVES)  # fmt: skip
 _register("window_sum", 1, _np_window_sum,
           (lambda g, o, x, kernel_size, stride, shape: ap("windows", g, kernel_size=kernel_size,
                                                           stride=stride),),
           Lowering("barrier", "window_sum"), schema=(_KERNEL, _STRIDE, _SHAPE),
           normalize=_windows_normalize,
           shape=_window_sum_shape, elementwise=False,
-          domain=(SMALL,), jvp=_linear("window_sum"))  # fmt: skip
+          domain=(SMALL,), jvp=_linear("window_sum"), pattern=_window_sum_pattern)  # fmt: skip
 
 
 def _np_conv2d(x, w, stride, padding):

@@ -172,6 +172,24 @@ add("hessian", "tensor y", GradError, "y must be a scalar", lambda e: sg.hessian
 add("hessian", "max_nodes reached in the second pass", GraphError, "max_nodes",
     lambda e: sg.hessian(e.f, [e.x, e.y]),
     setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 6))  # fmt: skip
+add("jacobian_sparsity", "wrt of another graph", GradError, r"wrt\[0\] belongs to another graph",
+    lambda e: sg.jacobian_sparsity([e.f], [e.ox]))  # fmt: skip
+add("jacobian_sparsity", "empty wrt", GradError, "wrt must be an Expr or a non-empty list",
+    lambda e: sg.jacobian_sparsity(e.f, []))  # fmt: skip
+add("hessian_sparsity", "tensor y", GradError, r"y must be a scalar, got shape \(3,\)",
+    lambda e: sg.hessian_sparsity(e.v, [e.v]))  # fmt: skip
+add("hessian_sparsity", "wrt a str", GradError, r"wrt\[0\] must be an Expr",
+    lambda e: sg.hessian_sparsity(e.f, ["x"]))  # fmt: skip
+add("sparse_jacobian", "mode misspelt", GradError, "mode must be 'auto', 'forward' or 'reverse'",
+    lambda e: sg.sparse_jacobian([e.f], [e.x], mode="rev"))  # fmt: skip
+add("sparse_jacobian", "ys None", GradError, "ys must be an Expr or a non-empty list",
+    lambda e: sg.sparse_jacobian(None, [e.x]))  # fmt: skip
+add("sparse_hessian", "lower a str", ArgumentError, "lower must be True or False",
+    lambda e: sg.sparse_hessian(e.F, [e.W], lower="yes"))  # fmt: skip
+add("sparse_hessian", "y of another graph than wrt", GradError, "belongs to another graph",
+    lambda e: sg.sparse_hessian(e.f, [e.ox]))  # fmt: skip
+add("SparseDerivative", "called with a batch", ArgumentError, "matrix at one point",
+    lambda e: sg.sparse_jacobian([e.f], [e.x, e.y])(x=np.ones(3), y=2.0))  # fmt: skip
 add("jvp", "tangent of the wrong shape", GradError, r"shape \(3,\), but its wrt",
     lambda e: sg.jvp(e.f, [e.x], [np.ones(3)]))  # fmt: skip
 add("jvp", "wrt of another graph", GradError, "must be an Expr of the outputs' graph",

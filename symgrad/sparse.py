@@ -1,0 +1,211 @@
+"""Compiled sparse Jacobians and Hessians: one compressed sweep per colour, as graph nodes.
+
+``sparse_jacobian(ys, wrt)`` reads the structure off the graph (``sparsity.py``), colours the
+columns (forward mode: one ``jvp`` per colour, seeded with the colour's columns) or the rows
+(reverse mode: one vector-Jacobian product per colour), whichever needs fewer sweeps, builds
+the sweeps in a copy of the graph and compiles them into one function. ``sparse_hessian`` does
+the same with Hessian-vector products, forward over reverse (the tangent of the gradient along
+the colour's columns). Each entry is read straight from its sweep: no two columns (rows) of a
+colour share a row (column), so nothing is solved for.
+
+The result is a ``SparseDerivative``: called like the ``CompiledFunction`` of ``ys``, it returns
+a ``scipy.sparse.csr_array`` of the fixed structure (entries that happen to be zero at this
+point are kept); ``.values(...)`` returns only the data, in the structure's order (the
+IPOPT/pyoptsparse convention, and for a batch of points of a scalar function, one row per
+point); ``.rows``, ``.cols``, ``.colors``, ``.shape``, ``.nnz``, ``.mode``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from symgrad.compile import compile as compile_outputs
+from symgrad.errors import ArgumentError, GradError
+from symgrad.forward import jvp
+from symgrad.graph import Expr, reachable
+from symgrad.sparsity import (
+    _checked,
+    _scipy_sparse,
+    color_columns,
+    dependencies,
+    gradient_copy,
+)
+
+
+class SparseDerivative:
+    """A compiled sparse Jacobian or Hessian of fixed structure (see the module docstring)."""
+
+    def __init__(self, compiled, pattern, positions: np.ndarray, colors: int, mode: str):
+        self._fn, self._one_block = compiled
+        self.shape = pattern.shape
+        self._indptr, self._indices = pattern.indptr.copy(), pattern.indices.copy()
+        self.rows = np.repeat(np.arange(self.shape[0]), np.diff(self._indptr))
+        self.cols = self._indices.copy()
+        self.nnz = len(self.cols)
+        self.colors = colors
+        self.mode = mode
+        self._positions = positions  # entry k is the sweeps' flat output at positions[k]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The argument names, in order (those of the graph as written)."""
+        return self._fn.inputs if self._fn is not None else ()
+
+    def values(self, /, *args, **kwargs) -> np.ndarray:
+        """The nonzero entries' values at a point, in the order of ``rows`` and ``cols``."""
+        if self._fn is None:  # no entry: nothing to compute
+            return np.zeros(0)
+        parts = self._fn(*args, **kwargs)
+        # Scalar sweeps come as one array (batch shape + (outputs,)), tensors one per output.
+        block = parts[0] if self._one_block else np.concatenate([np.ravel(p) for p in parts])
+        return block[..., self._positions]
+
+    def __call__(self, /, *args, **kwargs):
+        data = self.values(*args, **kwargs)
+        if data.ndim != 1:
+            raise ArgumentError(
+                "a sparse derivative is a matrix at one point: call .values(...) for a batch"
+            )
+        sparse = _scipy_sparse()
+        return sparse.csr_array((data, self._indices, self._indptr), shape=self.shape)
+
+    def __repr__(self) -> str:
+        return (
+            f"SparseDerivative(shape={self.shape}, nnz={self.nnz}, colors={self.colors}, "
+            f"mode={self.mode!r}, inputs={self.inputs})"
+        )
+
+
+def sparse_jacobian(ys, wrt, mode: str = "auto", **options) -> SparseDerivative:
+    """The Jacobian of ``ys`` (Exprs, scalars or tensors) with respect to ``wrt`` as a compiled
+    sparse matrix: one row per output element, one column per wrt element (each flattened in C
+    order). ``mode`` is ``"forward"`` (columns coloured), ``"reverse"`` (rows coloured) or
+    ``"auto"`` (fewer colours; forward on a tie). ``options`` go to ``sg.compile``.
+
+    >>> import symgrad as sg
+    >>> g = sg.Graph(); x = g.input("x", shape=(4,))
+    >>> J = sparse_jacobian(x[1:] * x[:-1], [x])
+    >>> J.shape, J.nnz, J.colors
+    ((3, 4), 6, 2)
+    >>> J(x=[1.0, 2.0, 3.0, 4.0]).toarray().tolist()
+    [[2.0, 1.0, 0.0, 0.0], [0.0, 3.0, 2.0, 0.0], [0.0, 0.0, 4.0, 3.0]]
+    """
+    if mode not in ("auto", "forward", "reverse"):
+        raise GradError(
+            f"sparse_jacobian: mode must be 'auto', 'forward' or 'reverse', got {mode!r}"
+        )
+    ys, wrt = _checked(ys, wrt, "sparse_jacobian")
+    names = _input_shapes(ys)
+    from symgrad.optimize.expand import expand
+
+    flat = expand([*ys, *wrt])
+    ys, wrt = flat[: len(ys)], flat[len(ys) :]
+    pattern = dependencies(ys, wrt)
+    by_column = color_columns(pattern)
+    by_row = color_columns(pattern.T)
+    n_col, n_row = _count(by_column), _count(by_row)
+    if mode == "auto":
+        mode = "forward" if n_col <= n_row else "reverse"
+    m, n = pattern.shape
+    if mode == "forward":
+        sweeps = [_tangents(ys, wrt, by_column == c) for c in range(n_col)]
+        positions = by_column[pattern.indices] * m + _rows(pattern)
+        colors = n_col
+    else:
+        sweeps = [_cotangents(ys, wrt, by_row == c) for c in range(n_row)]
+        positions = by_row[_rows(pattern)] * n + pattern.indices
+        colors = n_row
+    fn = _compiled(sweeps, names, options)
+    return SparseDerivative(fn, pattern, positions, colors, mode)
+
+
+def sparse_hessian(y, wrt, lower: bool = False, **options) -> SparseDerivative:
+    """The Hessian of the scalar ``y`` with respect to ``wrt`` as a compiled sparse matrix (one
+    row and column per wrt element), by forward-over-reverse products, one per colour of its
+    columns. ``lower=True`` keeps the lower triangle only (row >= column), as IPOPT takes it.
+
+    >>> import symgrad as sg
+    >>> g = sg.Graph(); x = g.input("x", shape=(5,))
+    >>> H = sparse_hessian(sg.sum((x[1:] - x[:-1] ** 2) ** 2), [x])
+    >>> H.nnz, H.colors
+    (13, 3)
+    """
+    if type(lower) is not bool:
+        raise ArgumentError(f"sparse_hessian: lower must be True or False, got {lower!r}")
+    grads, wrt_copy = gradient_copy(y, wrt, "sparse_hessian")
+    names = _input_shapes([y])
+    pattern = dependencies(grads, wrt_copy)
+    sparse = _scipy_sparse()
+    pattern = sparse.csr_array((pattern + pattern.T).astype(bool), dtype=bool)
+    colors = color_columns(pattern)
+    if lower:
+        pattern = sparse.csr_array(sparse.tril(pattern), dtype=bool)
+    pattern.sort_indices()
+    sweeps = [_tangents(grads, wrt_copy, colors == c) for c in range(_count(colors))]
+    positions = colors[pattern.indices] * pattern.shape[0] + _rows(pattern)
+    fn = _compiled(sweeps, names, options)
+    return SparseDerivative(fn, pattern, positions, _count(colors), "forward-over-reverse")
+
+
+def _count(colors: np.ndarray) -> int:
+    return int(colors.max()) + 1 if len(colors) else 0
+
+
+def _rows(pattern) -> np.ndarray:
+    return np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
+
+
+def _input_shapes(ys: list[Expr]) -> dict[str, tuple[int, ...]]:
+    """The inputs ``ys`` reach in their graph as written, in creation order, and their shapes."""
+    graph = ys[0].graph
+    nodes = graph.nx._node
+    return {
+        dict(nodes[i]["attrs"])["name"]: nodes[i]["shape"]
+        for i in reachable(graph, [y.id for y in ys])
+        if nodes[i]["op"] == "input"
+    }
+
+
+def _split(selected: np.ndarray, exprs: list[Expr]) -> list[np.ndarray]:
+    """``selected`` (one flag per element of ``exprs`` together) as one array per Expr."""
+    out, start = [], 0
+    for e in exprs:
+        size = math.prod(e.shape)
+        out.append(selected[start : start + size].reshape(e.shape).astype(float))
+        start += size
+    return out
+
+
+def _tangents(ys: list[Expr], wrt: list[Expr], columns: np.ndarray) -> list[Expr]:
+    """The tangents of ``ys`` along the seed that is 1 on ``columns``: one sweep."""
+    seeds = _split(columns, wrt)
+    used = [k for k, s in enumerate(seeds) if s.any()]
+    seed = [float(seeds[k]) if not wrt[k].shape else seeds[k] for k in used]
+    return jvp(ys, [wrt[k] for k in used], seed)
+
+
+def _cotangents(ys: list[Expr], wrt: list[Expr], rows: np.ndarray) -> list[Expr]:
+    """The vector-Jacobian product of ``ys`` with the cotangent 1 on ``rows``: one sweep."""
+    from symgrad.grad import vjp
+
+    graph = ys[0].graph
+    seeds = [graph.const(float(s) if not y.shape else s) for s, y in zip(_split(rows, ys), ys)]
+    return vjp(ys, seeds, wrt)
+
+
+def _compiled(sweeps: list[list[Expr]], shapes: dict[str, tuple[int, ...]], options: dict):
+    """One function of every sweep's outputs, flattened in order, and whether it returns them
+    as one array (a list output, when they are all scalars) or one array per output."""
+    flat = [e for sweep in sweeps for e in sweep]
+    if not flat:
+        return None, True
+    graph = flat[0].graph
+    present = graph.inputs
+    for name, shape in shapes.items():  # an input the derivative does not read is still one
+        if name not in present:
+            graph.input(name, shape=shape)
+    one_block = all(not e.shape for e in flat)
+    fn = compile_outputs([flat] if one_block else flat, inputs=list(shapes), **options)
+    return fn, one_block

@@ -1,0 +1,194 @@
+"""Structural sparsity off the graph, colourings, and compiled sparse Jacobians and Hessians
+(issue 13 items 3 and 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import symgrad as sg
+from symgrad.ops import OPS
+from symgrad.sparsity import color_columns
+from tests.test_forward import _case
+from tests.toolbox import DIFF_OPS, FLAT_OPS, TENSOR_OPS, snapshot
+
+
+def _dense_jacobian(ys, wrt, values) -> np.ndarray:
+    """The Jacobian as numbers (sg.jacobian, evaluated), one row per output element."""
+    J = sg.jacobian(ys, wrt, mode="reverse")
+    rows = []
+    for y, row in zip(ys, J):
+        got = sg.evaluate(row, **values)
+        rows.append(np.hstack([np.reshape(b, (max(y.size, 1), -1)) for b in got]))
+    return np.vstack(rows)
+
+
+# Ops whose rule is exact: at a random point every structural entry is a nonzero number.
+EXACT = sorted(n for n in TENSOR_OPS if OPS[n].pattern is not None and n != "amax")
+
+
+@pytest.mark.parametrize("name", DIFF_OPS + FLAT_OPS + TENSOR_OPS)
+def test_every_op_pattern_covers_its_derivative(name):
+    rng = np.random.default_rng(3)
+    g, xs, y, values = _case(name, rng)
+    before = snapshot(g)
+    pattern = sg.jacobian_sparsity([y], xs).toarray()
+    assert snapshot(g) == before  # read off a copy: the graph is unchanged
+    numbers = _dense_jacobian([y], xs, values)
+    assert pattern.shape == numbers.shape
+    assert not np.any((numbers != 0) & ~pattern), "a nonzero derivative outside the pattern"
+    if name in EXACT:
+        np.testing.assert_array_equal(pattern, numbers != 0)
+    if name in FLAT_OPS:
+        assert not pattern.any()
+
+
+@pytest.mark.parametrize("name", ["add", "mul", "atan2", "sin"])
+def test_elementwise_ops_are_diagonal_as_broadcast(name):
+    g = sg.Graph()
+    shapes = [(2, 3), (3,)][: OPS[name].arity]
+    xs = [g.input(f"x{k}", s) for k, s in enumerate(shapes)]
+    pattern = sg.jacobian_sparsity(g.apply(name, *xs), xs).toarray()
+    np.testing.assert_array_equal(pattern[:, :6], np.eye(6, dtype=bool))
+    if len(xs) == 2:  # row r reads element r % 3 of the broadcast vector
+        np.testing.assert_array_equal(pattern[:, 6:], np.tile(np.eye(3, dtype=bool), (2, 1)))
+
+
+def test_where_condition_and_comparisons_add_nothing():
+    g = sg.Graph()
+    x, y, z = g.input("x"), g.input("y"), g.input("z")
+    f = sg.where(sg.lt(x * z, 0.0), y * y, sg.sign(z) + 1.0)
+    np.testing.assert_array_equal(sg.jacobian_sparsity(f, [x, y, z]).toarray(), [[0, 1, 0]])
+
+
+def _rosenbrock_vector(n):
+    g = sg.Graph()
+    x = g.input("x", shape=(n,))
+    return sg.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2), x
+
+
+def _rosenbrock_scalars(n):
+    g = sg.Graph()
+    xs = [g.input(f"x{k}") for k in range(n)]
+    total = None
+    for a, b in zip(xs, xs[1:]):
+        term = 100.0 * (b - a**2) ** 2 + (1.0 - a) ** 2
+        total = term if total is None else total + term
+    return total, xs
+
+
+@pytest.mark.parametrize("form", ["vector", "scalars"])
+def test_chained_rosenbrock_hessian_is_exact_with_three_colors(form):
+    n = 40
+    f, wrt = _rosenbrock_vector(n) if form == "vector" else _rosenbrock_scalars(n)
+    wrt = [wrt] if form == "vector" else wrt
+    before = snapshot(f.graph)
+    pattern = sg.hessian_sparsity(f, wrt)
+    band = np.abs(np.subtract.outer(np.arange(n), np.arange(n))) <= 1
+    np.testing.assert_array_equal(pattern.toarray(), band)
+    assert pattern.nnz == 3 * n - 2
+    H = sg.sparse_hessian(f, wrt)
+    assert snapshot(f.graph) == before
+    assert (H.nnz, H.colors, H.shape) == (3 * n - 2, 3, (n, n))
+    point = np.random.default_rng(4).uniform(-1.5, 1.5, n)
+    args = [point] if form == "vector" else list(map(float, point))
+    dense = sg.hessian(f, wrt)
+    if form == "vector":
+        want = sg.evaluate(dense[0][0], x=point)
+    else:
+        want = np.array(sg.compile([dense], backend="numpy")(*args)[0])
+    np.testing.assert_allclose(H(*args).toarray(), want, rtol=1e-12, atol=1e-12)
+    lower = sg.sparse_hessian(f, wrt, lower=True)
+    assert lower.nnz == 2 * n - 1 and np.all(lower.rows >= lower.cols)
+    np.testing.assert_allclose(lower(*args).toarray(), np.tril(want), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(H.values(*args), want[H.rows, H.cols], rtol=1e-12, atol=1e-12)
+
+
+def _heat_residual(n):
+    """A 1-D heat equation's implicit-step residual: banded in u, diagonal in the source."""
+    g = sg.Graph()
+    u, s = g.input("u", shape=(n,)), g.input("s", shape=(n - 2,))
+    lap = u[2:] - 2.0 * u[1:-1] + u[:-2]
+    return u[1:-1] - 0.1 * lap - sg.exp(-u[1:-1]) * s, [u, s]
+
+
+@pytest.mark.parametrize("mode", ["forward", "reverse", "auto"])
+def test_sparse_jacobian_matches_the_dense_one(mode):
+    n = 30
+    r, wrt = _heat_residual(n)
+    J = sg.sparse_jacobian([r], wrt, mode=mode)
+    values = {"u": np.linspace(0.1, 1.0, n), "s": np.linspace(-1.0, 1.0, n - 2)}
+    want = _dense_jacobian([r], wrt, values)
+    assert J.shape == want.shape and J.nnz == 3 * (n - 2) + (n - 2)
+    np.testing.assert_allclose(J(**values).toarray(), want, rtol=1e-12, atol=1e-14)
+    # A row holds 4 entries (3 of u, 1 of s), so columns need at least 4 colours; rows meet
+    # when they are at most 2 apart, so 3 colours of rows do: auto takes reverse.
+    assert J.mode == ("reverse" if mode == "auto" else mode)
+    assert 4 <= J.colors <= 5 if J.mode == "forward" else J.colors == 3
+
+
+def test_explicit_zeros_keep_the_structure():
+    g = sg.Graph()
+    x = g.input("x", shape=(4,))
+    J = sg.sparse_jacobian(x[1:] * x[:-1], [x])
+    at_zero = J(x=np.zeros(4))
+    assert at_zero.nnz == J.nnz == 6 and not at_zero.data.any()
+    np.testing.assert_array_equal(at_zero.indices, J.cols)
+
+
+def test_values_over_a_batch_of_points_of_scalar_inputs():
+    f, xs = _rosenbrock_scalars(6)
+    J = sg.sparse_jacobian([f * f, sg.sin(xs[0]) * xs[1]], xs)
+    points = np.random.default_rng(5).uniform(-1.0, 1.0, (6, 7))
+    batch = J.values(*points)
+    assert batch.shape == (7, J.nnz)
+    for k in range(7):
+        np.testing.assert_allclose(batch[k], J.values(*points[:, k]), rtol=1e-13)
+    with pytest.raises(sg.ArgumentError, match="one point"):
+        J(*points)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_coloring_never_puts_two_columns_of_one_row_together(seed):
+    import scipy.sparse as sparse
+
+    rng = np.random.default_rng(seed)
+    pattern = sparse.random_array((40, 30), density=0.08, rng=rng, format="csr") != 0
+    colors = color_columns(pattern)
+    dense = pattern.toarray()
+    for row in dense:
+        used = colors[np.flatnonzero(row)]
+        assert len(set(used.tolist())) == len(used)
+    assert colors.max() + 1 <= dense.sum(axis=1).max() ** 2 + 1
+
+
+def test_a_chain_of_additions_is_walked_in_linear_work():
+    # Each scalar node's set of columns is grown in place on its last read: the n-term sum's
+    # walk copies only the one-column sets of the sines, so the elements it copies grow with n
+    # (copying the running total at each addition would be n^2 / 2).
+    from symgrad import sparsity
+
+    copied = []
+    real = sparsity._Walk._scalar_union
+
+    def counting(self, args, deps, live):
+        out = real(self, args, deps, live)
+        if all(out is not deps[k] for k in live):
+            copied.append(len(out))
+        return out
+
+    sizes = {}
+    for n in (200, 400):
+        g = sg.Graph()
+        xs = [g.input(f"x{k}") for k in range(n)]
+        total = xs[0]
+        for x in xs[1:]:
+            total = total + sg.sin(x)
+        copied.clear()
+        sparsity._Walk._scalar_union = counting
+        try:
+            assert sg.jacobian_sparsity(total, xs).nnz == n
+        finally:
+            sparsity._Walk._scalar_union = real
+        sizes[n] = sum(copied)
+    assert sizes[200] <= 2 * 200 and sizes[400] <= 2 * 400, sizes
