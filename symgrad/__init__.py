@@ -31,7 +31,7 @@ from symgrad.interp import evaluate
 from symgrad.optimize import optimize
 from symgrad.parse import parse  # after the submodule import, so sg.parse is the function
 from symgrad.scan import scan
-from symgrad.scipy_bridge import ScipyObjective, scipy_objective
+from symgrad.scipy_bridge import ScipyObjective, scipy_objective, scipy_residuals
 from symgrad.sparse import SparseDerivative, sparse_hessian, sparse_jacobian
 from symgrad.sparsity import hessian_sparsity, jacobian_sparsity
 from symgrad.tensor import TENSOR_FUNCTIONS as _TENSOR_FUNCTIONS
@@ -87,6 +87,7 @@ __all__ = [
     "scan",
     "ScipyObjective",
     "scipy_objective",
+    "scipy_residuals",
     "SparseDerivative",
     "sparse_hessian",
     "sparse_jacobian",

@@ -6,7 +6,13 @@ raveled in C order. The value and the gradient come from one compiled call, reme
 last ``x`` (SciPy asks for ``fun`` and ``jac`` at the same point); ``hessp`` is the compiled
 Hessian-vector product (two reverse passes, no Hessian built), and ``hess`` assembles the
 Hessian from it, column by column (for scalar parameters: all columns in one batch call).
-This module does not import SciPy: it only hands SciPy plain callables.
+``sparse_hess`` is the compiled sparse Hessian (``sg.sparse_hessian``, one forward-over-reverse
+sweep per colour of its columns, built on first use), a ``scipy.sparse.csr_array`` that
+``minimize(method="trust-constr")`` takes as it is.
+
+``scipy_residuals`` is the same bridge for ``scipy.optimize.least_squares``: a vector of
+residuals as ``fun``, its compiled sparse Jacobian as ``jac`` and the structure as
+``jac_sparsity``.
 """
 
 from __future__ import annotations
@@ -60,6 +66,8 @@ class ScipyObjective:
                                 backend=backend)  # fmt: skip
         self._scalar = not any(self.shapes)
         self._last: tuple[bytes, float, np.ndarray] | None = None
+        self._f, self._wrt, self._fixed_names = f, wrt, fixed
+        self._sparse = None
 
     def split(self, x) -> list:
         """The flat vector ``x`` as one value per parameter (floats for scalars)."""
@@ -132,31 +140,122 @@ class ScipyObjective:
         eye = np.eye(self.size)
         return np.stack([self.hessp(x, e) for e in eye], axis=1)
 
+    def _sparse_hessian(self):
+        if self._sparse is None:
+            from symgrad.sparse import sparse_hessian
+
+            self._sparse = sparse_hessian(self._f, self._wrt, backend=self._value_grad.backend)
+        return self._sparse
+
+    @property
+    def hess_sparsity(self):
+        """The structure of the Hessian (a boolean csr_array), read off the graph."""
+        from symgrad.sparsity import _scipy_sparse
+
+        h = self._sparse_hessian()
+        data = np.ones(h.nnz, dtype=bool)
+        return _scipy_sparse().csr_array((data, (h.rows, h.cols)), shape=h.shape)
+
+    def sparse_hess(self, x):
+        """The Hessian of f at ``x`` as a ``scipy.sparse.csr_array`` of fixed structure."""
+        h = self._sparse_hessian()
+        return h(**_arguments(self.names, self.split(x), self._fixed_names, self._fixed))
+
 
 def scipy_objective(f: Expr, wrt, values: dict | None = None, backend: str = "llvm"):
     """``f`` as SciPy's ``fun``, ``jac``, ``hess``, ``hessp`` over the flat vector of ``wrt``.
 
     ``values`` fixes the graph's other inputs (data). Use as
-    ``minimize(obj.fun, x0, jac=obj.jac, hess=obj.hess, method="trust-exact")`` or with
-    ``hessp=obj.hessp`` (``"trust-ncg"``, ``"Newton-CG"``, ``"trust-krylov"``).
+    ``minimize(obj.fun, x0, jac=obj.jac, hess=obj.hess, method="trust-exact")``, with
+    ``hessp=obj.hessp`` (``"trust-ncg"``, ``"Newton-CG"``, ``"trust-krylov"``), or with the
+    sparse Hessian, ``hess=obj.sparse_hess`` (``"trust-constr"``).
     """
     return ScipyObjective(f, wrt, values=values, backend=backend)
 
 
-def _checked_wrt(f: Expr, wrt) -> list[Expr]:
+class ScipyResiduals:
+    """``fun(x)`` (the residuals, flat), ``jac(x)`` (their sparse Jacobian) and ``jac_sparsity``
+    of ``ys`` over the flat vector of ``wrt``, the graph's other inputs fixed to ``values``.
+
+    >>> import symgrad as sg
+    >>> g = sg.Graph(); a, b = g.input("a"), g.input("b")
+    >>> r = sg.scipy_residuals([a - 1.0, 10.0 * (b - a**2)], [a, b], backend="numpy")
+    >>> r.fun([0.0, 0.0]).tolist(), r.jac([0.0, 0.0]).toarray().tolist()
+    ([-1.0, 0.0], [[1.0, 0.0], [-0.0, 10.0]])
+    """
+
+    def __init__(self, ys, wrt, values: dict | None = None, backend: str = "llvm"):
+        from symgrad.sparse import sparse_jacobian
+
+        ys = [ys] if isinstance(ys, Expr) else ys
+        if not isinstance(ys, (list, tuple)) or not ys or not all(isinstance(y, Expr) for y in ys):
+            raise GradError("scipy_residuals: ys must be an Expr or a non-empty list of Exprs")
+        wrt = _checked_wrt(ys[0], wrt, "scipy_residuals")
+        self.names = [w.name for w in wrt]
+        self.shapes = [w.shape for w in wrt]
+        self.size = sum(int(np.prod(s)) for s in self.shapes)
+        self.values = _checked_values(values)
+        self._residuals = compile(ys, backend=backend)
+        fixed = [n for n in self._residuals.inputs if n not in self.names]
+        unknown = sorted(set(self.values) - set(fixed))
+        if unknown:
+            raise ArgumentError(f"scipy_residuals: values for {unknown} which ys do not use")
+        missing = [n for n in fixed if n not in self.values]
+        if missing:
+            raise ArgumentError(f"scipy_residuals: no value for input {', '.join(missing)}")
+        self._fixed_names, self._fixed = fixed, [self.values[n] for n in fixed]
+        self._jac = sparse_jacobian(ys, wrt, backend=backend)
+        data = np.ones(self._jac.nnz, dtype=bool)
+        from symgrad.sparsity import _scipy_sparse
+
+        self.jac_sparsity = _scipy_sparse().csr_array(
+            (data, (self._jac.rows, self._jac.cols)), shape=self._jac.shape
+        )
+
+    def _split(self, x) -> list:
+        x = _real_array(x, "x")
+        if x.shape != (self.size,):
+            raise ArgumentError(f"x must have shape ({self.size},), got shape {x.shape}")
+        parts, k = [], 0
+        for shape in self.shapes:
+            n = int(np.prod(shape))
+            parts.append(float(x[k]) if not shape else x[k : k + n].reshape(shape))
+            k += n
+        return parts
+
+    def fun(self, x) -> np.ndarray:
+        """The residuals at the flat parameters ``x``, one flat vector."""
+        args = _arguments(self.names, self._split(x), self._fixed_names, self._fixed)
+        return np.concatenate([np.ravel(r) for r in self._residuals(**args)])
+
+    def jac(self, x):
+        """The Jacobian of the residuals at ``x``, a ``scipy.sparse.csr_array``."""
+        return self._jac(**_arguments(self.names, self._split(x), self._fixed_names, self._fixed))
+
+
+def scipy_residuals(ys, wrt, values: dict | None = None, backend: str = "llvm"):
+    """Residuals ``ys`` as ``scipy.optimize.least_squares``' ``fun`` and sparse ``jac`` over
+    the flat vector of ``wrt``: ``least_squares(r.fun, x0, jac=r.jac)`` (SciPy then solves with
+    LSMR, for a sparse Jacobian); ``r.jac_sparsity`` is the structure."""
+    return ScipyResiduals(ys, wrt, values=values, backend=backend)
+
+
+def _arguments(names, parts, fixed_names, fixed) -> dict:
+    return {**dict(zip(names, parts)), **dict(zip(fixed_names, fixed))}
+
+
+def _checked_wrt(f: Expr, wrt, what: str = "scipy_objective") -> list[Expr]:
     """``wrt`` as a list of distinct inputs of ``f``'s graph (GradError naming the bad one)."""
     if isinstance(wrt, Expr):
         wrt = [wrt]
     if not isinstance(wrt, (list, tuple)) or not wrt:
-        raise GradError(
-            f"scipy_objective: wrt must be a non-empty list of inputs, got {_kind(wrt)}"
-        )
+        raise GradError(f"{what}: wrt must be a non-empty list of inputs, got {_kind(wrt)}")
     seen: dict[str, int] = {}
     for k, w in enumerate(wrt):
         if not isinstance(w, Expr) or w.graph is not f.graph or w.op != "input":
-            raise GradError(f"scipy_objective: wrt[{k}] must be an input of f's graph")
+            raise GradError(f"{what}: wrt[{k}] must be an input of the formula's graph")
         if w.name in seen:
-            raise GradError(f"scipy_objective: wrt[{k}] repeats wrt[{seen[w.name]}] ({w.name})")
+            raise GradError(f"{what}: wrt[{k}] repeats wrt[{seen[w.name]}] ({w.name})")
         seen[w.name] = k
     return list(wrt)
 

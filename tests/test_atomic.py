@@ -283,6 +283,10 @@ add("scipy_objective", "value a str", ArgumentError, r"values\['y'\] must be rea
     lambda e: sg.scipy_objective(e.f, [e.x], values={"y": "a"}))  # fmt: skip
 add("scipy_objective", "f a tensor", GradError, "f must be a scalar Expr",
     lambda e: sg.scipy_objective(e.v, [e.v]))  # fmt: skip
+add("scipy_residuals", "no value for y", ArgumentError, "no value for input y",
+    lambda e: sg.scipy_residuals([e.f, e.x], [e.x], backend="numpy"))  # fmt: skip
+add("scipy_residuals", "ys None", GradError, "ys must be an Expr or a non-empty list",
+    lambda e: sg.scipy_residuals(None, [e.x]))  # fmt: skip
 add("ScipyObjective", "f not an Expr", GradError, "f must be a scalar Expr",
     lambda e: sg.ScipyObjective(2.0, [e.x]))  # fmt: skip
 for _label, _call, _match in [

@@ -200,3 +200,61 @@ def test_wrt_is_a_non_empty_list_of_distinct_inputs():
                        (None, "non-empty list")):  # fmt: skip
         with pytest.raises(GradError, match=match):
             sg.scipy_objective(f, wrt, values={"b": 1.0})
+
+
+# --- sparse Hessians for trust-constr, sparse Jacobians for least_squares (issue 13) ----------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_hess_is_scipys_rosenbrock_hessian(backend):
+    n = 30
+    obj = rosen_n(n, backend)
+    x = np.random.default_rng(0).uniform(-1.5, 1.5, n)
+    h = obj.sparse_hess(x)
+    assert h.nnz == 3 * n - 2 and obj.hess_sparsity.nnz == 3 * n - 2
+    np.testing.assert_allclose(h.toarray(), rosen_hess(x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(obj.hess_sparsity.toarray(), rosen_hess(x) != 0)
+
+
+def test_trust_constr_with_the_sparse_hessian_converges():
+    n = 50
+    obj = rosen_n(n, "llvm")
+    result = minimize(obj.fun, np.full(n, -0.5), jac=obj.jac, hess=obj.sparse_hess,
+                      method="trust-constr", options={"gtol": 1e-10, "maxiter": 3000})  # fmt: skip
+    np.testing.assert_allclose(result.x, np.ones(n), atol=1e-7)
+
+
+def _heat(n):
+    g = sg.Graph()
+    u, s = g.input("u", shape=(n,)), g.input("s", shape=(n - 2,))
+    interior = u[1:-1] - 0.1 * (u[2:] - 2.0 * u[1:-1] + u[:-2]) - sg.exp(-u[1:-1]) * s
+    return [interior, sg.stack([u[0] - 1.0, u[-1]])], u
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_least_squares_with_the_sparse_jacobian(backend):
+    from scipy.optimize import least_squares
+
+    n = 40
+    ys, u = _heat(n)
+    source = np.linspace(0.0, 1.0, n - 2)
+    r = sg.scipy_residuals(ys, [u], values={"s": source}, backend=backend)
+    assert r.jac_sparsity.shape == (n, n) and r.jac_sparsity.nnz == 3 * (n - 2) + 2
+    x = np.linspace(1.0, 0.0, n)
+    # The Jacobian against central differences of fun.
+    fd = np.stack([(r.fun(x + 1e-6 * e) - r.fun(x - 1e-6 * e)) / 2e-6 for e in np.eye(n)], 1)
+    np.testing.assert_allclose(r.jac(x).toarray(), fd, rtol=1e-6, atol=1e-8)
+    solved = least_squares(r.fun, np.zeros(n), jac=r.jac, xtol=1e-14, ftol=1e-14, gtol=1e-14)
+    assert np.abs(r.fun(solved.x)).max() < 1e-10
+    assert solved.x[0] == pytest.approx(1.0) and abs(solved.x[-1]) < 1e-10
+
+
+def test_scipy_residuals_checks_its_arguments():
+    ys, u = _heat(6)
+    with pytest.raises(ArgumentError, match="no value for input s"):
+        sg.scipy_residuals(ys, [u])
+    with pytest.raises(GradError, match=r"scipy_residuals: wrt\[0\] must be an input"):
+        sg.scipy_residuals(ys, [ys[0]], values={"s": np.zeros(4)})
+    r = sg.scipy_residuals(ys, [u], values={"s": np.zeros(4)}, backend="numpy")
+    with pytest.raises(ArgumentError, match=r"x must have shape \(6,\)"):
+        r.fun(np.zeros(5))
