@@ -181,7 +181,7 @@ class ScipyResiduals:
     >>> g = sg.Graph(); a, b = g.input("a"), g.input("b")
     >>> r = sg.scipy_residuals([a - 1.0, 10.0 * (b - a**2)], [a, b], backend="numpy")
     >>> r.fun([0.0, 0.0]).tolist(), r.jac([0.0, 0.0]).toarray().tolist()
-    ([-1.0, 0.0], [[1.0, 0.0], [-0.0, 10.0]])
+    ([-1.0, 0.0], [[1.0, 0.0], [0.0, 10.0]])
     """
 
     def __init__(self, ys, wrt, values: dict | None = None, backend: str = "llvm"):
