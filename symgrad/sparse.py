@@ -5,8 +5,10 @@ columns (forward mode: one ``jvp`` per colour, seeded with the colour's columns)
 (reverse mode: one vector-Jacobian product per colour), whichever needs fewer sweeps, builds
 the sweeps in a copy of the graph and compiles them into one function. ``sparse_hessian`` does
 the same with Hessian-vector products, forward over reverse (the tangent of the gradient along
-the colour's columns). Each entry is read straight from its sweep: no two columns (rows) of a
-colour share a row (column), so nothing is solved for.
+the colour's columns), over a star colouring of the Hessian's columns. Each entry is read
+straight from one sweep: for a Jacobian no two columns (rows) of a colour share a row (column);
+for a Hessian, each entry is alone of its colour in its row or, by symmetry, in its column. So
+nothing is solved for.
 
 The result is a ``SparseDerivative``: called like the ``CompiledFunction`` of ``ys``, it returns
 a ``scipy.sparse.csr_array`` of the fixed structure (entries that happen to be zero at this
@@ -31,6 +33,8 @@ from symgrad.sparsity import (
     color_columns,
     dependencies,
     gradient_copy,
+    recovery,
+    star_color,
 )
 
 
@@ -139,14 +143,28 @@ def sparse_hessian(y, wrt, lower: bool = False, **options) -> SparseDerivative:
     pattern = dependencies(grads, wrt_copy)
     sparse = _scipy_sparse()
     pattern = sparse.csr_array((pattern + pattern.T).astype(bool), dtype=bool)
-    colors = color_columns(pattern)
-    if lower:
-        pattern = sparse.csr_array(sparse.tril(pattern), dtype=bool)
     pattern.sort_indices()
+    colors, positions = _hessian_colors(pattern)
+    if lower:
+        keep = _rows(pattern) >= pattern.indices  # CSR order of the triangle: a subsequence
+        positions = positions[keep]
+        pattern = sparse.csr_array(sparse.tril(pattern), dtype=bool)
+        pattern.sort_indices()
     sweeps = [_tangents(grads, wrt_copy, colors == c) for c in range(_count(colors))]
-    positions = colors[pattern.indices] * pattern.shape[0] + _rows(pattern)
-    fn = _compiled(sweeps, names, options)
-    return SparseDerivative(fn, pattern, positions, _count(colors), "forward-over-reverse")
+    compiled = _compiled(sweeps, names, options)
+    return SparseDerivative(compiled, pattern, positions, _count(colors), "forward-over-reverse")
+
+
+def _hessian_colors(pattern) -> tuple[np.ndarray, np.ndarray]:
+    """Colours of the Hessian's columns and where each entry is read: a star colouring (fewer
+    colours; an entry read from its row or, mirrored, from its column), else distance-2."""
+    colors = star_color(pattern)
+    if colors is not None:
+        positions = recovery(pattern, colors)
+        if positions is not None:
+            return colors, positions
+    colors = color_columns(pattern)
+    return colors, colors[pattern.indices] * pattern.shape[0] + _rows(pattern)
 
 
 def _count(colors: np.ndarray) -> int:

@@ -15,8 +15,9 @@ copy (folding drops the products with constant zeros that the reverse sweep writ
 
 ``color_columns(pattern)`` colours the columns so that no two columns of a colour share a row
 (distance-2 colouring of the column intersection graph, networkx's greedy colouring in
-smallest-last order): one compressed sweep per colour recovers every entry directly. For a
-Hessian, colouring its columns the same way is the simple, direct (not star) colouring.
+smallest-last order): one compressed sweep per colour recovers every entry directly.
+``star_color`` colours a symmetric pattern's columns with fewer colours where rows share
+columns (an arrowhead: 2 colours instead of n), and ``recovery`` says where each entry is read.
 """
 
 from __future__ import annotations
@@ -286,3 +287,90 @@ def color_columns(pattern) -> np.ndarray:
     graph.add_edges_from(zip(meets.row[keep].tolist(), meets.col[keep].tolist()))
     colors = nx.greedy_color(graph, strategy="smallest_last")
     return np.array([colors[j] for j in range(n)], dtype=np.int64)
+
+
+def star_color(pattern) -> np.ndarray | None:
+    """A star colouring of the columns of the symmetric ``pattern`` (a proper colouring of its
+    adjacency graph in which every path on four vertices uses three colours), greedy in
+    smallest-last order, or None where this greedy pass leaves an entry it cannot recover.
+
+    Why: a Hessian entry H[i, j] is then read either from the product of column j's colour at
+    row i (if j is i's only neighbour of that colour) or from that of column i's colour at row
+    j. So a column shared by every row (one parameter in every term: an arrowhead) costs one
+    colour more, not one colour per column as a distance-2 colouring does.
+
+    A vertex v may not take: a neighbour's colour; the colours next to an uncoloured
+    neighbour w (two of them would meet at w); a colour a seen at x next to a coloured
+    neighbour w when x already has another neighbour of w's colour (v-w-x-y would alternate);
+    and, when two neighbours share a colour, any colour next to them (x-v-w-y would).
+    ``recovery`` checks the result, entry by entry.
+    """
+    sparse = _scipy_sparse()
+    p = sparse.csr_array(pattern, dtype=bool)
+    n = p.shape[0]
+    rows, cols = _off_diagonal(p)
+    graph = nx.Graph()
+    graph.add_nodes_from(range(n))
+    graph.add_edges_from(zip(rows.tolist(), cols.tolist()))
+    adj = [list(graph.adj[v]) for v in range(n)]
+    color = [-1] * n
+    count: list[dict[int, int]] = [{} for _ in range(n)]  # x -> colour -> coloured neighbours
+    bad: list[set[int]] = [set() for _ in range(n)]  # coloured w -> colours v may not take
+    seen: list[set[int]] = [set() for _ in range(n)]  # colours next to w
+    for v in nx.coloring.strategy_smallest_last(graph, {}):
+        forbidden: set[int] = set()
+        twice = {a for a, m in count[v].items() if m >= 2}
+        for w in adj[v]:
+            if color[w] >= 0:
+                forbidden.add(color[w])
+                forbidden |= bad[w]
+                if color[w] in twice:  # x-v-w-y with x, w of one colour: y's may not be v's
+                    forbidden |= seen[w]
+            else:
+                forbidden |= seen[w]
+        c = 0
+        while c in forbidden:
+            c += 1
+        color[v] = c
+        _note_colour(v, c, adj, color, count, bad, seen)
+    out = np.array(color, dtype=np.int64)
+    return out if recovery(p, out) is not None else None
+
+
+def _note_colour(v, c, adj, color, count, bad, seen) -> None:
+    """Update the walk's records after v took colour c."""
+    for x in adj[v]:
+        seen[x].add(c)
+        count[x][c] = count[x].get(c, 0) + 1
+        if color[x] >= 0 and count[x][c] == 2:  # x now has two neighbours of colour c
+            for w in adj[x]:
+                if color[w] == c:  # v among them
+                    bad[w].add(color[x])
+        elif color[x] >= 0 and count[x][c] > 2:  # the others were told: v is new
+            bad[v].add(color[x])
+    for w in adj[v]:  # v itself is an x for its coloured neighbours w
+        if color[w] >= 0 and count[v].get(color[w], 0) >= 2:
+            bad[w].add(c)
+
+
+def _off_diagonal(p):
+    coo = p.tocoo()
+    keep = coo.row != coo.col
+    return coo.row[keep], coo.col[keep]
+
+
+def recovery(pattern, colors: np.ndarray) -> np.ndarray | None:
+    """For each entry (i, j) of the symmetric ``pattern`` in CSR order, the (row, colour) of the
+    compressed products ``B = H S`` that holds it, as one flat index ``colour * n + row``; None
+    if an entry cannot be read directly (two columns of one colour meet it from both sides)."""
+    n = pattern.shape[0]
+    k = int(colors.max()) + 1 if n else 0
+    rows = np.repeat(np.arange(n), np.diff(pattern.indptr))
+    cols = pattern.indices
+    # How many columns of each colour row i holds (the diagonal included).
+    per_row = np.bincount(rows * k + colors[cols], minlength=n * k).reshape(n, k)
+    direct = per_row[rows, colors[cols]] == 1  # (H S)[i, c(j)] = H[i, j]
+    mirror = per_row[cols, colors[rows]] == 1  # (H S)[j, c(i)] = H[j, i] = H[i, j]
+    if not np.all(direct | mirror):
+        return None
+    return np.where(direct, colors[cols] * n + rows, colors[rows] * n + cols)

@@ -192,3 +192,59 @@ def test_a_chain_of_additions_is_walked_in_linear_work():
             sparsity._Walk._scalar_union = real
         sizes[n] = sum(copied)
     assert sizes[200] <= 2 * 200 and sizes[400] <= 2 * 400, sizes
+
+
+def _bicoloured_paths(pattern, colors) -> int:
+    """Paths a-b-c-d of the adjacency graph coloured x-y-x-y (a star colouring has none)."""
+    dense = pattern.toarray()
+    np.fill_diagonal(dense, False)
+    adj = [np.flatnonzero(row).tolist() for row in dense]
+    found = 0
+    for a, near in enumerate(adj):
+        for b in near:
+            for c in adj[b]:
+                if c != a and colors[c] == colors[a]:
+                    found += sum(colors[d] == colors[b] for d in adj[c] if d not in (a, b))
+    return found
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_star_coloring_is_proper_without_bicoloured_paths(seed):
+    import scipy.sparse as sparse
+
+    from symgrad.sparsity import recovery, star_color
+
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(10, 50))
+    dense = rng.random((m, m)) < rng.uniform(0.03, 0.3)
+    pattern = sparse.csr_array(dense | dense.T | np.eye(m, dtype=bool))
+    colors = star_color(pattern)
+    assert colors is not None
+    rows, cols = pattern.nonzero()
+    off = rows != cols
+    assert np.all(colors[rows[off]] != colors[cols[off]])
+    assert _bicoloured_paths(pattern, colors) == 0
+    assert colors.max() <= color_columns(pattern).max()  # never more than distance-2
+    # Each entry is read from one product: recovering a random symmetric H from H S exactly.
+    values = sparse.csr_array((rng.normal(size=pattern.nnz), pattern.indices, pattern.indptr))
+    values = (values + values.T).tocsr()
+    values.sort_indices()
+    seeds = np.eye(int(colors.max()) + 1)[colors]  # S: column j is 1 in its colour
+    products = (values @ seeds).T.ravel()  # (H S)[row, colour] at colour * m + row
+    positions = recovery(values != 0, colors)
+    np.testing.assert_allclose(products[positions], values.data, rtol=1e-12)
+
+
+def test_an_arrowhead_hessian_takes_two_colours():
+    g = sg.Graph()
+    x, a = g.input("x", shape=(30,)), g.input("a")
+    f = sg.sum((x - a) ** 2 * sg.exp(a * x))  # every term reads a: row and column a are full
+    H = sg.sparse_hessian(f, [x, a])
+    assert (H.nnz, H.colors) == (30 + 2 * 30 + 1, 2)
+    values = {"x": np.linspace(0.0, 1.0, 30), "a": 0.3}
+    dense = [[sg.evaluate(e, **values) for e in row] for row in sg.hessian(f, [x, a])]
+    xx, xa, ax, aa = dense[0][0], dense[0][1], dense[1][0], dense[1][1]
+    want = np.block([[xx, np.reshape(xa, (30, 1))], [np.reshape(ax, (1, 30)), aa]])
+    np.testing.assert_allclose(H(**values).toarray(), want, rtol=1e-12, atol=1e-13)
+    lower = sg.sparse_hessian(f, [x, a], lower=True)
+    np.testing.assert_allclose(lower(**values).toarray(), np.tril(want), rtol=1e-12, atol=1e-13)
