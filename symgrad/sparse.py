@@ -107,22 +107,16 @@ def sparse_jacobian(ys, wrt, mode: str = "auto", **options) -> SparseDerivative:
     flat = expand([*ys, *wrt])
     ys, wrt = flat[: len(ys)], flat[len(ys) :]
     pattern = dependencies(ys, wrt)
-    by_column = color_columns(pattern)
-    by_row = color_columns(pattern.T)
-    n_col, n_row = _count(by_column), _count(by_row)
-    if mode == "auto":
-        mode = "forward" if n_col <= n_row else "reverse"
+    mode, colors = _jacobian_colors(pattern, mode)
     m, n = pattern.shape
     if mode == "forward":
-        sweeps = [_tangents(ys, wrt, by_column == c) for c in range(n_col)]
-        positions = by_column[pattern.indices] * m + _rows(pattern)
-        colors = n_col
+        sweeps = [_tangents(ys, wrt, colors == c) for c in range(_count(colors))]
+        positions = colors[pattern.indices] * m + _rows(pattern)
     else:
-        sweeps = [_cotangents(ys, wrt, by_row == c) for c in range(n_row)]
-        positions = by_row[_rows(pattern)] * n + pattern.indices
-        colors = n_row
-    fn = _compiled(sweeps, names, options)
-    return SparseDerivative(fn, pattern, positions, colors, mode)
+        sweeps = [_cotangents(ys, wrt, colors == c) for c in range(_count(colors))]
+        positions = colors[_rows(pattern)] * n + pattern.indices
+    compiled = _compiled(sweeps, names, options)
+    return SparseDerivative(compiled, pattern, positions, _count(colors), mode)
 
 
 def sparse_hessian(y, wrt, lower: bool = False, **options) -> SparseDerivative:
@@ -153,6 +147,24 @@ def sparse_hessian(y, wrt, lower: bool = False, **options) -> SparseDerivative:
     sweeps = [_tangents(grads, wrt_copy, colors == c) for c in range(_count(colors))]
     compiled = _compiled(sweeps, names, options)
     return SparseDerivative(compiled, pattern, positions, _count(colors), "forward-over-reverse")
+
+
+def _jacobian_colors(pattern, mode: str) -> tuple[str, np.ndarray]:
+    """The mode and the colours of the columns (forward) or rows (reverse). ``"auto"`` colours
+    the rows too only if they might need fewer colours than the columns took: rows need at
+    least as many colours as the fullest column has entries."""
+    if mode == "reverse":
+        return mode, color_columns(pattern.T)
+    by_column = color_columns(pattern)
+    if mode == "forward":
+        return mode, by_column
+    fullest = int(np.diff(pattern.tocsc().indptr).max(initial=0))
+    if _count(by_column) <= fullest:
+        return "forward", by_column
+    by_row = color_columns(pattern.T)
+    if _count(by_column) <= _count(by_row):
+        return "forward", by_column
+    return "reverse", by_row
 
 
 def _hessian_colors(pattern) -> tuple[np.ndarray, np.ndarray]:
