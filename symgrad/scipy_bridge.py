@@ -226,7 +226,8 @@ class ScipyResiduals:
     def fun(self, x) -> np.ndarray:
         """The residuals at the flat parameters ``x``, one flat vector."""
         args = _arguments(self.names, self._split(x), self._fixed_names, self._fixed)
-        return np.concatenate([np.ravel(r) for r in self._residuals(**args)])
+        read = {n: args[n] for n in self._residuals.inputs}  # a wrt ys do not read: no argument
+        return np.concatenate([np.ravel(r) for r in self._residuals(**read)])
 
     def jac(self, x):
         """The Jacobian of the residuals at ``x``, a ``scipy.sparse.csr_array``."""

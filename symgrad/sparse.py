@@ -41,8 +41,9 @@ from symgrad.sparsity import (
 class SparseDerivative:
     """A compiled sparse Jacobian or Hessian of fixed structure (see the module docstring)."""
 
-    def __init__(self, compiled, pattern, positions: np.ndarray, colors: int, mode: str):
+    def __init__(self, compiled, pattern, positions: np.ndarray, colors: int, mode: str, names):
         self._fn, self._one_block = compiled
+        self._names = tuple(names)
         self.shape = pattern.shape
         self._indptr, self._indices = pattern.indptr.copy(), pattern.indices.copy()
         self.rows = np.repeat(np.arange(self.shape[0]), np.diff(self._indptr))
@@ -55,7 +56,7 @@ class SparseDerivative:
     @property
     def inputs(self) -> tuple[str, ...]:
         """The argument names, in order (those of the graph as written)."""
-        return self._fn.inputs if self._fn is not None else ()
+        return self._names
 
     def values(self, /, *args, **kwargs) -> np.ndarray:
         """The nonzero entries' values at a point, in the order of ``rows`` and ``cols``."""
@@ -101,7 +102,7 @@ def sparse_jacobian(ys, wrt, mode: str = "auto", **options) -> SparseDerivative:
             f"sparse_jacobian: mode must be 'auto', 'forward' or 'reverse', got {mode!r}"
         )
     ys, wrt = _checked(ys, wrt, "sparse_jacobian")
-    names = _input_shapes(ys)
+    names = _input_shapes(ys, wrt)
     from symgrad.optimize.expand import expand
 
     flat = expand([*ys, *wrt])
@@ -116,7 +117,7 @@ def sparse_jacobian(ys, wrt, mode: str = "auto", **options) -> SparseDerivative:
         sweeps = [_cotangents(ys, wrt, colors == c) for c in range(_count(colors))]
         positions = colors[_rows(pattern)] * n + pattern.indices
     compiled = _compiled(sweeps, names, options)
-    return SparseDerivative(compiled, pattern, positions, _count(colors), mode)
+    return SparseDerivative(compiled, pattern, positions, _count(colors), mode, names)
 
 
 def sparse_hessian(y, wrt, lower: bool = False, **options) -> SparseDerivative:
@@ -133,7 +134,7 @@ def sparse_hessian(y, wrt, lower: bool = False, **options) -> SparseDerivative:
     if type(lower) is not bool:
         raise ArgumentError(f"sparse_hessian: lower must be True or False, got {lower!r}")
     grads, wrt_copy = gradient_copy(y, wrt, "sparse_hessian")
-    names = _input_shapes([y])
+    names = _input_shapes([y], wrt)
     pattern = dependencies(grads, wrt_copy)
     sparse = _scipy_sparse()
     pattern = sparse.csr_array((pattern + pattern.T).astype(bool), dtype=bool)
@@ -146,13 +147,18 @@ def sparse_hessian(y, wrt, lower: bool = False, **options) -> SparseDerivative:
         pattern.sort_indices()
     sweeps = [_tangents(grads, wrt_copy, colors == c) for c in range(_count(colors))]
     compiled = _compiled(sweeps, names, options)
-    return SparseDerivative(compiled, pattern, positions, _count(colors), "forward-over-reverse")
+    return SparseDerivative(
+        compiled, pattern, positions, _count(colors), "forward-over-reverse", names
+    )
 
 
 def _jacobian_colors(pattern, mode: str) -> tuple[str, np.ndarray]:
     """The mode and the colours of the columns (forward) or rows (reverse). ``"auto"`` colours
     the rows too only if they might need fewer colours than the columns took: rows need at
-    least as many colours as the fullest column has entries."""
+    least as many colours as the fullest column has entries. No entry: no colour, no sweep."""
+    if pattern.nnz == 0:
+        side = pattern.shape[0] if mode == "reverse" else pattern.shape[1]
+        return ("forward" if mode == "auto" else mode), np.full(side, -1, np.int64)
     if mode == "reverse":
         return mode, color_columns(pattern.T)
     by_column = color_columns(pattern)
@@ -169,7 +175,10 @@ def _jacobian_colors(pattern, mode: str) -> tuple[str, np.ndarray]:
 
 def _hessian_colors(pattern) -> tuple[np.ndarray, np.ndarray]:
     """Colours of the Hessian's columns and where each entry is read: a star colouring (fewer
-    colours; an entry read from its row or, mirrored, from its column), else distance-2."""
+    colours; an entry read from its row or, mirrored, from its column), else distance-2. No
+    entry: no colour, no sweep."""
+    if pattern.nnz == 0:
+        return np.full(pattern.shape[0], -1, np.int64), np.zeros(0, np.int64)
     colors = star_color(pattern)
     if colors is not None:
         positions = recovery(pattern, colors)
@@ -187,13 +196,18 @@ def _rows(pattern) -> np.ndarray:
     return np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
 
 
-def _input_shapes(ys: list[Expr]) -> dict[str, tuple[int, ...]]:
-    """The inputs ``ys`` reach in their graph as written, in creation order, and their shapes."""
+def _input_shapes(ys: list[Expr], wrt) -> dict[str, tuple[int, ...]]:
+    """The arguments: the inputs ``ys`` reach in their graph as written and the inputs among
+    ``wrt`` (a column the outputs do not read is still a column, of zeros), in creation order,
+    with their shapes."""
     graph = ys[0].graph
     nodes = graph.nx._node
+    wrt = [wrt] if isinstance(wrt, Expr) else list(wrt)
+    ids = set(reachable(graph, [y.id for y in ys]))
+    ids |= {w.id for w in wrt if isinstance(w, Expr) and w.graph is graph and w.op == "input"}
     return {
         dict(nodes[i]["attrs"])["name"]: nodes[i]["shape"]
-        for i in reachable(graph, [y.id for y in ys])
+        for i in sorted(ids)
         if nodes[i]["op"] == "input"
     }
 

@@ -248,3 +248,27 @@ def test_an_arrowhead_hessian_takes_two_colours():
     np.testing.assert_allclose(H(**values).toarray(), want, rtol=1e-12, atol=1e-13)
     lower = sg.sparse_hessian(f, [x, a], lower=True)
     np.testing.assert_allclose(lower(**values).toarray(), np.tril(want), rtol=1e-12, atol=1e-13)
+
+
+def test_a_wrt_the_outputs_do_not_read_is_a_column_of_zeros():
+    g = sg.Graph()
+    x, y = g.input("x", shape=(3,)), g.input("y")
+    J = sg.sparse_jacobian([x * 2.0], [x, y])
+    assert J.inputs == ("x", "y") and J.shape == (3, 4)
+    np.testing.assert_array_equal(J(x=np.ones(3), y=5.0).toarray(), np.c_[2 * np.eye(3), [0, 0, 0]])
+    r = sg.scipy_residuals([x * 2.0], [x, y])
+    np.testing.assert_array_equal(r.fun(np.ones(4)), [2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(r.jac(np.ones(4)).toarray(), np.c_[2 * np.eye(3), [0, 0, 0]])
+    h = sg.scipy_objective(sg.sum(x * x), [x, y]).sparse_hess(np.ones(4)).toarray()
+    np.testing.assert_array_equal(h, np.diag([2.0, 2.0, 2.0, 0.0]))
+
+
+def test_no_entry_means_no_sweep():
+    g = sg.Graph()
+    x, y = g.input("x", shape=(3,)), g.input("y")
+    H = sg.sparse_hessian(x[0] + y, [x, y])  # linear: the Hessian is structurally zero
+    J = sg.sparse_jacobian([sg.sign(x)], [x])  # piecewise constant
+    for D, shape in ((H, (4, 4)), (J, (3, 3))):
+        assert (D.nnz, D.colors, D.shape) == (0, 0, shape)
+    assert H.inputs == ("x", "y")
+    assert not H(x=np.ones(3), y=1.0).toarray().any()
