@@ -174,3 +174,23 @@ def test_hvp_forward_over_reverse_equals_reverse_over_reverse():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     with pytest.raises(GradError, match="mode must be"):
         sg.hvp(f, [x, w], v, mode="forward")
+
+
+@pytest.mark.parametrize("name", DIFF_OPS + TENSOR_OPS)
+def test_second_order_forward_over_reverse_matches_differences(name):
+    # The tangent of each op's VJP (its second derivative along v, weighted by u) against
+    # central differences of the VJP itself.
+    rng = np.random.default_rng(2)
+    g, xs, y, values = _case(name, rng)
+    v = [rng.normal(size=x.shape) for x in xs]
+    u = rng.normal(size=y.shape)
+    weighted = sg.sum(y * g.const(u)) if y.shape else y * float(u)
+    grads = sg.build_grad(weighted, xs)
+    got = np.concatenate([np.ravel(t) for t in sg.evaluate(sg.jvp(grads, xs, v), **values)])
+
+    def along(s):
+        moved = {x.name: values[x.name] + s * vk for x, vk in zip(xs, v)}
+        return np.concatenate([np.ravel(d) for d in sg.evaluate(grads, **moved)])
+
+    want = central_difference(along, 0.0, step=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
