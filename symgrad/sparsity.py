@@ -86,8 +86,16 @@ def gradient_copy(y, wrt, what: str) -> tuple[list[Expr], list[Expr]]:
         raise GradError(f"{what}: y must be a scalar, got shape {y.shape}")
     copy = expand([y, *wrt])
     grads = build_grad(copy[0], copy[1:])
-    flat = expand(optimize([*grads, *copy[1:]]))
+    flat = optimize([*grads, *copy[1:]])
+    if _composite(flat):  # the VJP rules wrote a composite op: expand it too
+        flat = expand(flat)
     return flat[: len(wrt)], flat[len(wrt) :]
+
+
+def _composite(outputs: list[Expr]) -> bool:
+    graph = outputs[0].graph
+    nodes = graph.nx._node
+    return any(OPS[nodes[i]["op"]].expand for i in reachable(graph, [e.id for e in outputs]))
 
 
 def _checked(ys, wrt, what: str) -> tuple[list[Expr], list[Expr]]:
