@@ -52,13 +52,8 @@ class ScipyObjective:
             grads = build_grad(f, wrt)
             directions = [graph.input(_fresh(graph, f"v_{w.name}"), shape=w.shape) for w in wrt]
             products = hvp(f, wrt, directions)
-            fixed = [n for n in compile(f, backend="numpy").inputs if n not in self.names]
-            unknown = sorted(set(self.values) - set(fixed))
-            if unknown:
-                raise ArgumentError(f"scipy_objective: values for {unknown} which f does not use")
-            missing = [n for n in fixed if n not in self.values]
-            if missing:
-                raise ArgumentError(f"scipy_objective: no value for input {', '.join(missing)}")
+            reads = compile(f, backend="numpy").inputs
+            fixed = _fixed_inputs("scipy_objective", "f does", reads, self.names, self.values)
             self._fixed = [self.values[n] for n in fixed]
             inputs = self.names + fixed
             self._value_grad = compile([f, *grads], inputs=inputs, backend=backend)
@@ -150,11 +145,7 @@ class ScipyObjective:
     @property
     def hess_sparsity(self):
         """The structure of the Hessian (a boolean csr_array), read off the graph."""
-        from symgrad.sparsity import _scipy_sparse
-
-        h = self._sparse_hessian()
-        data = np.ones(h.nnz, dtype=bool)
-        return _scipy_sparse().csr_array((data, (h.rows, h.cols)), shape=h.shape)
+        return self._sparse_hessian().pattern
 
     def sparse_hess(self, x):
         """The Hessian of f at ``x`` as a ``scipy.sparse.csr_array`` of fixed structure."""
@@ -196,21 +187,11 @@ class ScipyResiduals:
         self.size = sum(int(np.prod(s)) for s in self.shapes)
         self.values = _checked_values(values)
         self._residuals = compile(ys, backend=backend)
-        fixed = [n for n in self._residuals.inputs if n not in self.names]
-        unknown = sorted(set(self.values) - set(fixed))
-        if unknown:
-            raise ArgumentError(f"scipy_residuals: values for {unknown} which ys do not use")
-        missing = [n for n in fixed if n not in self.values]
-        if missing:
-            raise ArgumentError(f"scipy_residuals: no value for input {', '.join(missing)}")
+        reads = self._residuals.inputs
+        fixed = _fixed_inputs("scipy_residuals", "ys do", reads, self.names, self.values)
         self._fixed_names, self._fixed = fixed, [self.values[n] for n in fixed]
         self._jac = sparse_jacobian(ys, wrt, backend=backend)
-        data = np.ones(self._jac.nnz, dtype=bool)
-        from symgrad.sparsity import _scipy_sparse
-
-        self.jac_sparsity = _scipy_sparse().csr_array(
-            (data, (self._jac.rows, self._jac.cols)), shape=self._jac.shape
-        )
+        self.jac_sparsity = self._jac.pattern
 
     def _split(self, x) -> list:
         x = _real_array(x, "x")
@@ -239,6 +220,18 @@ def scipy_residuals(ys, wrt, values: dict | None = None, backend: str = "llvm"):
     the flat vector of ``wrt``: ``least_squares(r.fun, x0, jac=r.jac)`` (SciPy then solves with
     LSMR, for a sparse Jacobian); ``r.jac_sparsity`` is the structure."""
     return ScipyResiduals(ys, wrt, values=values, backend=backend)
+
+
+def _fixed_inputs(what: str, who: str, reads, names: list[str], values: dict) -> list[str]:
+    """The inputs read besides ``names``: each must have a value, and each value an input."""
+    fixed = [n for n in reads if n not in names]
+    unknown = sorted(set(values) - set(fixed))
+    if unknown:
+        raise ArgumentError(f"{what}: values for {unknown} which {who} not use")
+    missing = [n for n in fixed if n not in values]
+    if missing:
+        raise ArgumentError(f"{what}: no value for input {', '.join(missing)}")
+    return fixed
 
 
 def _arguments(names, parts, fixed_names, fixed) -> dict:

@@ -54,6 +54,12 @@ class SparseDerivative:
         self._positions = positions  # entry k is the sweeps' flat output at positions[k]
 
     @property
+    def pattern(self):
+        """The structure, a boolean csr_array."""
+        data = np.ones(self.nnz, dtype=bool)
+        return _scipy_sparse().csr_array((data, self._indices, self._indptr), shape=self.shape)
+
+    @property
     def inputs(self) -> tuple[str, ...]:
         """The argument names, in order (those of the graph as written)."""
         return self._names
