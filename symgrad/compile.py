@@ -23,6 +23,7 @@ from operator import itemgetter
 
 import numpy as np
 
+from symgrad import blas
 from symgrad.arguments import (
     as_tensor,
     broadcast,
@@ -66,6 +67,9 @@ class CompiledFunction:
         self.graph = flat[0].graph
         self.backend = backend
         self.options = options
+        # Backend-neutral: how many threads the BLAS of matmul may use during a call (blas.py).
+        self._blas_threads = blas.checked(options.get("blas_threads", blas.DEFAULT_THREADS))
+        options = {k: v for k, v in options.items() if k != "blas_threads"}
         self.optimized = optimize
         self.program = Program.of(self.graph, [e.id for e in flat])
         self._slots = {name: k for k, name in enumerate(self.inputs)}
@@ -232,7 +236,8 @@ class CompiledFunction:
             else:
                 rows = block.reshape((count,) + shape)
                 flat.extend(rows[j, ...] for j in range(count))
-        self._executor.run_tensor(arrays, flat)
+        with blas.threads(self._blas_threads):
+            self._executor.run_tensor(arrays, flat)
         return tuple(blocks)
 
     def _allocate(self, batch: tuple[int, ...]):
@@ -286,8 +291,8 @@ def _unpickled_call(state) -> tuple[list, list, str, dict]:
             raise GraphError(f"its graph is a {type(graph).__name__}, not a Graph")
         if not isinstance(inputs, list) or not all(isinstance(n, str) for n in inputs):
             raise GraphError("inputs must be a list of names")
-        if not isinstance(options, dict) or not set(options) <= {"threads", "opt"}:
-            raise GraphError("options must be a dict of 'threads' and 'opt'")
+        if not isinstance(options, dict) or not set(options) <= {"threads", "opt", "blas_threads"}:
+            raise GraphError("options must be a dict of 'threads', 'opt' and 'blas_threads'")
         outputs = unflatten(graph, state["outputs"], state["layout"])
         return outputs, inputs, state["backend"], options
     except GraphError as err:
@@ -375,7 +380,10 @@ def compile(
     overflow or lose accuracy (``log(1 + exp(z))`` is ``softplus(z)``), constants folded, shared
     subexpressions merged, the rest pruned; ``fn.graph`` is that graph, and ``fn.inputs`` stays the
     inputs of the graph as written. ``optimize=False`` compiles the outputs exactly as written.
-    Options of the llvm backend:
+    ``blas_threads`` (both backends): how many threads the BLAS that matrix products call may
+    use during a call of a tensor function (1 by default, measured in ``symgrad/blas.py``;
+    None leaves the BLAS as it is); the count is restored after the call. Options of the llvm
+    backend:
     ``threads`` (None: chosen by batch size and work per point; or an int >= 1) and ``opt``
     (1: LLVM's passes; 0: none, for debugging). The call returns one float64 array per item of
     ``outputs``: an Expr gives the batch shape, a list of n batch + (n,), a list of lists

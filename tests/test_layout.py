@@ -24,6 +24,7 @@ PACKAGE = Path(symgrad.__file__).parent
 LAYERS = {
     "symgrad.errors": 0,
     "symgrad.ops": 0,
+    "symgrad.blas": 0,
     "symgrad.graph": 1,
     "symgrad.outputs": 2,
     "symgrad.tensor": 2,
