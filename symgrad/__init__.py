@@ -35,7 +35,7 @@ from symgrad.scipy_bridge import ScipyObjective, scipy_objective, scipy_residual
 from symgrad.sparse import SparseDerivative, sparse_hessian, sparse_jacobian
 from symgrad.sparsity import hessian_sparsity, jacobian_sparsity
 from symgrad.tensor import TENSOR_FUNCTIONS as _TENSOR_FUNCTIONS
-from symgrad.tensor import stack  # a list operand: not a function of the text language
+from symgrad.tensor import concatenate, cross, norm, stack, tril, triu  # not in the text language
 
 __version__ = "0.1.0"
 
@@ -92,6 +92,11 @@ __all__ = [
     "sparse_hessian",
     "sparse_jacobian",
     "stack",
+    "concatenate",
+    "cross",
+    "norm",
+    "tril",
+    "triu",
     "to_dot",
     "to_svg",
     "to_sympy",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 from symgrad.errors import ArgumentError, GraphError, ShapeError
 from symgrad.graph import Expr, matmul  # matmul: a @ b, so it lives with Expr
 
@@ -149,39 +151,150 @@ def max_pool2d(x, kernel_size=2, stride=None) -> Expr:
 
 
 @_atomic
+def _same_graph(op: str, exprs) -> list[Expr]:
+    """``exprs`` as a non-empty list of Exprs of one graph (ArgumentError, GraphError else)."""
+    if not isinstance(exprs, (list, tuple)) or not exprs:
+        raise ArgumentError(f"{op}: exprs must be a non-empty list of Exprs")
+    items = [_as_expr(f"{op}: exprs[{k}]", e) for k, e in enumerate(exprs)]
+    for k, e in enumerate(items[1:], 1):
+        if e.graph is not items[0].graph:
+            raise GraphError(f"{op}: exprs[{k}] belongs to another graph than exprs[0]")
+    return items
+
+
+def _axis(op: str, axis, ndim: int) -> int:
+    """``axis`` of ``ndim`` dimensions, negative counted from the end (ArgumentError else)."""
+    if type(axis) is not int or not -ndim <= axis < ndim:
+        raise ArgumentError(f"{op}: axis must be an int in [{-ndim}, {ndim - 1}], got {axis!r}")
+    return axis % ndim
+
+
+def _placed(graph, items: list[Expr], indices: list[tuple], out: tuple[int, ...]) -> Expr:
+    """Each item placed at its index in zeros of shape ``out`` (``embed``), the placements
+    added: how stack and concatenate are written, so the backends and both derivative modes
+    need nothing new. A failure part-way (max_nodes) leaves no placement behind."""
+    total = None
+    with graph.atomic():
+        for e, index in zip(items, indices):
+            part = graph.apply("embed", e, index=index, shape=out)
+            total = part if total is None else total + part
+    return total
+
+
 def stack(exprs, axis=0) -> Expr:
     """The ``Expr``s of ``exprs`` (all of one shape and graph) stacked along a new ``axis``, as
     ``numpy.stack``: each placed in zeros of the result's shape (``embed``, getitem's adjoint)
-    and the placements added, so the backends and both derivative modes need nothing new.
+    and the placements added. An n-item stack costs n placements of the whole result: fine for
+    tens of items (a Jacobian's columns, a small matrix's rows).
 
     >>> from symgrad.graph import Graph
     >>> g = Graph(); a, b = g.input("a", shape=(3,)), g.input("b", shape=(3,))
     >>> stack([a, b]).shape, stack([a, b], axis=1).shape, stack([g.input("c")] * 2).shape
     ((2, 3), (3, 2), (2,))
     """
-    if not isinstance(exprs, (list, tuple)) or not exprs:
-        raise ArgumentError("stack: exprs must be a non-empty list of Exprs")
-    items = [_as_expr(f"stack: exprs[{k}]", e) for k, e in enumerate(exprs)]
+    items = _same_graph("stack", exprs)
     graph, shape = items[0].graph, items[0].shape
     for k, e in enumerate(items[1:], 1):
-        if e.graph is not graph:
-            raise GraphError(f"stack: exprs[{k}] belongs to another graph than exprs[0]")
         if e.shape != shape:
             raise ShapeError(f"stack: exprs[{k}] has shape {e.shape} but exprs[0] has {shape}")
-    if type(axis) is not int or not -len(shape) - 1 <= axis <= len(shape):
-        raise ArgumentError(f"stack: axis must be an int in [{-len(shape) - 1}, {len(shape)}], "
-                            f"got {axis!r}")  # fmt: skip
-    axis %= len(shape) + 1
+    axis = _axis("stack", axis, len(shape) + 1)
     out = (*shape[:axis], len(items), *shape[axis:])
     if len(items) == 1:
         return graph.apply("reshape", items[0], shape=out)
-    total = None
-    with graph.atomic():  # a failure part-way (max_nodes) leaves no placement behind
-        for k, e in enumerate(items):
-            index = (slice(None),) * axis + (k,)
-            part = graph.apply("embed", e, index=index, shape=out)
-            total = part if total is None else total + part
-    return total
+    return _placed(graph, items, [(slice(None),) * axis + (k,) for k in range(len(items))], out)
+
+
+def concatenate(exprs, axis=0) -> Expr:
+    """The ``Expr``s of ``exprs`` joined along an existing ``axis``, as ``numpy.concatenate``
+    (written like ``stack``: each placed at its slice of the result, the placements added).
+
+    >>> from symgrad.graph import Graph
+    >>> g = Graph(); a, b = g.input("a", shape=(2, 3)), g.input("b", shape=(4, 3))
+    >>> concatenate([a, b]).shape, concatenate([a, a], axis=1).shape
+    ((6, 3), (2, 6))
+    """
+    items = _same_graph("concatenate", exprs)
+    graph, shape = items[0].graph, items[0].shape
+    if not shape:
+        raise ShapeError("concatenate: exprs[0] is a scalar: stack scalars instead")
+    axis = _axis("concatenate", axis, len(shape))
+    for k, e in enumerate(items[1:], 1):
+        if len(e.shape) != len(shape) or any(
+            n != m for d, (n, m) in enumerate(zip(e.shape, shape)) if d != axis
+        ):
+            raise ShapeError(
+                f"concatenate: exprs[{k}] has shape {e.shape}, which does not join exprs[0]'s "
+                f"{shape} along axis {axis}"
+            )
+    if len(items) == 1:
+        return items[0]
+    starts = [0]
+    for e in items:
+        starts.append(starts[-1] + e.shape[axis])
+    out = (*shape[:axis], starts[-1], *shape[axis + 1 :])
+    indices = [(slice(None),) * axis + (slice(lo, hi),) for lo, hi in zip(starts, starts[1:])]
+    return _placed(graph, items, indices, out)
+
+
+@_atomic
+def cross(a, b) -> Expr:
+    """The cross product of two 3-vectors (the last axis of each, which must be 3; the others
+    broadcast), as ``numpy.cross``.
+
+    >>> from symgrad.graph import Graph
+    >>> g = Graph(); u, v = g.input("u", shape=(3,)), g.input("v", shape=(5, 3))
+    >>> cross(u, v).shape
+    (5, 3)
+    """
+    a, b = _as_expr("cross", a), _as_expr("cross", b)
+    if a.graph is not b.graph:
+        raise GraphError("cross: b belongs to another graph than a")
+    for name, x in (("a", a), ("b", b)):
+        if not x.shape or x.shape[-1] != 3:
+            raise ShapeError(f"cross: {name} has shape {x.shape}: its last axis must be 3")
+    ax, ay, az = (a[..., k] for k in range(3))
+    bx, by, bz = (b[..., k] for k in range(3))
+    parts = [ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx]
+    shape = parts[0].shape
+    parts = [p if p.shape == shape else broadcast_to(p, shape) for p in parts]
+    return stack(parts, axis=-1)
+
+
+@_atomic
+def norm(x, axis=None, keepdims=False) -> Expr:
+    """The Euclidean norm over all elements or over ``axis``: ``sqrt(sum(x * x))``. Its
+    gradient at 0 is nan (0/0), as ``sqrt``'s is.
+
+    >>> from symgrad.graph import Graph
+    >>> x = Graph().input("x", shape=(4, 3))
+    >>> norm(x).shape, norm(x, axis=1).shape
+    ((), (4,))
+    """
+    x = _as_expr("norm", x)
+    return x.graph.apply("sqrt", sum(x * x, axis=axis, keepdims=keepdims))
+
+
+def _triangle(op: str, x, k, lower: bool) -> Expr:
+    x = _as_expr(op, x)
+    if len(x.shape) < 2:
+        raise ShapeError(f"{op}: x has shape {x.shape}, not a matrix (or a stack of them)")
+    if type(k) is not int:
+        raise ArgumentError(f"{op}: k must be an int, got {k!r}")
+    rows, cols = x.shape[-2:]
+    ones = np.ones((rows, cols))
+    mask = np.tril(ones, k) if lower else np.triu(ones, k)
+    return x * x.graph.const(mask)
+
+
+def tril(x, k=0) -> Expr:
+    """``x`` with the entries above the ``k``-th diagonal set to 0, as ``numpy.tril`` (the last
+    two axes; a constant 0/1 mask, so entries above get no gradient)."""
+    return _triangle("tril", x, k, lower=True)
+
+
+def triu(x, k=0) -> Expr:
+    """``x`` with the entries below the ``k``-th diagonal set to 0, as ``numpy.triu``."""
+    return _triangle("triu", x, k, lower=False)
 
 
 def mse(prediction, target) -> Expr:

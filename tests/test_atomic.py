@@ -406,6 +406,27 @@ add("stack", "of two graphs", GraphError, r"exprs\[1\] belongs to another graph"
 add("stack", "max_nodes reached part-way", GraphError, "max_nodes",
     lambda e: sg.stack([e.v, e.v, e.v]),
     setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 3))  # fmt: skip
+add("concatenate", "shapes do not join", ShapeError, "does not join",
+    lambda e: sg.concatenate([e.W, e.u]))  # fmt: skip
+add("concatenate", "axis 2 of matrices", ArgumentError, r"axis must be an int in \[-2, 1\]",
+    lambda e: sg.concatenate([e.W, e.W], axis=2))  # fmt: skip
+add("concatenate", "scalars", ShapeError, "stack scalars instead",
+    lambda e: sg.concatenate([e.x, e.y]))  # fmt: skip
+add("concatenate", "max_nodes reached part-way", GraphError, "max_nodes",
+    lambda e: sg.concatenate([e.W, e.W, e.W]),
+    setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 2))  # fmt: skip
+add("cross", "last axis 4", ShapeError, r"b has shape \(4,\): its last axis must be 3",
+    lambda e: sg.cross(e.v, e.u))  # fmt: skip
+add("cross", "of two graphs", GraphError, "another graph",
+    lambda e: sg.cross(e.v, e.ox))  # fmt: skip
+add("cross", "max_nodes reached part-way", GraphError, "max_nodes",
+    lambda e: sg.cross(e.v, e.v),
+    setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 9))  # fmt: skip
+add("norm", "axis 2 of a vector", ShapeError, "axis 2 is out of range",
+    lambda e: sg.norm(e.v, axis=2))  # fmt: skip
+add("norm", "a str", GraphError, "norm: operand is a str", lambda e: sg.norm("v"))
+add("tril", "a vector", ShapeError, r"x has shape \(3,\), not a matrix", lambda e: sg.tril(e.v))
+add("triu", "k a float", ArgumentError, "k must be an int", lambda e: sg.triu(e.W, 0.5))
 add("sum", "axis 3", ShapeError, "axis 3 is out of range", lambda e: sg.sum(e.W, axis=3))
 add("sum", "a str", GraphError, "sum: operand is a str", lambda e: sg.sum("a"))
 add("sum", "keepdims a str", ShapeError, "keepdims", lambda e: sg.sum(e.W, keepdims="yes"))

@@ -116,3 +116,35 @@ def test_stack_matches_numpy_and_is_differentiable():
     np.testing.assert_allclose(gb, weights[1] * np.cos(values["b"]) + weights[2] * values["a"])
     one = sg.stack([a])
     assert one.op == "reshape" and one.shape == (1, 2, 3)
+
+
+def test_concatenate_cross_norm_and_triangles_match_numpy():
+    rng = np.random.default_rng(4)
+    g = sg.Graph()
+    a, b = g.input("a", shape=(2, 3)), g.input("b", shape=(4, 3))
+    u, v = g.input("u", shape=(3,)), g.input("v", shape=(5, 3))
+    values = {k: rng.normal(size=s) for k, s in
+              {"a": (2, 3), "b": (4, 3), "u": (3,), "v": (5, 3)}.items()}  # fmt: skip
+    A, B, U, V = (values[k] for k in "abuv")
+    cases = [
+        (sg.concatenate([a, b, a]), np.concatenate([A, B, A])),
+        (sg.concatenate([b, sg.sin(b)], axis=-1), np.concatenate([B, np.sin(B)], axis=1)),
+        (sg.cross(u, v), np.cross(U, V)),
+        (sg.norm(v, axis=1, keepdims=True), np.linalg.norm(V, axis=1, keepdims=True)),
+        (sg.norm(a), np.linalg.norm(A)),
+        (sg.tril(b[:3], -1), np.tril(B[:3], -1)),
+        (sg.triu(b, 1), np.triu(B, 1)),
+    ]
+    got = sg.compile([e for e, _ in cases])(**values)
+    for (expr, want), compiled in zip(cases, got):
+        assert expr.shape == want.shape
+        np.testing.assert_allclose(sg.evaluate(expr, **values), want, rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(compiled, want, rtol=1e-13, atol=1e-15)
+    # Gradients: d/du of w . (u x v_k) is v_k x w, summed over k.
+    w = rng.normal(size=(5, 3))
+    [gu] = sg.build_grad(sg.sum(sg.cross(u, v) * g.const(w)), [u])
+    np.testing.assert_allclose(sg.evaluate(gu, **values), np.cross(V, w).sum(0), rtol=1e-12)
+    weights = g.const(np.arange(18.0).reshape(6, 3))
+    [ga, gb] = sg.build_grad(sg.sum(sg.concatenate([a, b]) * weights), [a, b])
+    np.testing.assert_array_equal(sg.evaluate(ga), np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(sg.evaluate(gb), np.arange(6.0, 18.0).reshape(4, 3))
