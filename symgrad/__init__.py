@@ -35,7 +35,17 @@ from symgrad.scipy_bridge import ScipyObjective, scipy_objective, scipy_residual
 from symgrad.sparse import SparseDerivative, sparse_hessian, sparse_jacobian
 from symgrad.sparsity import hessian_sparsity, jacobian_sparsity
 from symgrad.tensor import TENSOR_FUNCTIONS as _TENSOR_FUNCTIONS
-from symgrad.tensor import concatenate, cross, norm, stack, tril, triu  # not in the text language
+from symgrad.tensor import (  # not in the text language
+    concatenate,
+    cross,
+    det,
+    inv,
+    norm,
+    solve,
+    stack,
+    tril,
+    triu,
+)
 
 __version__ = "0.1.0"
 
@@ -94,6 +104,9 @@ __all__ = [
     "stack",
     "concatenate",
     "cross",
+    "det",
+    "inv",
+    "solve",
     "norm",
     "tril",
     "triu",

@@ -297,6 +297,79 @@ def triu(x, k=0) -> Expr:
     return _triangle("triu", x, k, lower=False)
 
 
+def _small_square(op: str, a) -> tuple[Expr, int]:
+    a = _as_expr(op, a)
+    if len(a.shape) < 2 or a.shape[-1] != a.shape[-2] or a.shape[-1] not in (1, 2, 3):
+        raise ShapeError(
+            f"{op}: a has shape {a.shape}: closed forms are for 1x1, 2x2 and 3x3 matrices "
+            "(the last two axes; leading axes are a batch)"
+        )
+    return a, a.shape[-1]
+
+
+def _entries(a: Expr, n: int) -> list[list[Expr]]:
+    return [[a[..., i, j] for j in range(n)] for i in range(n)]
+
+
+def _cofactors(m: list[list[Expr]], n: int) -> list[list[Expr]]:
+    """C[i][j] = (-1)^(i+j) times the minor of m without row i and column j."""
+    if n == 1:
+        return [[m[0][0].graph.const(1.0)]]
+    if n == 2:
+        return [[m[1][1], -m[1][0]], [-m[0][1], m[0][0]]]
+    out = []
+    for i in range(3):
+        r1, r2 = [r for r in range(3) if r != i]
+        row = []
+        for j in range(3):
+            c1, c2 = [c for c in range(3) if c != j]
+            minor = m[r1][c1] * m[r2][c2] - m[r1][c2] * m[r2][c1]
+            row.append(minor if (i + j) % 2 == 0 else -minor)
+        out.append(row)
+    return out
+
+
+@_atomic
+def det(a) -> Expr:
+    """The determinant of a 1x1, 2x2 or 3x3 matrix (or of each of a batch: the last two
+    axes), in closed form (cofactor expansion along the first row)."""
+    a, n = _small_square("det", a)
+    m = _entries(a, n)
+    if n == 1:
+        return m[0][0]
+    c = _cofactors(m, n)
+    total = m[0][0] * c[0][0]
+    for j in range(1, n):
+        total = total + m[0][j] * c[0][j]
+    return total
+
+
+@_atomic
+def inv(a) -> Expr:
+    """The inverse of a 1x1, 2x2 or 3x3 matrix (or of each of a batch), in closed form: the
+    adjugate over the determinant (no pivoting: ill-conditioned matrices lose accuracy as the
+    formula does; a singular one gives inf or nan)."""
+    a, n = _small_square("inv", a)
+    m = _entries(a, n)
+    c = _cofactors(m, n)
+    d = det(a)
+    rows = [stack([c[j][i] / d for j in range(n)], axis=-1) for i in range(n)]
+    return stack(rows, axis=-2)
+
+
+@_atomic
+def solve(a, b) -> Expr:
+    """x with a @ x = b for a 1x1, 2x2 or 3x3 matrix ``a`` (or a batch) and a vector ``b`` of
+    its size (or a batch), as ``inv(a) @ b`` written elementwise."""
+    a, n = _small_square("solve", a)
+    b = _as_expr("solve", b)
+    if b.graph is not a.graph:
+        raise GraphError("solve: b belongs to another graph than a")
+    if not b.shape or b.shape[-1] != n:
+        raise ShapeError(f"solve: b has shape {b.shape}: its last axis must be {n}, as a's")
+    return sum(inv(a) * reshape(b, (*b.shape[:-1], 1, n)), axis=-1)
+
+
 def mse(prediction, target) -> Expr:
     """Mean squared error ``mean((prediction - target)**2)``."""
     d = prediction - target

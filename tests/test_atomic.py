@@ -427,6 +427,14 @@ add("norm", "axis 2 of a vector", ShapeError, "axis 2 is out of range",
 add("norm", "a str", GraphError, "norm: operand is a str", lambda e: sg.norm("v"))
 add("tril", "a vector", ShapeError, r"x has shape \(3,\), not a matrix", lambda e: sg.tril(e.v))
 add("triu", "k a float", ArgumentError, "k must be an int", lambda e: sg.triu(e.W, 0.5))
+add("det", "a 2x3 matrix", ShapeError, r"a has shape \(2, 3\): closed forms",
+    lambda e: sg.det(e.W))  # fmt: skip
+add("inv", "a vector", ShapeError, r"a has shape \(3,\)", lambda e: sg.inv(e.v))
+add("inv", "max_nodes reached part-way", GraphError, "max_nodes",
+    lambda e: sg.inv(e.k),
+    setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 12))  # fmt: skip
+add("solve", "b of the wrong size", ShapeError, r"b has shape \(3,\): its last axis must be 2",
+    lambda e: sg.solve(e.k, e.v))  # fmt: skip
 add("sum", "axis 3", ShapeError, "axis 3 is out of range", lambda e: sg.sum(e.W, axis=3))
 add("sum", "a str", GraphError, "sum: operand is a str", lambda e: sg.sum("a"))
 add("sum", "keepdims a str", ShapeError, "keepdims", lambda e: sg.sum(e.W, keepdims="yes"))

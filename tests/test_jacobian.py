@@ -148,3 +148,20 @@ def test_concatenate_cross_norm_and_triangles_match_numpy():
     [ga, gb] = sg.build_grad(sg.sum(sg.concatenate([a, b]) * weights), [a, b])
     np.testing.assert_array_equal(sg.evaluate(ga), np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal(sg.evaluate(gb), np.arange(6.0, 18.0).reshape(4, 3))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_small_det_inv_solve_match_numpy_with_gradients(n):
+    rng = np.random.default_rng(n)
+    g = sg.Graph()
+    a, b = g.input("a", shape=(4, n, n)), g.input("b", shape=(4, n))
+    values = {"a": rng.normal(size=(4, n, n)) + 3.0 * np.eye(n), "b": rng.normal(size=(4, n))}
+    exprs = [sg.det(a), sg.inv(a), sg.solve(a, b)]
+    wants = [np.linalg.det(values["a"]), np.linalg.inv(values["a"]),
+             np.linalg.solve(values["a"], values["b"][..., None])[..., 0]]  # fmt: skip
+    for got, want in zip(sg.compile(exprs)(**values), wants):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    # d det(A) / dA = det(A) inv(A)^T (Jacobi's formula).
+    [grad] = sg.build_grad(sg.sum(sg.det(a)), [a])
+    jacobi = wants[0][:, None, None] * np.swapaxes(wants[1], -1, -2)
+    np.testing.assert_allclose(sg.evaluate(grad, **values), jacobi, rtol=1e-11, atol=1e-13)
