@@ -13,10 +13,12 @@ the operand gets no gradient (comparisons, the condition of ``where``).
 
 from __future__ import annotations
 
+import ctypes
 import math
 import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -454,6 +456,245 @@ _register("erf", 1, _erf,
           (lambda g, o, a: g * (2 / math.sqrt(math.pi)) * ap("exp", -(a * a)),),
           _libm("erf"), domain=(SMALL,),
           sympy=lambda sp, a: sp.erf(a))  # fmt: skip
+
+# The log-gamma function and its derivatives: lgamma (log |Γ(x)|), digamma (ψ = lgamma') and
+# trigamma (ψ' = lgamma''). trigamma's own derivative is built from graph ops (_tetragamma), so
+# every derivative of lgamma exists and can be compiled. Poles: lgamma is +inf at 0 and the
+# negative integers (as C's lgamma); digamma is -inf at +0, +inf at -0 and nan at the negative
+# integers and -inf; trigamma is +inf at all of them (as scipy.special's digamma and
+# polygamma(1, x)). For x < 0 digamma and trigamma reflect to 1 - x.
+
+
+def _c_lgamma() -> Callable[[float], float]:
+    """One double's lgamma: the C library's reentrant ``lgamma_r``, the very function compiled
+    code calls (glibc's ``lgamma``), so both backends agree to the bit; CPython's
+    ``math.lgamma`` is a Lanczos sum that loses up to ~1e-7 relative near the zeros of lgamma
+    at 1 and 2, where glibc stays within an ulp or two. Where ctypes finds no ``lgamma_r``,
+    ``math.lgamma`` with C's answers at the poles (+inf) and on overflow (+inf)."""
+    try:
+        c = ctypes.CDLL(None).lgamma_r
+    except (OSError, AttributeError, TypeError):
+        c = None
+    if c is not None:
+        c.restype = ctypes.c_double
+        c.argtypes = [ctypes.c_double, ctypes.POINTER(ctypes.c_int)]
+        return lambda v: c(v, ctypes.byref(ctypes.c_int()))
+
+    def fallback(v: float) -> float:
+        try:
+            return math.lgamma(v)
+        except (ValueError, OverflowError):  # a pole, or beyond DBL_MAX
+            return math.inf
+
+    return fallback
+
+
+_lgamma_scalar = _c_lgamma()
+
+
+def _lgamma(x):
+    with np.errstate(all="ignore"):  # C's lgamma raises divide-by-zero at a pole, as numpy would
+        return np.vectorize(_lgamma_scalar, otypes=[np.float64])(x)
+
+
+# digamma and trigamma are written once, over a small set of operations ``m``: numpy's
+# (_NUMPY_MATH, the interpreter's form) and the LLVM value builder's (_LLVMMath, the custom
+# emitter), so compiled code does the interpreter's IEEE operations in its order and agrees
+# with it to the last few ulp (exactly, but for libmvec's log/tan/sin in the 4-lane loop).
+# Measured against mpmath on (0.5, 5) and on 1e-8..1e8: digamma within 5e-15 relative,
+# trigamma within 7e-16.
+_PSI_SHIFTS = 10  # recurrence steps: x < 10 moves up by one, at most this many times
+_PSI_LARGE = 10.0  # from here on the asymptotic series is accurate to an ulp
+# B_2k / 2k, k = 1..8: psi(y) ~ log y - 1/(2y) - sum_k B_2k / (2k y^2k).
+_PSI_SERIES = (
+    0.08333333333333333, -0.008333333333333333, 0.003968253968253968, -0.004166666666666667,
+    0.007575757575757576, -0.021092796092796094, 0.08333333333333333, -0.4432598039215686,
+)  # fmt: skip
+# B_2k, k = 1..9: psi'(y) ~ 1/y + 1/(2y^2) + sum_k B_2k / y^(2k+1).
+_PSI1_SERIES = (
+    0.16666666666666666, -0.03333333333333333, 0.023809523809523808, -0.03333333333333333,
+    0.07575757575757576, -0.2531135531135531, 1.1666666666666667, -7.092156862745098,
+    54.971177944862156,
+)  # fmt: skip
+# (2k + 1) B_2k, k = 1..9: psi''(y) ~ -1/y^2 - 1/y^3 - sum_k (2k + 1) B_2k / y^(2k+2).
+_PSI2_SERIES = (
+    0.5, -0.16666666666666666, 0.16666666666666666, -0.3, 0.8333333333333334,
+    -3.2904761904761903, 17.5, -120.56666666666666, 1044.452380952381,
+)  # fmt: skip
+# Near its positive zero digamma is its Taylor series there, so it keeps its relative accuracy
+# where log y - ... - sum 1/(x+k) cancels: _PSI_ROOT is the double nearest the zero and
+# _PSI_ROOT_TAYLOR[n] = psi^(n)(_PSI_ROOT) / n! (mpmath, 40 digits: polygamma(n, r) / n!),
+# used for |x - _PSI_ROOT| < _PSI_NEAR (the last term is then below 1e-17 of the value).
+_PSI_ROOT = 1.4616321449683622
+_PSI_NEAR = 0.2
+_PSI_ROOT_TAYLOR = (
+    -9.241265521729427e-17, 0.9676722454476212, -0.4427631689835922, 0.2584997609556511,
+    -0.16394270544240658, 0.10782405069126241, -0.07219956125645474, 0.04880428816414313,
+    -0.033161126474847376, 0.022597648232218118, -0.01542476590494897, 0.010538791616612184,
+    -0.007204534386356875, 0.004926781395729858, -0.0033698016554393312, 0.00230512632673493,
+    -0.001576936771430199, 0.0010788252019162978, -0.000738070938996006, 0.0005049532658346027,
+    -0.0003454680251063082,
+)  # fmt: skip
+
+_NUMPY_MATH = SimpleNamespace(
+    c=np.float64, add=np.add, sub=np.subtract, mul=np.multiply, div=np.divide, lt=np.less,
+    gt=np.greater, eq=np.equal, select=np.where, log=np.log, tan=np.tan, sin=np.sin,
+    abs=np.abs, floor=np.floor,
+)  # fmt: skip
+
+
+class _LLVMMath:
+    """The operations of ``_NUMPY_MATH`` as LLVM instructions, over the value builder ``b``."""
+
+    def __init__(self, b):
+        self.b = b
+
+    def c(self, v):
+        return self.b.const(float(v))
+
+    def add(self, x, y):
+        return self.b.binop("fadd", x, y)
+
+    def sub(self, x, y):
+        return self.b.binop("fsub", x, y)
+
+    def mul(self, x, y):
+        return self.b.binop("fmul", x, y)
+
+    def div(self, x, y):
+        return self.b.binop("fdiv", x, y)
+
+    def lt(self, x, y):
+        return self.b.fcmp("olt", x, y)
+
+    def gt(self, x, y):
+        return self.b.fcmp("ogt", x, y)
+
+    def eq(self, x, y):
+        return self.b.fcmp("oeq", x, y)
+
+    def select(self, mask, x, y):
+        return self.b.select(mask, x, y)
+
+    def log(self, x):
+        return self.b.op("log", x)
+
+    def tan(self, x):
+        return self.b.op("tan", x)
+
+    def sin(self, x):
+        return self.b.op("sin", x)
+
+    def abs(self, x):
+        return self.b.op("abs", x)
+
+    def floor(self, x):
+        return self.b.intrinsic("llvm.floor", x)  # exact, as np.floor
+
+
+def _horner(m, coefficients, z):
+    out = m.c(coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        out = m.add(m.mul(out, z), m.c(c))
+    return out
+
+
+def _psi_reflection(m, x):
+    """For x < 0 (Cephes' psi): p = floor(x), f = x - p in [0, 1), r = x - round(x) in
+    [-1/2, 1/2] (exact), so the reflection's tan and sin see pi*r, not a large pi*x; and the
+    argument y = 1 - x (x < 0) or x of the positive-argument series."""
+    p = m.floor(x)
+    f = m.sub(x, p)
+    r = m.select(m.gt(f, m.c(0.5)), m.sub(x, m.add(p, m.c(1.0))), f)
+    neg = m.lt(x, m.c(0.0))
+    return neg, p, f, r, m.select(neg, m.sub(m.c(1.0), x), x)
+
+
+def _psi_shift(m, y, term):
+    """The recurrence: while y < _PSI_LARGE (at most _PSI_SHIFTS times, as selects), add
+    ``term(y)`` to the sum and move y up by one. Returns the moved y and the sum."""
+    total = m.c(0.0)
+    for _ in range(_PSI_SHIFTS):
+        small = m.lt(y, m.c(_PSI_LARGE))
+        total = m.select(small, m.add(total, term(y)), total)
+        y = m.select(small, m.add(y, m.c(1.0)), y)
+    return y, total
+
+
+def _digamma_steps(m, x):
+    # psi(x) = psi(x + n) - sum_{k<n} 1/(x + k), then the asymptotic series at y = x + n >= 10;
+    # near the zero 1.46..., its Taylor series; for x < 0, psi(1 - x) - pi / tan(pi x).
+    neg, p, f, r, y0 = _psi_reflection(m, x)
+    pi = m.c(math.pi)
+    cot = m.select(m.eq(f, m.c(0.5)), m.c(0.0), m.div(pi, m.tan(m.mul(pi, r))))
+    y, total = _psi_shift(m, y0, lambda v: m.div(m.c(1.0), v))
+    z = m.div(m.c(1.0), m.mul(y, y))
+    far = m.sub(m.log(y), m.div(m.c(0.5), y))
+    far = m.sub(m.sub(far, m.mul(z, _horner(m, _PSI_SERIES, z))), total)
+    t = m.sub(y0, m.c(_PSI_ROOT))  # exact where it is used (Sterbenz)
+    near = _horner(m, _PSI_ROOT_TAYLOR, t)
+    pos = m.select(m.lt(m.abs(t), m.c(_PSI_NEAR)), near, far)
+    pole = m.eq(x, p)  # under x < 0: a negative integer, or -inf
+    return m.select(neg, m.select(pole, m.c(math.nan), m.sub(pos, cot)), pos)
+
+
+def _trigamma_steps(m, x):
+    # psi'(x) = psi'(x + n) + sum_{k<n} 1/(x + k)^2, then the asymptotic series at y >= 10;
+    # for x < 0, pi^2 / sin^2(pi x) - psi'(1 - x) (no cancellation: the first is >= pi^2).
+    neg, p, f, r, y0 = _psi_reflection(m, x)
+    s = m.sin(m.mul(m.c(math.pi), r))
+    reflected = m.div(m.c(math.pi * math.pi), m.mul(s, s))
+    y, total = _psi_shift(m, y0, lambda v: m.div(m.c(1.0), m.mul(v, v)))
+    w = m.div(m.c(1.0), y)
+    z = m.mul(w, w)
+    pos = m.add(w, m.mul(z, m.add(m.c(0.5), m.mul(w, _horner(m, _PSI1_SERIES, z)))))
+    pos = m.add(pos, total)
+    pole = m.eq(x, p)
+    return m.select(neg, m.select(pole, m.c(math.inf), m.sub(reflected, pos)), pos)
+
+
+def _np_steps(steps):
+    def numpy_form(x):
+        with np.errstate(all="ignore"):
+            return np.asarray(steps(_NUMPY_MATH, np.asarray(x, np.float64)), np.float64)
+
+    return numpy_form
+
+
+def _tetragamma(x):
+    """psi''(x), the derivative of trigamma, as graph ops (so it is differentiated again by
+    build_grad): psi''(u) = -2 sum_{k<10} 1/(u + k)^3 + the asymptotic series at u + 10, with
+    u = x, or u = 1 - x and psi''(x) = psi''(1 - x) - 2 pi^3 cos(pi x) / sin^3(pi x) for x < 0."""
+    neg = ap("lt", x, 0.0)
+    u = ap("where", neg, 1.0 - x, x)
+    total = 1.0 / (u * u * u)
+    for k in range(1, _PSI_SHIFTS):
+        v = u + float(k)
+        total = total + 1.0 / (v * v * v)
+    w = 1.0 / (u + float(_PSI_SHIFTS))
+    z = w * w
+    series = _PSI2_SERIES[-1]
+    for c in reversed(_PSI2_SERIES[:-1]):
+        series = series * z + c
+    pos = -2.0 * total - z * (1.0 + w + z * series)
+    s = ap("sin", math.pi * x)
+    reflected = (2.0 * math.pi**3) * ap("cos", math.pi * x) / (s * s * s)
+    return ap("where", neg, pos - reflected, pos)
+
+
+GAMMA = (0.5, 5.0)  # away from the poles at 0, -1, ...: both zeros of lgamma and psi's inside
+
+_register("lgamma", 1, _lgamma, (lambda g, o, a: g * ap("digamma", a),),
+          Lowering("libm", "lgamma"),  # libmvec has no lgamma: four scalar calls in the loop
+          domain=(GAMMA,), sympy=lambda sp, a: sp.loggamma(a))  # fmt: skip
+# SymPy's digamma and trigamma evaluate to polygamma(0, a) and polygamma(1, a), which are not
+# one function of the operand: the forms stay unevaluated, so from_sympy reads them back.
+_register("digamma", 1, _np_steps(_digamma_steps), (lambda g, o, a: g * ap("trigamma", a),),
+          _custom("digamma", lambda b, x: _digamma_steps(_LLVMMath(b), x)),
+          domain=(GAMMA,), sympy=lambda sp, a: sp.digamma(a, evaluate=False))  # fmt: skip
+_register("trigamma", 1, _np_steps(_trigamma_steps), (lambda g, o, a: g * _tetragamma(a),),
+          _custom("trigamma", lambda b, x: _trigamma_steps(_LLVMMath(b), x)),
+          domain=(GAMMA,), sympy=lambda sp, a: sp.trigamma(a, evaluate=False))  # fmt: skip
 
 # Functions of two operands.
 _register(
