@@ -10,6 +10,7 @@ and the shapes), never when it runs. ``@`` on vectors reshapes them to matrices 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -368,6 +369,27 @@ def solve(a, b) -> Expr:
     if not b.shape or b.shape[-1] != n:
         raise ShapeError(f"solve: b has shape {b.shape}: its last axis must be {n}, as a's")
     return sum(inv(a) * reshape(b, (*b.shape[:-1], 1, n)), axis=-1)
+
+
+@_atomic
+def multigammaln(a, d) -> Expr:
+    """The multivariate log-gamma function, elementwise in ``a`` (``scipy.special.multigammaln``):
+    ``log Γ_d(a) = d(d-1)/4 log(π) + Σ_{j=1..d} lgamma(a + (1 - j)/2)``, ``d`` a positive int;
+    finite for ``a > (d - 1)/2``. Its derivative is ``Σ_j digamma(a + (1 - j)/2)``.
+
+    >>> from symgrad.graph import Graph
+    >>> multigammaln(Graph().input("a", shape=(3,)), 2).shape
+    (3,)
+    """
+    a = _as_expr("multigammaln", a)
+    if type(d) is not int or d < 1:
+        raise ArgumentError(f"multigammaln: d must be a positive int, got {d!r}")
+    out = a.graph.apply("lgamma", a)
+    for j in range(2, d + 1):
+        out = out + a.graph.apply("lgamma", a - (j - 1) / 2)
+    if d > 1:
+        out = out + d * (d - 1) / 4 * math.log(math.pi)
+    return out
 
 
 def mse(prediction, target) -> Expr:

@@ -435,6 +435,8 @@ add("inv", "max_nodes reached part-way", GraphError, "max_nodes",
     setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 12))  # fmt: skip
 add("solve", "b of the wrong size", ShapeError, r"b has shape \(3,\): its last axis must be 2",
     lambda e: sg.solve(e.k, e.v))  # fmt: skip
+add("multigammaln", "d zero", ArgumentError, "d must be a positive int",
+    lambda e: sg.multigammaln(e.v, 0))  # fmt: skip
 add("sum", "axis 3", ShapeError, "axis 3 is out of range", lambda e: sg.sum(e.W, axis=3))
 add("sum", "a str", GraphError, "sum: operand is a str", lambda e: sg.sum("a"))
 add("sum", "keepdims a str", ShapeError, "keepdims", lambda e: sg.sum(e.W, keepdims="yes"))

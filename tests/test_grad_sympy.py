@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.special
 import sympy as sp
 from hypothesis import given, settings
 
@@ -36,7 +37,11 @@ RTOL, ATOL = 1e-7, 1e-9
 # lambdify's numpy printer knows neither erf (that is SciPy's) nor DiracDelta, which is zero
 # away from the kinks where we compare.
 _erf = np.vectorize(math.erf, otypes=[np.float64])
-MODULES = [{"erf": _erf, "DiracDelta": lambda *args: 0.0}, "numpy"]
+# SymPy writes the derivatives of lgamma, digamma and trigamma as polygamma(n, x): SciPy's.
+MODULES = [
+    {"erf": _erf, "DiracDelta": lambda *args: 0.0, "polygamma": scipy.special.polygamma},
+    "numpy",
+]
 
 # Where each op with a kink has it: a function of the operands that is zero there.
 KINKS = {
