@@ -213,7 +213,7 @@ class Graph:
         if isinstance(value, np.ndarray) and value.dtype.kind not in "biuf":
             raise GraphError(f"constant array must hold real numbers, not {value.dtype}")
         try:
-            arr = np.array(value, dtype=np.float64)
+            arr = np.array(value, dtype=np.float64, order="C")  # kernels read C order
         except (TypeError, ValueError, OverflowError):
             raise GraphError("constant array must hold real numbers") from None
         if arr.ndim == 0:

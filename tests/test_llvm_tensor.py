@@ -1055,3 +1055,19 @@ def test_a_big_tensor_module_is_generated_at_level_0():
     small, big = "\n" * jit.LEVEL2_MAX_LINES, "\n" * (jit.LEVEL2_MAX_LINES + 1)
     assert jit.loop_target_for(small) is jit._loop_target()
     assert jit.loop_target_for(big) is jit._target()[0]
+
+
+def test_a_constant_of_another_memory_order_compiles_to_its_values():
+    # Constants over INLINE_CONST_SIZE elements are read by the kernel in place, in C order: a
+    # transposed (Fortran-ordered) array must be stored in C order, and so must what optimize
+    # folds transpose(const) into.
+    rng = np.random.default_rng(11)
+    g = sg.Graph()
+    s, x = g.input("s", shape=(8, 10)), g.input("x", shape=(1, 10))
+    a, c = rng.normal(size=(10, 8)), rng.normal(size=(10, 10))
+    scaled = g.const(a.T) * s
+    [grad] = sg.build_grad(sg.sum(sg.sin(x @ g.const(c))), [x])
+    values = {"s": rng.normal(size=(8, 10)), "x": rng.normal(size=(1, 10))}
+    want = sg.evaluate([scaled, grad], **values)
+    for got, expected in zip(sg.compile([scaled, grad])(**values), want):
+        np.testing.assert_allclose(got, expected, rtol=1e-13, atol=1e-14)
