@@ -186,9 +186,19 @@ def _plan(sp, obj, symbols: dict) -> _Plan:
         if test(obj):
             return planner(sp, obj)
     opname = _function_ops(sp).get(type(obj))
+    if opname is not None:
+        return _Plan(obj.args, lambda g, vs: _fold(g, opname, vs))
+    # SymPy's own spelling of an op's form, with leading constants (digamma(x) is written
+    # polygamma(0, x) once evaluated).
+    head = tuple(_number(sp, a) for a in obj.args[:-1]) if obj.args else ()
+    opname = _function_ops(sp).get((type(obj), head))
     if opname is None:
-        raise GraphError(f"from_sympy: SymPy {type(obj).__name__} has no symgrad op")
-    return _Plan(obj.args, lambda g, vs: _fold(g, opname, vs))
+        raise GraphError(f"from_sympy: SymPy {type(obj).__name__}{_shown(obj)} has no symgrad op")
+    return _Plan(obj.args[-1:], lambda g, vs: _fold(g, opname, vs))
+
+
+def _shown(obj) -> str:
+    return f"{obj.args[:-1]}"[:-2] + ", ...)" if len(obj.args) > 1 else ""
 
 
 def _symbol_name(sp, obj, symbols: dict) -> str:
@@ -440,7 +450,9 @@ _FUNCTION_OPS: dict = {}
 
 def _function_ops(sp) -> dict:
     """SymPy function class -> op name, read off the registry: every op whose SymPy form is one
-    function of its operands in order (sin, atan2, expm1, Max, ...). Adding such an op adds it."""
+    function of its operands in order (sin, atan2, expm1, Max, ...). Adding such an op adds it.
+    Also (class, leading constants) -> op name for a one-operand form that SymPy evaluates into
+    another function with constants before the operand (digamma(a) -> polygamma(0, a))."""
     if not _FUNCTION_OPS:
         for op in OPS.values():
             if not op.arity or op.sympy is None:
@@ -449,6 +461,11 @@ def _function_ops(sp) -> dict:
             form = op.sympy(sp, *symbols)
             if isinstance(form, sp.core.function.Application) and form.args == symbols:
                 _FUNCTION_OPS[type(form)] = op.name
+            done = form.doit() if op.arity == 1 else form
+            if type(done) is not type(form) and done.args[-1:] == symbols:
+                head = tuple(_number(sp, a) for a in done.args[:-1])
+                if None not in head:
+                    _FUNCTION_OPS[(type(done), head)] = op.name
     return _FUNCTION_OPS
 
 

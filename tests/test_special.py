@@ -307,3 +307,19 @@ def test_sympy_forms_and_back():
     assert [str(f) for f in forms] == ["loggamma(x)", "digamma(x)", "trigamma(x)"]
     back = [sg.from_sympy(f) for f in forms]
     assert [b.op for b in back] == ["lgamma", "digamma", "trigamma"]
+
+
+def test_from_sympy_reads_polygamma_of_orders_zero_and_one():
+    import sympy as sp
+
+    x = sp.Symbol("x", real=True)
+    second = sp.diff(sp.loggamma(x), x, 2)  # SymPy writes it polygamma(1, x)
+    for expr, op, want in [
+        (sp.polygamma(0, x), "digamma", ss.digamma(2.5)),
+        (second, "trigamma", ss.polygamma(1, 2.5)),
+    ]:
+        f = sg.from_sympy(expr)
+        assert f.op == op
+        assert float(sg.evaluate(f, x=2.5)) == pytest.approx(want, rel=1e-14)
+    with pytest.raises(sg.GraphError, match=r"polygamma\(2, \.\.\.\) has no symgrad op"):
+        sg.from_sympy(sp.polygamma(2, x))
