@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import gc
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +55,11 @@ import numpy as np
 
 import symgrad as sg
 import symgrad.sparse as sg_sparse
+from benchmarks.common import best_of
+from benchmarks.common import cpu_name as _cpu
+from benchmarks.common import elapsed as _elapsed
+from benchmarks.common import ms as _ms
+from benchmarks.common import progress as _progress
 from benchmarks.run import symgrad_commit
 
 SIZES = (100, 400, 1_600, 3_200, 10_000)
@@ -286,10 +290,6 @@ class Built:
     failed: str = ""
 
 
-def _elapsed(start: float) -> float:
-    return time.perf_counter() - start
-
-
 # The steps of a sparse_jacobian build, timed inside it by wrapping what symgrad.sparse calls.
 SPARSE_STAGES = {
     "dependencies": "sparsity",
@@ -435,26 +435,6 @@ def check_jax(d: dict, jac: np.ndarray) -> dict[str, float]:
     return {"residual": value_gap, "central differences": fd_gap}
 
 
-def best_of(f, repeats: int, block_s: float) -> float:
-    """Seconds per call: the best of ``repeats`` blocks of calls, each at least ``block_s``."""
-    f()
-    start = time.perf_counter()
-    f()
-    once = _elapsed(start)
-    number = max(1, int(block_s / max(once, 1e-9)))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            f()
-        best = min(best, _elapsed(start) / number)
-    return best
-
-
-def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 # --- one N ---------------------------------------------------------------------------------------
 
 FORMS = {  # key -> (form, selection)
@@ -533,10 +513,6 @@ def warm_up() -> None:
 # --- the report ----------------------------------------------------------------------------------
 
 
-def _ms(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds * 1e3:.3g}"
-
-
 def _s(seconds: float | None) -> str:
     return "" if seconds is None else f"{seconds:.2f}"
 
@@ -595,19 +571,11 @@ def summary(results: dict[int, dict]) -> list[str]:
 
 
 BUG_NOTE = (
-    "**symgrad bug met (not fixed here): a constant array that is not C-contiguous is "
-    "compiled wrong.** `Graph.const` keeps the array's memory layout (`np.array(value, "
-    "dtype=np.float64)`, order 'K'), and the LLVM backend passes constants of more than "
-    "`INLINE_CONST_SIZE` = 64 elements by pointer and reads them as C order "
-    "(`llvm/loops.py`, `llvm/kernels.py`); the numpy interpreter is right. So "
-    "`g.const(A.T) * s` with A 8 × 10 returns a scrambled array compiled, and so does any "
-    "Fortran-ordered constant (`base_positions[:, idx]` is one: this benchmark passes "
-    "`np.ascontiguousarray` to work around it). Worse, `optimize` folds `transpose(const)` "
-    "into such a constant, so gradients through a product with a constant matrix of more "
-    "than 64 elements are wrong when compiled: the gradient of `sum(sin(x @ C))`, x 1 × 10, C "
-    "a constant 10 × 10, differs from the interpreter's by 6.5 (`optimize=False` is right). "
-    "That is why (c), reverse mode, fails its check here (its VJPs of `T[:3, :] @ base` "
-    "transpose the constant base positions); user code cannot work around it."
+    "**A symgrad bug this benchmark met, fixed in 7a4490e:** constant arrays that were not "
+    "C-contiguous (a transposed constant, or what `optimize` folds `transpose(const)` into) "
+    "were read in C order by compiled kernels when over 64 elements, so reverse mode's "
+    "Jacobian here was wrong by 0.53 relative before the fix (and failed its check in the run "
+    "reported on 1caeefb). Constants are now stored in C order."
 )
 
 
@@ -714,16 +682,6 @@ def header(settings: dict) -> list[str]:
         "skinning runs on the N corresponded vertices (the same function; per tangent the "
         "work of the bones the parameter moves, on N points).",
     ]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv=None) -> None:

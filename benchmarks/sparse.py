@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import gc
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,11 @@ import scipy.sparse as sparse
 
 import symgrad as sg
 import symgrad.sparse as sg_sparse
+from benchmarks.common import best_of
+from benchmarks.common import cpu_name as _cpu
+from benchmarks.common import elapsed as _elapsed
+from benchmarks.common import ms as _ms
+from benchmarks.common import progress as _progress
 from benchmarks.run import symgrad_commit
 
 SIZES = (1_000, 10_000, 100_000)
@@ -102,10 +106,6 @@ class Built:
     note: str = ""
     times: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)
-
-
-def _elapsed(start: float) -> float:
-    return time.perf_counter() - start
 
 
 # The steps of a symgrad build, timed inside the build itself: the functions symgrad.sparse calls
@@ -262,22 +262,6 @@ def check_dense(ours: sparse.csr_array, dense: np.ndarray, what: str) -> float:
 # --- timing ---------------------------------------------------------------------------------------
 
 
-def best_of(f, repeats: int, block_s: float) -> float:
-    """Seconds per call: the best of ``repeats`` blocks of calls, each at least ``block_s``."""
-    f()
-    start = time.perf_counter()
-    f()
-    once = _elapsed(start)
-    number = max(1, int(block_s / max(once, 1e-9)))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            f()
-        best = min(best, _elapsed(start) / number)
-    return best
-
-
 def time_calls(built: Built, repeats: int, block_s: float) -> None:
     built.times["data"] = best_of(built.data, repeats, block_s)
     if built.matrix is not None:
@@ -285,10 +269,6 @@ def time_calls(built: Built, repeats: int, block_s: float) -> None:
 
 
 # --- one problem at one size ----------------------------------------------------------------------
-
-
-def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def fastest(make, builds: int) -> Built:
@@ -360,10 +340,6 @@ def warm_up() -> None:
 # --- the report -----------------------------------------------------------------------------------
 
 
-def _ms(seconds: float | None) -> str:
-    return "—" if seconds is None else f"{seconds * 1e3:.3g}"
-
-
 def table(title: str, cases: dict[int, dict], jax_max: int) -> list[str]:
     lines = [
         f"## {title}",
@@ -433,16 +409,6 @@ def header(settings: dict) -> list[str]:
         "at the same random point, checked ≤ 1e-8 before timing (and CasADi's sparsity pattern "
         "equal to symgrad's, JAX's dense matrix zero outside it).",
     ]
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv=None) -> None:
