@@ -10,15 +10,16 @@ and 8.0 ms on two; n=10,000, d=10, K=25 3.1 vs 4.7 ms; n=10,000, d=64, K=5 11.2 
 function runs its BLAS on ``DEFAULT_THREADS`` = 1 thread unless ``sg.compile(...,
 blas_threads=n)`` says otherwise (``None``: leave the BLAS as it is).
 
-The count is set for the duration of a call and restored after it, once for all threads that
-are inside calls at the same time (the first one in sets it, the last one out restores it), so
-a call never leaves the process's BLAS changed. The setter is found with ctypes in numpy's own
-OpenBLAS (``scipy_openblas_set_num_threads64_``); without it (another BLAS) nothing is set.
+The count is set for the duration of a call of a function that holds an op marked
+``OpDef.blas`` (matmul; in a loop body too: a call without one pays nothing) and restored after
+it, once for all threads that are inside calls at the same time (the first one in sets it, the
+last one out restores it), so a call never leaves the process's BLAS changed. The setter is
+found with ctypes in numpy's own OpenBLAS (``scipy_openblas_set_num_threads64_``); without it
+(another BLAS) nothing is set.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import threading
 from functools import cache
@@ -57,32 +58,41 @@ def controls():
 
 
 class _Held:
+    """The count as it was before the first caller in, restored by the last one out."""
+
     lock = threading.Lock()
     depth = 0
-    saved = 0
+    saved: int | None = None  # None: nothing to restore (it already was the count asked for)
 
 
-@contextlib.contextmanager
-def threads(n: int | None):
-    """Run the body with the BLAS on ``n`` threads (None: as it is), then restore it."""
-    found = controls() if n is not None else None
-    if found is None:
-        yield
-        return
-    get, put = found
-    with _Held.lock:
-        if _Held.depth == 0:
-            _Held.saved = get()
-            if _Held.saved != n:
-                put(n)
-        _Held.depth += 1
-    try:
-        yield
-    finally:
+class Threads:
+    """``with Threads(n):`` runs the body with the BLAS on ``n`` threads (None: as it is),
+    then restores it. Made once per compiled function and entered at each call of it: a plain
+    class, not a generator context manager (~5 us per call, on the per-call path)."""
+
+    def __init__(self, n: int | None):
+        self.controls = controls() if n is not None else None
+        self.n = n
+
+    def __enter__(self):
+        if self.controls is None:
+            return
+        get, put = self.controls
+        with _Held.lock:
+            if _Held.depth == 0:
+                before = get()
+                _Held.saved = before if before != self.n else None
+                if _Held.saved is not None:
+                    put(self.n)
+            _Held.depth += 1
+
+    def __exit__(self, *exc):
+        if self.controls is None:
+            return
         with _Held.lock:
             _Held.depth -= 1
-            if _Held.depth == 0 and get() != _Held.saved:
-                put(_Held.saved)
+            if _Held.depth == 0 and _Held.saved is not None:
+                self.controls[1](_Held.saved)
 
 
 def checked(value) -> int | None:

@@ -72,6 +72,8 @@ class CompiledFunction:
         options = {k: v for k, v in options.items() if k != "blas_threads"}
         self.optimized = optimize
         self.program = Program.of(self.graph, [e.id for e in flat])
+        # Entered at each call of a tensor function that multiplies matrices (a few us: only then).
+        self._blas = blas.Threads(self._blas_threads if _calls_blas(self.program) else None)
         self._slots = {name: k for k, name in enumerate(self.inputs)}
         self._arity = len(self.inputs)
         self._per_point = sum(math.prod(shape) for shape in self.layout)  # outputs of one point
@@ -236,7 +238,7 @@ class CompiledFunction:
             else:
                 rows = block.reshape((count,) + shape)
                 flat.extend(rows[j, ...] for j in range(count))
-        with blas.threads(self._blas_threads):
+        with self._blas:
             self._executor.run_tensor(arrays, flat)
         return tuple(blocks)
 
@@ -321,6 +323,21 @@ def _point_picker(layout):
         only = index[0]
         return lambda out: (out[only],)
     return itemgetter(*index)
+
+
+def _calls_blas(program: Program) -> bool:
+    """Does a step of ``program``, or a node of a loop body in it, call the BLAS (OpDef.blas)?
+    Bodies nest: a worklist, not recursion."""
+    ops = [(op, attrs) for _, op, _, attrs in program.steps]
+    while ops:
+        op, attrs = ops.pop()
+        if OPS[op].blas:
+            return True
+        for value in attrs.values():
+            if getattr(type(value), "is_scan_body", False):
+                nodes = value.graph.nx._node.values()
+                ops.extend((n["op"], dict(n["attrs"])) for n in nodes)
+    return False
 
 
 def _reachable_inputs(graph: Graph, flat: list[Expr]) -> tuple[str, ...]:

@@ -157,6 +157,9 @@ class OpDef:
     # numbers tells where each came from. A function ``(operand shapes, attrs)`` -> one pair
     # (output flat indices, operand flat indices) of int arrays per operand, exact.
     pattern: Callable | str | None = None
+    # Its evaluation calls the BLAS (numpy's matmul, the LLVM backend's dgemm): a call of a
+    # compiled function holding it sets the BLAS's threads for its duration (blas.py).
+    blas: bool = False
 
     @property
     def attrs(self) -> tuple[str, ...]:
@@ -935,7 +938,7 @@ _register(
      lambda g, o, a, b: ap("matmul", ap("transpose", a, axes=(1, 0)), g)),
     Lowering("barrier", "matmul"), text="@", infix=True, shape=_matmul_shape, elementwise=False,
     domain=(SMALL, SMALL), jvp=lambda ts, o, a, b: _bilinear("matmul", ts, a, b),
-    pattern=_matmul_pattern,
+    pattern=_matmul_pattern, blas=True,
 )  # fmt: skip
 
 

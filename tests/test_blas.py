@@ -69,3 +69,20 @@ def test_the_option_is_checked_and_pickled():
         _product(blas_threads=0)
     fn = pickle.loads(pickle.dumps(_product(blas_threads=2)))
     assert _seen(fn) == [] and fn._blas_threads == 2
+
+
+def test_only_functions_with_matrix_products_touch_the_blas():
+    get, put = blas.controls()
+    before = get()
+    put(3)
+    try:
+        g = sg.Graph()
+        x, a = g.input("x", shape=(3, 3)), g.input("A", shape=(3, 3))
+        looped, _ = sg.scan(lambda c, _: (c @ a, None), x, length=2)  # a product in a body
+        plain, product = sg.compile(sg.tanh(x) * a), sg.compile(looped)
+        seen = [_seen(plain), _seen(product)]
+        plain(np.ones((3, 3)), np.ones((3, 3)))
+        product(np.eye(3), np.ones((3, 3)))
+        assert seen == [[3], [blas.DEFAULT_THREADS]] and get() == 3
+    finally:
+        put(before)
