@@ -39,7 +39,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -704,14 +703,18 @@ def test_total_size_stays_under_the_cap_newest_entry_kept(folder, monkeypatch):
     assert compile_formula(texts[-1])._native.cache_hit
 
 
+PAST = 1_000_000_000  # a file time in 2001, as seconds since the epoch
+
+
 def test_eviction_removes_the_least_recently_used_first(folder, monkeypatch):
     texts = formulas(4)
     keys = [key_of(compiled_without_hit(text)) for text in texts[:3]]
     [size, *_] = sizes(folder).values()
     monkeypatch.setenv("SYMGRAD_CACHE_MAX_BYTES", str(size * 7 // 2))
-    now = time.time()
-    for age, key in zip([300, 200, 100], keys):  # written in order, a while ago
-        os.utime(folder / f"{key}.o", (now - age, now - age))
+    # Written in order, long ago: fixed times in 2001 (no clock read; anything written or used
+    # during the test is newer).
+    for when, key in zip([PAST, PAST + 100, PAST + 200], keys):
+        os.utime(folder / f"{key}.o", (when, when))
     assert compile_formula(texts[0])._native.cache_hit  # the oldest is used again
     newest = key_of(compiled_without_hit(texts[3]))  # four entries: over the cap of 3.5
     assert set(sizes(folder)) == {f"{keys[0]}.o", f"{newest}.o"}  # down to 3/4 of the cap
@@ -743,8 +746,7 @@ def test_stale_temporary_files_are_removed(folder):
     stale, fresh = folder / ".tmp-stale", folder / ".tmp-fresh"  # a killed writer's, a live one's
     for path in (stale, fresh):
         path.write_bytes(b"partial")
-    old = time.time() - 2 * cache.STALE_SECONDS
-    os.utime(stale, (old, old))
+    os.utime(stale, (PAST, PAST))  # far more than cache.STALE_SECONDS ago
     compiled_without_hit()
     assert not stale.exists() and fresh.exists()
 
