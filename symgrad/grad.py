@@ -21,6 +21,7 @@ from symgrad.forward import jvp
 from symgrad.graph import Expr, Graph, active_nodes, paused_gc, zeros
 from symgrad.ops import OPS
 from symgrad.stable import stabilize
+from symgrad.tensor import stack
 
 
 def build_grad(y: Expr, wrt, seed=None) -> list[Expr]:
@@ -99,7 +100,7 @@ def jacobian(ys, wrt, mode: str = "auto") -> list[list[Expr]]:
             raise GradError(f"ys[{k}] belongs to another graph than ys[0]")
     wrt = _check_wrt(graph, wrt)
     if mode == "auto":
-        n_out, n_in = (sum(_size(e.shape) for e in group) for group in (ys, wrt))
+        n_out, n_in = (sum(math.prod(e.shape) for e in group) for group in (ys, wrt))
         mode = "forward" if n_in < n_out else "reverse"
     with graph.atomic(), paused_gc():
         return _forward_jacobian(ys, wrt) if mode == "forward" else _reverse_jacobian(ys, wrt)
@@ -139,8 +140,6 @@ def _forward_jacobian(ys: list[Expr], wrt: list[Expr]) -> list[list[Expr]]:
 def _stacked(parts: list[Expr], y_shape, w_shape, axis: int) -> Expr:
     """``parts`` (one per element of the stacked shape) stacked at ``axis``, reshaped so the
     stacked axis becomes the whole stacked shape (``y_shape`` at 0, ``w_shape`` at the end)."""
-    from symgrad.tensor import stack
-
     whole = stack(parts, axis=axis)
     shape = (*y_shape, *w_shape)
     return whole if whole.shape == shape else whole.graph.apply("reshape", whole, shape=shape)
@@ -154,10 +153,6 @@ def _one_hot(shape: tuple[int, ...], index: tuple[int, ...]) -> np.ndarray:
     seed = np.zeros(shape)
     seed[index] = 1.0
     return seed
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)
 
 
 def hessian(y: Expr, wrt) -> list[list[Expr]]:

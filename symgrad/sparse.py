@@ -23,16 +23,21 @@ import math
 
 import numpy as np
 
+from symgrad.compile import _reachable_inputs
 from symgrad.compile import compile as compile_outputs
 from symgrad.errors import ArgumentError, GradError
 from symgrad.forward import jvp
-from symgrad.graph import Expr, reachable
+from symgrad.grad import vjp
+from symgrad.graph import Expr
 from symgrad.sparsity import (
     _checked,
     _scipy_sparse,
     color_columns,
+    csr_rows,
     dependencies,
+    expanded_copy,
     gradient_copy,
+    hessian_pattern,
     recovery,
     star_color,
 )
@@ -46,7 +51,7 @@ class SparseDerivative:
         self._names = tuple(names)
         self.shape = pattern.shape
         self._indptr, self._indices = pattern.indptr.copy(), pattern.indices.copy()
-        self.rows = np.repeat(np.arange(self.shape[0]), np.diff(self._indptr))
+        self.rows = csr_rows(pattern)
         self.cols = self._indices.copy()
         self.nnz = len(self.cols)
         self.colors = colors
@@ -107,21 +112,17 @@ def sparse_jacobian(ys, wrt, mode: str = "auto", **options) -> SparseDerivative:
         raise GradError(
             f"sparse_jacobian: mode must be 'auto', 'forward' or 'reverse', got {mode!r}"
         )
-    ys, wrt = _checked(ys, wrt, "sparse_jacobian")
-    names = _input_shapes(ys, wrt)
-    from symgrad.optimize.expand import expand
-
-    flat = expand([*ys, *wrt])
-    ys, wrt = flat[: len(ys)], flat[len(ys) :]
+    names = _input_shapes(*_checked(ys, wrt, "sparse_jacobian"))
+    ys, wrt = expanded_copy(ys, wrt, "sparse_jacobian")
     pattern = dependencies(ys, wrt)
     mode, colors = _jacobian_colors(pattern, mode)
     m, n = pattern.shape
     if mode == "forward":
         sweeps = [_tangents(ys, wrt, colors == c) for c in range(_count(colors))]
-        positions = colors[pattern.indices] * m + _rows(pattern)
+        positions = colors[pattern.indices] * m + csr_rows(pattern)
     else:
         sweeps = [_cotangents(ys, wrt, colors == c) for c in range(_count(colors))]
-        positions = colors[_rows(pattern)] * n + pattern.indices
+        positions = colors[csr_rows(pattern)] * n + pattern.indices
     compiled = _compiled(sweeps, names, options)
     return SparseDerivative(compiled, pattern, positions, _count(colors), mode, names)
 
@@ -140,15 +141,13 @@ def sparse_hessian(y, wrt, lower: bool = False, **options) -> SparseDerivative:
     if type(lower) is not bool:
         raise ArgumentError(f"sparse_hessian: lower must be True or False, got {lower!r}")
     grads, wrt_copy = gradient_copy(y, wrt, "sparse_hessian")
-    names = _input_shapes([y], wrt)
-    pattern = dependencies(grads, wrt_copy)
-    sparse = _scipy_sparse()
-    pattern = sparse.csr_array((pattern + pattern.T).astype(bool), dtype=bool)
-    pattern.sort_indices()
+    names = _input_shapes(*_checked([y], wrt, "sparse_hessian"))
+    pattern = hessian_pattern(grads, wrt_copy)
     colors, positions = _hessian_colors(pattern)
     if lower:
-        keep = _rows(pattern) >= pattern.indices  # CSR order of the triangle: a subsequence
+        keep = csr_rows(pattern) >= pattern.indices  # CSR order of the triangle: a subsequence
         positions = positions[keep]
+        sparse = _scipy_sparse()
         pattern = sparse.csr_array(sparse.tril(pattern), dtype=bool)
         pattern.sort_indices()
     sweeps = [_tangents(grads, wrt_copy, colors == c) for c in range(_count(colors))]
@@ -191,31 +190,20 @@ def _hessian_colors(pattern) -> tuple[np.ndarray, np.ndarray]:
         if positions is not None:
             return colors, positions
     colors = color_columns(pattern)
-    return colors, colors[pattern.indices] * pattern.shape[0] + _rows(pattern)
+    return colors, colors[pattern.indices] * pattern.shape[0] + csr_rows(pattern)
 
 
 def _count(colors: np.ndarray) -> int:
     return int(colors.max()) + 1 if len(colors) else 0
 
 
-def _rows(pattern) -> np.ndarray:
-    return np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
-
-
-def _input_shapes(ys: list[Expr], wrt) -> dict[str, tuple[int, ...]]:
+def _input_shapes(ys: list[Expr], wrt: list[Expr]) -> dict[str, tuple[int, ...]]:
     """The arguments: the inputs ``ys`` reach in their graph as written and the inputs among
     ``wrt`` (a column the outputs do not read is still a column, of zeros), in creation order,
     with their shapes."""
     graph = ys[0].graph
-    nodes = graph.nx._node
-    wrt = [wrt] if isinstance(wrt, Expr) else list(wrt)
-    ids = set(reachable(graph, [y.id for y in ys]))
-    ids |= {w.id for w in wrt if isinstance(w, Expr) and w.graph is graph and w.op == "input"}
-    return {
-        dict(nodes[i]["attrs"])["name"]: nodes[i]["shape"]
-        for i in sorted(ids)
-        if nodes[i]["op"] == "input"
-    }
+    names = set(_reachable_inputs(graph, ys)) | {w.name for w in wrt if w.op == "input"}
+    return {name: e.shape for name, e in graph.inputs.items() if name in names}
 
 
 def _split(selected: np.ndarray, exprs: list[Expr]) -> list[np.ndarray]:
@@ -238,8 +226,6 @@ def _tangents(ys: list[Expr], wrt: list[Expr], columns: np.ndarray) -> list[Expr
 
 def _cotangents(ys: list[Expr], wrt: list[Expr], rows: np.ndarray) -> list[Expr]:
     """The vector-Jacobian product of ``ys`` with the cotangent 1 on ``rows``: one sweep."""
-    from symgrad.grad import vjp
-
     graph = ys[0].graph
     seeds = [graph.const(float(s) if not y.shape else s) for s, y in zip(_split(rows, ys), ys)]
     return vjp(ys, seeds, wrt)

@@ -27,8 +27,11 @@ import math
 import numpy as np
 
 from symgrad.errors import ArgumentError, GradError
+from symgrad.grad import build_grad
 from symgrad.graph import Expr, paused_gc, reachable
 from symgrad.ops import MOVES, OPS
+from symgrad.optimize import optimize
+from symgrad.optimize.expand import expand
 
 
 def _scipy_sparse():
@@ -52,11 +55,7 @@ def jacobian_sparsity(ys, wrt):
     >>> jacobian_sparsity([x * y, sg.sin(z)], [x, y, z]).toarray().astype(int).tolist()
     [[1, 1, 0], [0, 0, 1]]
     """
-    ys, wrt = _checked(ys, wrt, "jacobian_sparsity")
-    from symgrad.optimize.expand import expand
-
-    flat = expand([*ys, *wrt])
-    return dependencies(flat[: len(ys)], flat[len(ys) :])
+    return dependencies(*expanded_copy(ys, wrt, "jacobian_sparsity"))
 
 
 def hessian_sparsity(y, wrt):
@@ -69,24 +68,33 @@ def hessian_sparsity(y, wrt):
     >>> hessian_sparsity(x * y + z**2 + x, [x, y, z]).toarray().astype(int).tolist()
     [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
     """
-    grads, wrt = gradient_copy(y, wrt, "hessian_sparsity")
+    return hessian_pattern(*gradient_copy(y, wrt, "hessian_sparsity"))
+
+
+def hessian_pattern(grads: list[Expr], wrt: list[Expr]):
+    """The Hessian's structure from the gradient's (symmetric, indices sorted)."""
     pattern = dependencies(grads, wrt)
-    return (pattern + pattern.T).astype(bool).tocsr()
+    pattern = _scipy_sparse().csr_array((pattern + pattern.T).astype(bool), dtype=bool)
+    pattern.sort_indices()
+    return pattern
+
+
+def expanded_copy(ys, wrt, what: str) -> tuple[list[Expr], list[Expr]]:
+    """``ys`` and ``wrt`` checked, then copied into a fresh graph with composite ops expanded
+    (the caller's graph gets no node)."""
+    ys, wrt = _checked(ys, wrt, what)
+    flat = expand([*ys, *wrt])
+    return flat[: len(ys)], flat[len(ys) :]
 
 
 def gradient_copy(y, wrt, what: str) -> tuple[list[Expr], list[Expr]]:
     """The gradient of ``y`` built in a copy of its graph, folded and expanded, and the wrt
     there. The caller's graph gets no node."""
-    from symgrad.grad import build_grad
-    from symgrad.optimize import optimize
-    from symgrad.optimize.expand import expand
-
-    [y], wrt = _checked([y], wrt, what)
+    [y], wrt = expanded_copy([y], wrt, what)
     if y.shape != ():
         raise GradError(f"{what}: y must be a scalar, got shape {y.shape}")
-    copy = expand([y, *wrt])
-    grads = build_grad(copy[0], copy[1:])
-    flat = optimize([*grads, *copy[1:]])
+    grads = build_grad(y, wrt)
+    flat = optimize([*grads, *wrt])
     if _composite(flat):  # the VJP rules wrote a composite op: expand it too
         flat = expand(flat)
     return flat[: len(wrt)], flat[len(wrt) :]
@@ -140,7 +148,7 @@ def dependencies(ys: list[Expr], wrt: list[Expr]):
                 continue
             node = nodes[i]
             found = walk.node(node, [deps.get(a) for a in node["args"]], nodes)
-            walk.release(node["args"], deps, seeds)
+            walk.release(node["args"], deps)
             if found is not None:
                 deps[i] = found
     rows = [walk.matrix(deps.get(y.id), math.prod(y.shape)) for y in ys]
@@ -166,10 +174,10 @@ class _Walk:
                 for a in nodes[i]["args"]:
                     self.uses[a] = self.uses.get(a, 0) + 1
 
-    def release(self, args, deps: dict, seeds) -> None:
+    def release(self, args, deps: dict) -> None:
         for a in args:
             self.uses[a] -= 1
-            if self.uses[a] == 0 and a not in seeds:
+            if self.uses[a] == 0 and a not in self.seeds:
                 deps.pop(a, None)
 
     def identity(self, start: int, size: int):
@@ -406,7 +414,7 @@ def recovery(pattern, colors: np.ndarray) -> np.ndarray | None:
     if an entry cannot be read directly (two columns of one colour meet it from both sides)."""
     n = pattern.shape[0]
     k = int(colors.max()) + 1 if n else 0
-    rows = np.repeat(np.arange(n), np.diff(pattern.indptr))
+    rows = csr_rows(pattern)
     cols = pattern.indices
     # How many columns of each colour row i holds (the diagonal included).
     per_row = np.bincount(rows * k + colors[cols], minlength=n * k).reshape(n, k)
@@ -415,3 +423,8 @@ def recovery(pattern, colors: np.ndarray) -> np.ndarray | None:
     if not np.all(direct | mirror):
         return None
     return np.where(direct, colors[cols] * n + rows, colors[rows] * n + cols)
+
+
+def csr_rows(pattern) -> np.ndarray:
+    """The row of each stored entry of a csr array, in its order."""
+    return np.repeat(np.arange(pattern.shape[0]), np.diff(pattern.indptr))
