@@ -47,15 +47,26 @@ def test_every_op_is_covered():
     assert len(DIFF_OPS) >= 30
 
 
-@pytest.mark.parametrize("name", DIFF_OPS + TENSOR_OPS)
-def test_jvp_is_the_transpose_of_the_vjp(name):
-    rng = np.random.default_rng(0)
+def _probe(name: str, seed: int):
+    """``_case`` of op ``name`` with a random tangent direction v per operand and a random
+    cotangent u of the output."""
+    rng = np.random.default_rng(seed)
     g, xs, y, values = _case(name, rng)
     v = [rng.normal(size=x.shape) for x in xs]
-    u = rng.normal(size=y.shape)
+    return g, xs, y, values, v, rng.normal(size=y.shape)
+
+
+def _weighted(y, u):
+    """The scalar sum(y * u), whose gradient is the VJP of y with cotangent u."""
+    return sg.sum(y * u) if y.shape else y * float(u)
+
+
+@pytest.mark.parametrize("name", DIFF_OPS + TENSOR_OPS)
+def test_jvp_is_the_transpose_of_the_vjp(name):
+    g, xs, y, values, v, u = _probe(name, 0)
     [tangent] = sg.jvp(y, xs, v)
     forward = float(np.sum(u * sg.evaluate(tangent, **values)))
-    grads = sg.build_grad(sg.sum(y * u) if y.shape else y * float(u), xs)
+    grads = sg.build_grad(_weighted(y, u), xs)
     reverse = sum(float(np.sum(gk * vk)) for gk, vk in zip(sg.evaluate(grads, **values), v))
     assert forward == pytest.approx(reverse, rel=1e-10, abs=1e-12)
 
@@ -180,12 +191,8 @@ def test_hvp_forward_over_reverse_equals_reverse_over_reverse():
 def test_second_order_forward_over_reverse_matches_differences(name):
     # The tangent of each op's VJP (its second derivative along v, weighted by u) against
     # central differences of the VJP itself.
-    rng = np.random.default_rng(2)
-    g, xs, y, values = _case(name, rng)
-    v = [rng.normal(size=x.shape) for x in xs]
-    u = rng.normal(size=y.shape)
-    weighted = sg.sum(y * g.const(u)) if y.shape else y * float(u)
-    grads = sg.build_grad(weighted, xs)
+    g, xs, y, values, v, u = _probe(name, 2)
+    grads = sg.build_grad(_weighted(y, u), xs)
     got = np.concatenate([np.ravel(t) for t in sg.evaluate(sg.jvp(grads, xs, v), **values)])
 
     def along(s):
