@@ -66,12 +66,7 @@ class ScipyObjective:
 
     def split(self, x) -> list:
         """The flat vector ``x`` as one value per parameter (floats for scalars)."""
-        x = self._vector(x, "x")
-        parts, k = [], 0
-        for shape, n in zip(self.shapes, self.sizes):
-            parts.append(float(x[k]) if not shape else x[k : k + n].reshape(shape))
-            k += n
-        return parts
+        return _parts(self._vector(x, "x"), self.shapes)
 
     def flatten(self, parts) -> np.ndarray:
         """One value per parameter (a list, or a dict by name) as the flat vector."""
@@ -94,14 +89,7 @@ class ScipyObjective:
         return np.concatenate(flat)
 
     def _vector(self, x, what: str) -> np.ndarray:
-        """``x`` as a float64 vector of ``size`` real numbers (nan and inf pass: f is IEEE)."""
-        x = _real_array(x, what)
-        if x.shape != (self.size,):
-            raise ArgumentError(
-                f"{what} must have shape ({self.size},): one real number per parameter, "
-                f"got shape {x.shape}"
-            )
-        return x
+        return _flat_vector(x, self.size, what)
 
     def _evaluate(self, x) -> tuple[float, np.ndarray]:
         x = self._vector(x, "x")
@@ -194,15 +182,7 @@ class ScipyResiduals:
         self.jac_sparsity = self._jac.pattern
 
     def _split(self, x) -> list:
-        x = _real_array(x, "x")
-        if x.shape != (self.size,):
-            raise ArgumentError(f"x must have shape ({self.size},), got shape {x.shape}")
-        parts, k = [], 0
-        for shape in self.shapes:
-            n = int(np.prod(shape))
-            parts.append(float(x[k]) if not shape else x[k : k + n].reshape(shape))
-            k += n
-        return parts
+        return _parts(_flat_vector(x, self.size, "x"), self.shapes)
 
     def fun(self, x) -> np.ndarray:
         """The residuals at the flat parameters ``x``, one flat vector."""
@@ -220,6 +200,26 @@ def scipy_residuals(ys, wrt, values: dict | None = None, backend: str = "llvm"):
     the flat vector of ``wrt``: ``least_squares(r.fun, x0, jac=r.jac)`` (SciPy then solves with
     LSMR, for a sparse Jacobian); ``r.jac_sparsity`` is the structure."""
     return ScipyResiduals(ys, wrt, values=values, backend=backend)
+
+
+def _flat_vector(x, size: int, what: str) -> np.ndarray:
+    """``x`` as a float64 vector of ``size`` real numbers (nan and inf pass: f is IEEE)."""
+    x = _real_array(x, what)
+    if x.shape != (size,):
+        raise ArgumentError(
+            f"{what} must have shape ({size},): one real number per parameter, got shape {x.shape}"
+        )
+    return x
+
+
+def _parts(x: np.ndarray, shapes) -> list:
+    """The flat vector ``x`` as one value per parameter of ``shapes`` (floats for scalars)."""
+    parts, k = [], 0
+    for shape in shapes:
+        n = int(np.prod(shape))
+        parts.append(float(x[k]) if not shape else x[k : k + n].reshape(shape))
+        k += n
+    return parts
 
 
 def _fixed_inputs(what: str, who: str, reads, names: list[str], values: dict) -> list[str]:
