@@ -44,3 +44,11 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def report(lines: list[str], out: str | None) -> None:
+    """Print the report, and keep it in ``out`` (a ``benchmarks/RESULTS_*.md``) if given."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out).write_text(text)

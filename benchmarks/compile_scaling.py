@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import symgrad as sg
+from benchmarks.common import report
 
 STRAIGHT_NODES = (12_500, 25_000, 50_000, 100_000)
 NODES_PER_TERM = 17  # of the optimized value + gradient, per term of the straight line
@@ -143,11 +144,7 @@ def main(argv=None) -> None:
                     straight_line, terms, args.repeats) + [""]  # fmt: skip
     lines += series("Unrolled LSTM (2 layers, width 14), value + gradient", "steps",
                     unrolled_lstm, steps, args.repeats)  # fmt: skip
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -49,13 +49,12 @@ import gc
 import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 import symgrad as sg
 import symgrad.sparse as sg_sparse
-from benchmarks.common import best_of
+from benchmarks.common import best_of, report
 from benchmarks.common import cpu_name as _cpu
 from benchmarks.common import elapsed as _elapsed
 from benchmarks.common import ms as _ms
@@ -717,10 +716,7 @@ def main(argv=None) -> None:
         f" Whole run: {_elapsed(start):.0f} s."
     )
     lines += ["", *notes(results)]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:  # the same report, kept (benchmarks/RESULTS_hand.md)
-        Path(args.out).write_text(report)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

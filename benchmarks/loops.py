@@ -30,11 +30,11 @@ import statistics
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 
 import symgrad as sg
+from benchmarks.common import report
 
 LAYERS, WIDTH, CHARS = 2, 14, 1024
 RK4_STEPS, DT = 10_000, 1e-3
@@ -304,10 +304,7 @@ def main(argv=None) -> None:
     lines += lstm_section(block_s, repeats) + [""]
     lines += rk4_section(steps, block_s, repeats) + [""]
     lines += memory_section(steps)
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:  # the same report, kept (benchmarks/RESULTS_loops.md)
-        Path(args.out).write_text(report)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":

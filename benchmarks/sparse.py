@@ -41,7 +41,6 @@ import gc
 import platform
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import scipy
@@ -49,7 +48,7 @@ import scipy.sparse as sparse
 
 import symgrad as sg
 import symgrad.sparse as sg_sparse
-from benchmarks.common import best_of
+from benchmarks.common import best_of, report
 from benchmarks.common import cpu_name as _cpu
 from benchmarks.common import elapsed as _elapsed
 from benchmarks.common import ms as _ms
@@ -448,10 +447,7 @@ def main(argv=None) -> None:
     )
     lines += stages_table(jacobians, 'no gradient; mode="auto" colours the columns and the rows')
     lines += ["", *SKIPPED]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:  # the same report, kept (benchmarks/RESULTS_sparse.md)
-        Path(args.out).write_text(report)
+    report(lines, args.out)
 
 
 if __name__ == "__main__":
