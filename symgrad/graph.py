@@ -731,6 +731,11 @@ class Expr:
         return matmul(other, self)
 
     def __getitem__(self, index) -> Expr:
+        items = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, (Expr, list)) or getattr(i, "ndim", 0) for i in items):
+            from symgrad.tensor import indexed  # late: tensor.py builds on this module
+
+            return indexed(self, index)  # an array of indices: a take
         return self.graph.apply("getitem", self, index=index)
 
     @property

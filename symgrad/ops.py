@@ -74,8 +74,8 @@ _KIND_TEXT = {
     "tuple": "a tuple of ints",
     "None": "None",
     "bool": "True or False",
-    "index": "an index entry (an int, a slice or '...') or a tuple of them: array, list and "
-    "None (newaxis) indices are not supported",
+    "index": "an index entry (an int, a slice or '...') or a tuple of them: None (newaxis) is "
+    "not supported, and an array or list of indices is a take (x[array] builds one)",
     "name": "a str",
     "float": "a float",
     "array": "a numpy array",
@@ -154,8 +154,10 @@ class OpDef:
     # None: by the op's kind (an elementwise op element to element, as broadcast; any other op
     # every output element on every operand element, which is safe but dense). MOVES: the op
     # places operand elements (or zeros), so its numpy form applied to the operand's element
-    # numbers tells where each came from. A function ``(operand shapes, attrs)`` -> one pair
-    # (output flat indices, operand flat indices) of int arrays per operand, exact.
+    # numbers tells where each came from. A function ``(operand shapes, attrs, consts)`` -> one
+    # pair (output flat indices, operand flat indices) of int arrays per operand, exact, or None
+    # where it cannot tell (``consts``: each operand's value where it is a constant, else None;
+    # take reads its constant indices).
     pattern: Callable | str | None = None
     # Its evaluation calls the BLAS (numpy's matmul, the LLVM backend's dgemm): a call of a
     # compiled function holding it sets the BLAS's threads for its duration (blas.py).
@@ -868,7 +870,7 @@ def _amax_vjp(g, o, x, axis, keepdims):
     return _restore(g, x, attrs) * share
 
 
-def _reduce_pattern(shapes, attrs):
+def _reduce_pattern(shapes, attrs, consts):
     """Each operand element feeds the one output element its reduced axes collapse to."""
     shape, axes = shapes[0], attrs["axis"]
     where = np.indices(shape).reshape(len(shape), -1) if shape else np.zeros((0, 1), int)
@@ -877,14 +879,14 @@ def _reduce_pattern(shapes, attrs):
     return [(np.broadcast_to(out, (_size(shape),)), np.arange(_size(shape)))]
 
 
-def _matmul_pattern(shapes, attrs):
+def _matmul_pattern(shapes, attrs, consts):
     """out[i, j] reads row i of a and column j of b, whole."""
     (m, k), (_, n) = shapes
     i, j, inner = (a.ravel() for a in np.meshgrid(range(m), range(n), range(k), indexing="ij"))
     return [(i * n + j, i * k + inner), (i * n + j, inner * n + j)]
 
 
-def _window_sum_pattern(shapes, attrs):
+def _window_sum_pattern(shapes, attrs, consts):
     """Each operand element (one entry of one window) adds to the element it was taken from:
     the move ``windows`` makes from the output's shape, read backwards."""
     size = _size(attrs["shape"])
@@ -1051,7 +1053,8 @@ def _index_item(op: str, item, n: int):
     if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
         raise ShapeError(
             f"{op}: index entry {show(item)} ({type(item).__name__}) is not an int, a slice or "
-            "'...': array, list and None (newaxis) indices are not supported"
+            "'...': None (newaxis) is not supported, and an array or list of indices is a take "
+            "(x[array] builds one)"
         )
     k = _int(op, "index", item)
     if not -n <= k < n:
@@ -1132,6 +1135,136 @@ _register("embed", 1, _embed,
           schema=(_INDEX, _SHAPE), normalize=_embed_normalize, elementwise=False,
           shape=lambda op, shapes, at: at["shape"], domain=(SMALL,),
           jvp=_linear("embed"), pattern=MOVES)  # fmt: skip
+
+
+# take / scatter_add: elements along an axis picked by an index operand (a constant or any node:
+# float64 holding integers, negative ones counting from the end as numpy's). An index that is not
+# an integer inside [-n, n) (nan, 1.5, out of range) picks nan and adds nothing, in numpy and in
+# compiled code alike: no value an input holds makes a kernel read or write outside its arrays.
+_AXIS = Attr("axis", ("int",), 0)
+
+
+def valid_indices(idx, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(k, ok)``: the flat indices of ``idx`` into a dimension of ``n`` in [0, n), 0 where
+    ``ok`` (an integer inside [-n, n)) is False."""
+    idx = np.asarray(idx, dtype=np.float64).ravel()
+    with np.errstate(invalid="ignore"):
+        ok = (idx == np.floor(idx)) & (idx >= -n) & (idx < n)
+    k = np.where(ok, idx, 0.0).astype(np.int64)
+    return np.where(k < 0, k + n, k), ok
+
+
+def _take(x, idx, axis):
+    k, ok = valid_indices(idx, x.shape[axis])
+    out = np.take(x, k, axis=axis)
+    if not ok.all():
+        out[(slice(None),) * axis + (~ok,)] = np.nan
+    return out.reshape(x.shape[:axis] + np.shape(idx) + x.shape[axis + 1 :])
+
+
+def _scatter_add(g, idx, axis, size):
+    # The adjoint of take: g's slices along the index axes added where the indices point, in the
+    # indices' order (the compiled loop's order, so both round alike).
+    m, lead = math.prod(np.shape(idx)), g.shape[:axis]
+    trail = g.shape[axis + np.ndim(idx) :]
+    k, ok = valid_indices(idx, size)
+    rows = np.moveaxis(np.reshape(g, lead + (m,) + trail), axis, 0)
+    out = np.zeros((size,) + lead + trail)
+    np.add.at(out, k[ok], rows[ok])
+    return np.moveaxis(out, 0, axis)
+
+
+def _axis_of(op: str, ndim: int, axis, what: str) -> int:
+    a = _int(op, "axis", axis)
+    if not -ndim <= a < ndim:
+        raise ShapeError(f"{op}: axis {a} is out of range for {what}")
+    return a % ndim
+
+
+def _take_normalize(op, shapes, attrs):
+    x = shapes[0]
+    if not x:
+        raise ShapeError(f"{op}: operand 0 is a scalar: there is no axis to take along")
+    return {"axis": _axis_of(op, len(x), attrs["axis"], f"operand 0 of shape {x}")}
+
+
+def _take_shape(op, shapes, attrs):
+    (x, idx), axis = shapes, attrs["axis"]
+    return (*x[:axis], *idx, *x[axis + 1 :])
+
+
+def _scatter_normalize(op, shapes, attrs):
+    g, idx = shapes
+    size = _int(op, "size", attrs["size"])
+    if size < 1:
+        raise ShapeError(f"{op}: size must be at least 1, got {size}")
+    ndim = len(g) - len(idx) + 1  # the output's
+    if ndim < 1:
+        raise ShapeError(f"{op}: operand 0 of shape {g} has fewer axes than the indices {idx}")
+    axis = _axis_of(op, ndim, attrs["axis"], f"a result of {ndim} axes")
+    if tuple(g[axis : axis + len(idx)]) != tuple(idx):
+        raise ShapeError(
+            f"{op}: operand 0 of shape {g} does not hold the indices' shape {idx} at axis {axis}"
+        )
+    return {"axis": axis, "size": size}
+
+
+def _scatter_shape(op, shapes, attrs):
+    (g, idx), axis = shapes, attrs["axis"]
+    return (*g[:axis], attrs["size"], *g[axis + len(idx) :])
+
+
+def _linear_first(op: str):
+    """The JVP of an op linear in operand 0 whose other operand has no derivative (indices)."""
+
+    def jvp(ts, o, x, idx, **attrs):
+        if ts[0] is None:
+            return o.graph.const(np.zeros(o.shape) if o.shape else 0.0)
+        return ap(op, ts[0], idx, **attrs)
+
+    return jvp
+
+
+def _picked(attrs, idx, big: tuple[int, ...]):
+    """(small flat index, big flat index) of each element take moves, for constant indices
+    ``idx`` (None: unknown): ``big`` the shape indexed along the axis, the small one lead +
+    idx + trail. Invalid indices move nothing."""
+    if idx is None:
+        return None
+    axis = attrs["axis"]
+    axis_size = big[axis]
+    k, ok = valid_indices(idx, axis_size)
+    lead, trail = big[:axis], big[axis + 1 :]
+    m = k.size
+    at = np.indices((_size(lead), m, _size(trail))).reshape(3, -1)
+    keep = ok[at[1]]
+    small = np.ravel_multi_index(tuple(at), (_size(lead), m, _size(trail)))[keep]
+    big_at = np.ravel_multi_index((at[0], k[at[1]], at[2]), (_size(lead), axis_size, _size(trail)))
+    return small, big_at[keep]
+
+
+def _take_pattern(shapes, attrs, consts):
+    pairs = _picked(attrs, consts[1], shapes[0])
+    return None if pairs is None else [pairs, None]
+
+
+def _scatter_pattern(shapes, attrs, consts):
+    pairs = _picked(attrs, consts[1], _scatter_shape("scatter_add", shapes, attrs))
+    return None if pairs is None else [pairs[::-1], None]
+
+
+_register("take", 2, _take,
+          (lambda g, o, x, idx, axis: ap("scatter_add", g, idx, axis=axis,
+                                         size=x.shape[axis]), None),
+          Lowering("barrier", "take"), schema=(_AXIS,), normalize=_take_normalize,
+          shape=_take_shape, elementwise=False, domain=(SMALL, (0.0, 0.0)),
+          jvp=_linear_first("take"), pattern=_take_pattern)  # fmt: skip
+_register("scatter_add", 2, _scatter_add,
+          (lambda g, o, x, idx, axis, size: ap("take", g, idx, axis=axis), None),
+          Lowering("barrier", "scatter_add"), schema=(_AXIS, Attr("size", ("int",))),
+          normalize=_scatter_normalize, shape=_scatter_shape, elementwise=False,
+          domain=(SMALL, (0.0, 0.0)), jvp=_linear_first("scatter_add"),
+          pattern=_scatter_pattern)  # fmt: skip
 
 
 def _safe_max(x, axes):

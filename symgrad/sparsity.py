@@ -155,6 +155,11 @@ def dependencies(ys: list[Expr], wrt: list[Expr]):
     return sparse.vstack(rows, format="csr").astype(bool)
 
 
+def _const_value(node: dict):
+    """A constant node's value (the indices of a take read off the graph), else None."""
+    return dict(node["attrs"])["value"] if node["op"] == "const" else None
+
+
 class _Walk:
     """The rules of ``dependencies``, and what they share: scipy, the column count, how often
     each node is still to be read (a set read for the last time is grown in place, so a chain
@@ -223,7 +228,8 @@ class _Walk:
         if not shape and all(not shapes[k] for k in live) and opdef.elementwise:
             return self._scalar_union(node["args"], deps, live)
         attrs = dict(node["attrs"])
-        pairs = self._pairs(opdef, shapes, attrs, shape)
+        consts = [_const_value(nodes[a]) for a in node["args"]]
+        pairs = self._pairs(opdef, shapes, attrs, shape, consts)
         if pairs is None:
             return self._dense(deps, live, shape)
         out_size = math.prod(shape)
@@ -249,7 +255,7 @@ class _Walk:
                 base |= deps[k]
         return base
 
-    def _pairs(self, opdef, shapes, attrs, shape):
+    def _pairs(self, opdef, shapes, attrs, shape, consts):
         """Per operand, (output flat indices, operand flat indices) it feeds, or None."""
         if opdef.pattern == MOVES:
             size = math.prod(shapes[0])
@@ -258,7 +264,7 @@ class _Walk:
             rows = np.flatnonzero(source)
             return [(rows, source[rows].astype(np.int64) - 1)]
         if callable(opdef.pattern):
-            return opdef.pattern(shapes, attrs)
+            return opdef.pattern(shapes, attrs, consts)
         if opdef.elementwise:
             out = math.prod(shape)
             return [

@@ -371,6 +371,115 @@ def solve(a, b) -> Expr:
     return sum(inv(a) * reshape(b, (*b.shape[:-1], 1, n)), axis=-1)
 
 
+def _index_operand(op: str, graph, indices, n: int) -> Expr:
+    """``indices`` as a node: an ``Expr`` of ``graph`` as it is (its values are checked as the
+    kernel runs: one that is not an integer in [-n, n) gives nan, or adds nothing), an int or
+    an array of ints (or of integral floats) checked against the axis's ``n`` here."""
+    if isinstance(indices, Expr):
+        if indices.graph is not graph:
+            raise GraphError(f"{op}: indices belong to another graph than the operand")
+        return indices
+    if isinstance(indices, (bool, np.bool_)):
+        raise ShapeError(f"{op}: indices must be ints, got a bool")
+    try:
+        arr = np.asarray(indices)
+    except (ValueError, TypeError) as err:
+        raise ShapeError(f"{op}: indices are not an array of ints ({err})") from None
+    if arr.dtype.kind not in "iuf" or arr.size == 0:
+        raise ShapeError(f"{op}: indices must be a non-empty int or array of ints, got {arr.dtype} "
+                         f"of shape {arr.shape}")  # fmt: skip
+    values = arr.astype(np.float64)
+    bad = ~((values == np.floor(values)) & (values >= -n) & (values < n))
+    if bad.any():
+        first = arr.ravel()[np.flatnonzero(bad.ravel())[0]].item()
+        raise ShapeError(f"{op}: index {first!r} is not an int in [{-n}, {n - 1}] (axis of {n})")
+    return graph.const(values if values.ndim else float(values))
+
+
+def take(x, indices, axis=0) -> Expr:
+    """The elements of ``x`` at ``indices`` along ``axis``, as ``numpy.take``: the result has
+    shape ``x.shape[:axis] + indices.shape + x.shape[axis+1:]``. ``indices`` is an int, an array
+    of ints (checked here) or an ``Expr`` holding integers (a graph input: an index that is not
+    an integer in [-n, n) gives nan, never a read outside ``x``). Its adjoint is
+    ``scatter_add``; there is no derivative in the indices.
+
+    >>> from symgrad.graph import Graph
+    >>> g = Graph(); x = g.input("x", shape=(4, 3))
+    >>> take(x, [3, 0, 3]).shape, take(x, [[0, 1]], axis=1).shape, take(x, g.input("i")).shape
+    ((3, 3), (4, 1, 2), (3,))
+    """
+    x = _as_expr("take", x)
+    if not x.shape:
+        raise ShapeError("take: x is a scalar: there is no axis to take along")
+    axis = _axis("take", axis, x.ndim)
+    with x.graph.atomic():
+        idx = _index_operand("take", x.graph, indices, x.shape[axis])
+        return x.graph.apply("take", x, idx, axis=axis)
+
+
+def _is_array_entry(item) -> bool:
+    return isinstance(item, (Expr, list)) or (isinstance(item, np.ndarray) and item.ndim > 0)
+
+
+def indexed(x: Expr, index) -> Expr:
+    """``x[index]`` where one entry of ``index`` is an array of ints, a list of them or an
+    ``Expr`` (the others ints, slices or one '...'): the rest as a view (``getitem``), then
+    ``take`` along the array entry's axis. ``Expr.__getitem__`` calls it."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    arrays = [k for k, item in enumerate(items) if _is_array_entry(item)]
+    if len(arrays) > 1:
+        raise ShapeError("getitem: only one index entry may be an array (numpy's broadcasting "
+                         "of several index arrays is not supported): use take")  # fmt: skip
+    at = arrays[0]
+    entry = items[at]
+    if isinstance(entry, np.ndarray) and entry.dtype.kind == "b":
+        raise ShapeError("getitem: boolean mask indices are not supported: their result's shape "
+                         "depends on the values")  # fmt: skip
+    items[at] = slice(None)
+    # The array entry's axis in the view: the axes the entries before it keep (tensor.sum is
+    # this module's; the builtin is not at hand).
+    dots = x.ndim - len([item for item in items if item is not Ellipsis])
+    kept = math.fsum(
+        dots if item is Ellipsis else not isinstance(item, (int, np.integer)) for item in items[:at]
+    )
+    with x.graph.atomic():
+        view = x.graph.apply("getitem", x, index=tuple(items))
+        try:
+            out = take(view, entry, axis=int(kept))
+        except ShapeError as err:
+            raise ShapeError(f"getitem: {err}") from None
+        except GraphError as err:
+            raise GraphError(f"getitem: {err}") from None
+        # numpy counts the ints as index arrays too: apart from the array (a slice or '...'
+        # between), the indices' axes go to the front of the result.
+        ints = [k for k, item in enumerate(items) if isinstance(item, (int, np.integer))]
+        advanced = sorted([at, *ints])
+        if advanced[-1] - advanced[0] + 1 == len(advanced) or not kept:
+            return out
+        picked = range(int(kept), out.ndim - (view.ndim - int(kept) - 1))
+        rest = [d for d in range(out.ndim) if d not in picked]
+        return x.graph.apply("transpose", out, axes=(*picked, *rest))
+
+
+def scatter_add(values, indices, axis=0, size=None) -> Expr:
+    """Zeros with ``size`` elements along ``axis``, and ``values`` added at ``indices`` there
+    (repeated indices add up): the adjoint of ``take``, as ``numpy.add.at`` into zeros.
+    ``values`` has shape ``lead + indices.shape + trail`` with ``len(lead) == axis``; the result
+    ``lead + (size,) + trail``. Indices as in ``take`` (an invalid one adds nothing).
+
+    >>> from symgrad.graph import Graph
+    >>> g = Graph(); v = g.input("v", shape=(2, 3))
+    >>> scatter_add(v, [4, 4], size=5).shape, scatter_add(v, [0, 1, 0], axis=1, size=2).shape
+    ((5, 3), (2, 2))
+    """
+    v = _as_expr("scatter_add", values)
+    if type(size) is not int or size < 1:
+        raise ShapeError(f"scatter_add: size must be a positive int, got {size!r}")
+    with v.graph.atomic():
+        idx = _index_operand("scatter_add", v.graph, indices, size)
+        return v.graph.apply("scatter_add", v, idx, axis=axis, size=size)
+
+
 @_atomic
 def multigammaln(a, d) -> Expr:
     """The multivariate log-gamma function, elementwise in ``a`` (``scipy.special.multigammaln``):
@@ -441,4 +550,6 @@ TENSOR_FUNCTIONS = {
     "binary_cross_entropy": binary_cross_entropy,
     "binary_cross_entropy_with_logits": binary_cross_entropy_with_logits,
     "softmax_cross_entropy": softmax_cross_entropy,
+    "take": take,
+    "scatter_add": scatter_add,
 }

@@ -437,6 +437,23 @@ add("solve", "b of the wrong size", ShapeError, r"b has shape \(3,\): its last a
     lambda e: sg.solve(e.k, e.v))  # fmt: skip
 add("multigammaln", "d zero", ArgumentError, "d must be a positive int",
     lambda e: sg.multigammaln(e.v, 0))  # fmt: skip
+add("take", "index out of range", ShapeError, r"index 3 is not an int in \[-3, 2\]",
+    lambda e: sg.take(e.v, [0, 3]))  # fmt: skip
+add("take", "a fraction", ShapeError, r"index 0.5 is not an int", lambda e: sg.take(e.W, [0.5]))
+add("take", "axis 1 of a vector", ArgumentError, r"axis must be an int in \[-1, 0\]",
+    lambda e: sg.take(e.v, [0], axis=1))  # fmt: skip
+add("take", "indices of another graph", GraphError, "another graph",
+    lambda e: sg.take(e.v, e.ox))  # fmt: skip
+add("take", "a scalar", ShapeError, "x is a scalar", lambda e: sg.take(e.x, 0))
+add("take", "x[array] out of range", ShapeError, "getitem: take: index -4",
+    lambda e: e.W[:, [0, -4]])  # fmt: skip
+add("scatter_add", "values not holding the indices (const then fail)", ShapeError,
+    r"does not hold the indices' shape \(3,\)",
+    lambda e: sg.scatter_add(e.W, [0, 1, 1], size=4))  # fmt: skip
+add("scatter_add", "size 0", ShapeError, "size must be a positive int",
+    lambda e: sg.scatter_add(e.v, [0, 0, 0], size=0))  # fmt: skip
+add("scatter_add", "index past size", ShapeError, r"index 2 is not an int in \[-2, 1\]",
+    lambda e: sg.scatter_add(e.v, [0, 2, 0], size=2))  # fmt: skip
 add("sum", "axis 3", ShapeError, "axis 3 is out of range", lambda e: sg.sum(e.W, axis=3))
 add("sum", "a str", GraphError, "sum: operand is a str", lambda e: sg.sum("a"))
 add("sum", "keepdims a str", ShapeError, "keepdims", lambda e: sg.sum(e.W, keepdims="yes"))

@@ -18,7 +18,6 @@ from tests.toolbox import (
     EXAMPLES,
     TENSOR_OPS,
     central_difference,
-    domain_sample,
     example,
     snapshot,
 )
@@ -30,13 +29,16 @@ PLAIN = {"matmul": [(3, 4), (4, 2)]}
 def _case(name: str, rng):
     """(graph, operand inputs, output, values) of op ``name`` at a random point of its domain."""
     if name in EXAMPLES:
-        g, xs, attrs = example(name)
+        g, operands, attrs = example(name)
     else:
         g = sg.Graph()
         shapes = PLAIN.get(name, [(3,)] * OPS[name].arity)
-        xs, attrs = [g.input(f"x{k}", s) for k, s in enumerate(shapes)], {}
-    y = g.apply(name, *xs, **attrs)
-    values = dict(zip((x.name for x in xs), domain_sample(name, [x.shape for x in xs], rng)))
+        operands, attrs = [g.input(f"x{k}", s) for k, s in enumerate(shapes)], {}
+    y = g.apply(name, *operands, **attrs)
+    # Constant operands (a take's indices) are no variables: their domain entry is skipped.
+    ranges = [r for r, o in zip(OPS[name].domain, operands) if o.op == "input"]
+    xs = [o for o in operands if o.op == "input"]
+    values = {x.name: rng.uniform(lo, hi, x.shape) for x, (lo, hi) in zip(xs, ranges)}
     if name in ("amax", "max_pool2d"):  # no ties: the derivative exists
         values = {k: v + 1e-3 * np.arange(v.size).reshape(v.shape) for k, v in values.items()}
     return g, xs, y, values

@@ -289,6 +289,36 @@ def _matmul_cases():
     yield "views of a 40x60 matrix", big_views, SUMMED
 
 
+TAKES = [  # x's shape, constant indices (repeated, negative; None: an input), axis
+    ((7,), [6, 0, -1, 6, 2], 0), ((4, 9), [[1, 3], [0, -4]], 0), ((2, 5, 9), [2, 2, 0], 1),
+    ((2, 3, 4), 3, 2), ((3, 2), [1, 0, 1, 1, 0, 1, 0, 0, 1], -1), ((6, 5), None, 0),
+    ((3, 6, 2), None, 1),
+]  # fmt: skip
+
+
+def _indices(g, idx, n: int):
+    """Constant indices, or (None) input ones: sign(i) + sign(i - 0.5) holds integers in
+    [-2, 2] and i / 4 fractions, so the kernel meets valid, negative and invalid (nan) ones."""
+    if idx is not None:
+        return idx
+    i = g.input("i", (n,))
+    return sg.where(i > 1.5, i * 0.25, sg.sign(i) + sg.sign(i - 0.5))
+
+
+def _take_cases(op: str):
+    for shape, idx, axis in TAKES:
+
+        def build(g, shape=shape, idx=idx, axis=axis):
+            x, idx = g.input("x", shape), _indices(g, idx, 8)
+            t = sg.take(x, idx, axis=axis)
+            if op == "take":
+                return [t, t * 2.0]
+            v = g.input("v", t.shape)
+            return [sg.scatter_add(v, idx, axis=axis, size=shape[axis]), t]
+
+        yield f"{shape} {idx} axis={axis}", build, EXACT
+
+
 CASES = {
     "sum": lambda: _reduction_cases("sum"),
     "mean": lambda: _reduction_cases("mean"),
@@ -306,6 +336,8 @@ CASES = {
     "max_pool2d": lambda: _pool_cases("max_pool2d"),
     "windows": lambda: _window_cases("windows"),
     "window_sum": lambda: _window_cases("window_sum"),
+    "take": lambda: _take_cases("take"),
+    "scatter_add": lambda: _take_cases("scatter_add"),
 }
 
 
@@ -594,6 +626,19 @@ def _square_windows_summed(g, x):
     return g.apply("window_sum", win * win, kernel_size=(2, 3), stride=(1, 2), shape=x.shape)
 
 
+def _taken(g, x):
+    # Repeated and negative constant indices, then input ones (some invalid: nan, masked).
+    picked = sg.take(x, [[3, 0], [-1, 3]], axis=2)
+    i = g.input("i", (3,))
+    other = sg.take(x, [4, 4, 0], axis=3)[:, :, :2].reshape(2, 3, 2, 1, 3)
+    return sg.take(picked, sg.sign(i) + 1.0, axis=-1) * other
+
+
+def _scattered(g, x):
+    s = sg.scatter_add(x * x, [1, 0, 1, 2, 1], axis=3, size=3)
+    return sg.scatter_add(s, [[0, 1, 0, 1], [1, 1, 0, 0], [0, 0, 0, -1]], axis=1, size=2)
+
+
 GRAD_CASES = {
     "sum": _of_x(lambda g, x: x.sum(axis=(1, 3))),
     "mean": _of_x(lambda g, x: x.mean(axis=2, keepdims=True)),
@@ -613,6 +658,8 @@ GRAD_CASES = {
     "max_pool2d": _of_x(lambda g, x: sg.max_pool2d(x, kernel_size=(2, 3), stride=(1, 2))),
     "windows": _of_x(lambda g, x: g.apply("windows", x, kernel_size=(2, 3), stride=(1, 2))),
     "window_sum": _of_x(lambda g, x: _square_windows_summed(g, x)),
+    "take": _of_x(_taken),
+    "scatter_add": _of_x(_scattered),
 }
 
 

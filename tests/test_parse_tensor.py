@@ -433,6 +433,8 @@ API_CALLS = {
         "softmax_cross_entropy(L, Y, axis=0)",
         lambda v, f: f(v["L"], v["Y"], 0),
     ),
+    "take": ("take(A, u, 2)", lambda v, f: f(v["A"], v["u"], axis=2)),
+    "scatter_add": ("scatter_add(L, y, 1, size=4)", lambda v, f: f(v["L"], v["y"], 1, 4)),
 }
 
 
@@ -512,6 +514,8 @@ def test_the_derived_call_specs_match_the_python_signatures():
         "binary_cross_entropy": (2, 2, ()),
         "binary_cross_entropy_with_logits": (2, 2, ()),
         "softmax_cross_entropy": (2, 2, ("axis",)),
+        "take": (2, 2, ("axis",)),
+        "scatter_add": (2, 2, ("axis", "size")),
     }
     got = {name: (s.need, s.most, s.positional) for name, s in _SPECS.items()}
     assert got == expected

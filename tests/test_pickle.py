@@ -31,7 +31,16 @@ from hypothesis import strategies as st
 import symgrad as sg
 from symgrad.errors import ArgumentError, GraphError, SymgradError
 from symgrad.graph import DEFAULT_MAX_ELEMENTS
-from tests.toolbox import EXAMPLES, HOSTILE, Evil, example, hostile_cases, rosenbrock, same
+from tests.toolbox import (
+    EXAMPLES,
+    HOSTILE,
+    Evil,
+    example,
+    hostile_cases,
+    input_values,
+    rosenbrock,
+    same,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -444,9 +453,9 @@ def test_valid_op_state_round_trips_and_compiles(op):
     state, i = op_state(op)
     copy = forged_loads(sg.Graph, state)
     normal_code_could_build(copy)
-    values = {f"x{k}": np.linspace(-1.0, 1.0, math.prod(s)).reshape(s)
-              for k, s in enumerate(EXAMPLES[op][0])}  # fmt: skip
     e = sg.Expr(copy, i)
+    operands = [sg.Expr(copy, a) for a in copy.node(i)["args"]]
+    values = input_values(operands, lambda s: np.linspace(-1.0, 1.0, math.prod(s)).reshape(s))
     want = sg.evaluate(e, **values)
     assert np.allclose(sg.compile(e)(**values)[0], want, equal_nan=True)
 

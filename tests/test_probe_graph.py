@@ -11,6 +11,8 @@ unpickling.
 
 from __future__ import annotations
 
+import itertools
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -19,7 +21,16 @@ import symgrad as sg
 from symgrad.errors import GraphError, ShapeError, SymgradError
 from symgrad.graph import DEFAULT_MAX_ELEMENTS, MAX_ELEMENTS, NX_MUTATORS
 from symgrad.ops import MAX_NDIM, OPS
-from tests.toolbox import EXAMPLES, HOSTILE, LOOP_OPS, Evil, example, hostile_cases, snapshot
+from tests.toolbox import (
+    EXAMPLES,
+    HOSTILE,
+    LOOP_OPS,
+    Evil,
+    example,
+    hostile_cases,
+    input_values,
+    snapshot,
+)
 
 
 def assert_refused(g: sg.Graph, call, *words: str):
@@ -51,7 +62,7 @@ def test_every_op_with_attributes_has_an_example_and_a_normalize():
 def test_examples_are_valid(op):
     g, operands, attrs = example(op)
     e = g.apply(op, *operands, **attrs)
-    values = {f"x{k}": np.ones(s.shape) for k, s in enumerate(operands)}
+    values = input_values(operands, np.ones)
     assert np.asarray(sg.evaluate(e, **values)).shape == e.shape
 
 
@@ -76,7 +87,7 @@ def test_hostile_attribute_values_are_refused_or_valid(op, attr):
         canonical = dict(node["attrs"])
         shapes = tuple(s.shape for s in operands)
         assert OPS[op].normalize(op, shapes, canonical) == canonical
-        values = {f"x{k}": np.ones(s.shape) for k, s in enumerate(operands)}
+        values = input_values(operands, np.ones)
         assert np.asarray(sg.evaluate(e, **values)).shape == e.shape
     assert refused >= len(HOSTILE) // 2  # most hostile values are refused
 
@@ -156,12 +167,13 @@ def test_python_abs_builds_the_abs_node():
 # --- getitem with arrays, lists and other objects -------------------------------------------
 
 BAD_INDICES = [
-    np.array([0, 1]), np.array([True, False, True]), np.array(1), [0, 1], [], None, 1.5,
+    np.array([0, 3]), np.array([True, False, True]), np.array(1.5), [0, -4], [], None, 1.5,
     "a", b"a", True, np.bool_(False), 3, -4, 2**41, 10**5000, (0, np.array([1])), (0, 0),
     (Ellipsis, Ellipsis), slice(0.5), slice("a", None), slice(None, None, 0), slice(5, 9),
     slice(np.array([1]), None), {"a": 1}, {0}, object(), Evil(), 1 + 1j, (("s", 0, 0, 1),),
     (("s", 0, 1, 0),), (("s", "a", 1, 1),), (("s", np.array([1]), 1, 1),),
-    ((np.array([0, 1]), 0, 1, 1),), (Evil(), 0, 1, 1), sg.Graph().input("i"),
+    ((np.array([0, 1]), 0, 1, 1),), (Evil(), 0, 1, 1), sg.Graph().input("i"), [[0], [1.5]],
+    ([0], [1]), [0, None], np.array(["a"]), [Evil()],
 ]  # fmt: skip
 
 
@@ -173,12 +185,38 @@ def test_bad_index_is_a_shape_error_naming_the_index(index):
     assert "ind" in message or "slice" in message  # index, indices
 
 
-def test_array_index_message_says_what_is_supported():
+def test_index_entry_message_says_what_is_supported():
     g = sg.Graph()
     x = g.input("x", (3,))
-    message = assert_refused(g, lambda: x[np.array([0, 1])], "getitem", "index entry")
-    assert "array, list and None (newaxis) indices are not supported" in message
+    message = assert_refused(g, lambda: x[None], "getitem", "index entry")
+    assert "None (newaxis) is not supported" in message and "take" in message
     assert x[np.int64(1)].shape == () and x[np.int64(-1)].id == x[2].id  # numpy ints are ints
+
+
+ARRAY_ENTRIES = [1, slice(None), Ellipsis, [2, 0], slice(1, 3), np.array([[2, 0]]), -1]
+
+
+def test_array_indices_are_takes_as_numpy_indexes():
+    # One array (or list) entry among ints, slices and '...': numpy's result, shape and order,
+    # including numpy's rule that ints apart from the array move its axes to the front.
+    g = sg.Graph()
+    x = g.input("x", (4, 3, 5))
+    xv = np.random.default_rng(0).standard_normal((4, 3, 5))
+    seen = 0
+    for index in itertools.product(ARRAY_ENTRIES, repeat=3):
+        arrays = sum(isinstance(i, (list, np.ndarray)) for i in index)
+        if arrays != 1 or sum(i is Ellipsis for i in index) > 1:
+            continue
+        try:
+            want = xv[index]
+        except IndexError:  # numpy refuses it too (out of range)
+            assert_refused(g, lambda index=index: x[index], "getitem")
+            continue
+        e = x[index]
+        assert "take" in {g.node(i)["op"] for i in range(len(g))}
+        np.testing.assert_array_equal(sg.evaluate(e, x=xv), want, err_msg=repr(index))
+        seen += 1
+    assert seen >= 40
 
 
 # --- g.nx is read-only --------------------------------------------------------------------

@@ -136,7 +136,7 @@ def _ref_embed(x, index, shape):
 
 @dataclass
 class Case:
-    shapes: tuple
+    shapes: tuple  # an array among them: a constant operand (a take's indices), not an input
     attrs: dict = field(default_factory=dict)
     lo: float = -3.0
     hi: float = 3.0
@@ -236,6 +236,42 @@ CASES: dict[str, list[Case]] = {
 }
 
 
+_TAKES = [  # x's shape, the indices (repeated, negative), axis
+    ((5,), np.array([4.0, 0.0, -1.0, 4.0]), 0),
+    ((4, 3), np.array([[1.0, 3.0], [0.0, -4.0]]), 0),
+    ((2, 5, 3), np.array([2.0, 2.0, 0.0]), 1),
+    ((2, 3, 4), np.array(3.0), 2),
+    ((3, 2), np.array([1.0, 0.0, 1.0, 1.0, 0.0]), -1),
+]
+
+
+def _scatter_case(shape, idx, axis) -> Case:
+    values = (*shape[: axis % len(shape)], *idx.shape, *shape[axis % len(shape) + 1 :])
+    return Case((values, idx), {"axis": axis, "size": shape[axis]})
+
+
+CASES["take"] = [Case((shape, idx), {"axis": axis}) for shape, idx, axis in _TAKES]
+CASES["scatter_add"] = [_scatter_case(*t) for t in _TAKES]
+
+
+def _ref_take(name: str, x, idx, axis, size=None):
+    """take and scatter_add by explicit loops over every element of the small array."""
+    idx = np.asarray(idx, dtype=int)
+    if name == "take":
+        axis %= x.ndim
+        out = np.empty(x.shape[:axis] + idx.shape + x.shape[axis + 1 :])
+        for at in np.ndindex(out.shape):
+            j = at[axis : axis + idx.ndim]
+            out[at] = x[at[:axis] + (idx[j],) + at[axis + idx.ndim :]]
+        return out
+    axis %= x.ndim - idx.ndim + 1
+    out = np.zeros(x.shape[:axis] + (size,) + x.shape[axis + idx.ndim :])
+    for at in np.ndindex(x.shape):
+        j = at[axis : axis + idx.ndim]
+        out[at[:axis] + (idx[j],) + at[axis + idx.ndim :]] += x[at]
+    return out
+
+
 def _reference(name: str, arrays: list, attrs: dict):
     """The expected value of op ``name`` on ``arrays``, computed here."""
     x = arrays[0]
@@ -270,17 +306,32 @@ def _reference(name: str, arrays: list, attrs: dict):
         return _ref_pool(max)(x, **attrs)
     if name in ("windows", "window_sum"):
         return _ref_windows(name, x, **attrs)
+    if name in ("take", "scatter_add"):
+        return _ref_take(name, x, arrays[1], **attrs)
     raise AssertionError(f"no reference for {name}: write one in _reference")
 
 
 def _op_case(name: str, case: Case, seed: int = 0):
-    """(graph, inputs, node, input values) for one case of one op."""
+    """(graph, operands, node, input values) for one case of one op: the operands inputs x0,
+    x1, ... or constants where the case gives an array."""
     rng = np.random.default_rng(seed)
     g = sg.Graph()
-    xs = [g.input(f"x{k}", shape=s) for k, s in enumerate(case.shapes)]
+    xs = [
+        g.const(s) if isinstance(s, np.ndarray) else g.input(f"x{k}", shape=s)
+        for k, s in enumerate(case.shapes)
+    ]
     node = g.apply(name, *xs, **case.attrs)
-    values = {f"x{k}": rng.uniform(case.lo, case.hi, s) for k, s in enumerate(case.shapes)}
+    values = {x.name: rng.uniform(case.lo, case.hi, x.shape) for x in _inputs(xs)}
     return g, xs, node, values
+
+
+def _inputs(operands) -> list:
+    return [o for o in operands if o.op == "input"]
+
+
+def _arrays(operands, values) -> list[np.ndarray]:
+    """Each operand's value: an input's from ``values``, a constant's own."""
+    return [values[o.name] if o.op == "input" else o.value for o in operands]
 
 
 def _cases(name: str) -> list[Case]:
@@ -508,7 +559,7 @@ def test_bad_array_constants():
 def test_tensor_op_matches_numpy(name):
     for k, case in enumerate(_cases(name)):
         g, xs, node, values = _op_case(name, case, seed=k)
-        want = _reference(name, [values[f"x{j}"] for j in range(len(xs))], case.attrs)
+        want = _reference(name, _arrays(xs, values), case.attrs)
         got = sg.evaluate(node, **values)
         assert node.shape == np.shape(want), case
         assert got.shape == np.shape(want), case
@@ -622,7 +673,7 @@ def test_tensor_op_gradient_matches_central_differences(name):
     for k, case in enumerate(_cases(name)):
         g, xs, node, values = _op_case(name, case, seed=k)
         loss = _random_projection(node, np.random.default_rng(100 + k))
-        _check_grads(loss, xs, values)
+        _check_grads(loss, _inputs(xs), values)
 
 
 @pytest.mark.parametrize("name", TENSOR_OPS)
@@ -630,9 +681,9 @@ def test_tensor_op_gradient_through_composition(name):
     # The op between two nonlinear maps: the chain rule through tensor cotangents.
     case = _cases(name)[0]
     g, xs, node, values = _op_case(name, case, seed=7)
-    inner = [sg.tanh(x) for x in xs]
+    inner = [sg.tanh(x) if x.op == "input" else x for x in xs]
     loss = sg.sum(sg.sin(g.apply(name, *inner, **case.attrs)) * 1.5)
-    _check_grads(loss, xs, values)
+    _check_grads(loss, _inputs(xs), values)
 
 
 BINARY = ["add", "sub", "mul", "div", "pow", "atan2", "max", "min"]
@@ -1091,3 +1142,36 @@ def test_absurd_attributes_are_shape_errors():
     with pytest.raises(sg.GraphError, match="elementwise"):
         sg.max(x, x, axis=0)
     assert len(g) == before + 2  # only the two well-formed inputs of the conv case
+
+
+def test_take_of_invalid_input_indices_is_nan_and_adds_nothing():
+    # Indices that are not integers in [-n, n) read nan and add nothing, compiled or not, and
+    # the gradient through them is zero: no value makes a kernel leave its arrays.
+    g = sg.Graph()
+    x, i = g.input("x", (3, 2)), g.input("i", (7,))
+    t = sg.take(x, i)
+    [gx] = sg.build_grad(sg.sum(sg.where(sg.eq(t, t), t, 0.0) * 2.0), [x])
+    back = sg.scatter_add(sg.take(x, i), i, size=3)
+    xv = np.arange(6.0).reshape(3, 2)
+    iv = np.array([0.0, 1.5, np.nan, -4.0, 3.0, 1e300, -1.0])
+    want_t = np.full((7, 2), np.nan)
+    want_t[0], want_t[6] = xv[0], xv[2]
+    want_g = np.zeros((3, 2))
+    want_g[0] = want_g[2] = 2.0
+    want_back = np.zeros((3, 2))
+    want_back[0], want_back[2] = xv[0], xv[2]
+    for fn in (sg.compile([t, gx, back]), sg.compile([t, gx, back], backend="numpy")):
+        got = fn(x=xv, i=iv)
+        np.testing.assert_array_equal(got[0], want_t)
+        np.testing.assert_array_equal(got[1], want_g)
+        np.testing.assert_array_equal(got[2], want_back)
+
+
+def test_take_pattern_is_exact_for_constant_indices_and_dense_for_inputs():
+    g = sg.Graph()
+    x, i = g.input("x", (4,)), g.input("i", (2,))
+    exact = sg.jacobian_sparsity([sg.take(x, [3, 3, 0])], [x]).toarray()
+    np.testing.assert_array_equal(exact, np.eye(4, dtype=bool)[[3, 3, 0]])
+    assert sg.jacobian_sparsity([sg.take(x, i)], [x]).toarray().all()
+    summed = sg.jacobian_sparsity([sg.scatter_add(x, [1, 1, 0, 1], size=2)], [x]).toarray()
+    np.testing.assert_array_equal(summed, [[0, 0, 1, 0], [1, 1, 0, 1]])

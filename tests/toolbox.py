@@ -155,6 +155,9 @@ EXAMPLES = {
     "conv2d": ([(1, 2, 5, 5), (3, 2, 2, 2)], {"stride": (2, 1), "padding": (1, 0)}),
     "avg_pool2d": ([(1, 2, 5, 5)], {"kernel_size": (2, 3), "stride": (1, 2)}),
     "max_pool2d": ([(1, 2, 5, 5)], {"kernel_size": 2, "stride": None}),
+    # An array among the shapes: a constant operand (indices), not an input.
+    "take": ([(4, 3), np.array([3.0, 0.0, -1.0, 3.0])], {"axis": 0}),
+    "scatter_add": ([(2, 4), np.array([1.0, 0.0, 1.0, 2.0])], {"axis": 1, "size": 3}),
 }  # fmt: skip
 
 # Values no attribute should take blindly: zero, negative, huge, bool, float, None, strings,
@@ -172,11 +175,20 @@ HOSTILE = [
 
 
 def example(op: str, graph: sg.Graph | None = None):
-    """``(graph, operands, attrs)``: op ``op``'s EXAMPLES entry, its operands inputs x0, x1, ..."""
+    """``(graph, operands, attrs)``: op ``op``'s EXAMPLES entry, its operands inputs x0, x1, ...
+    (an array in the entry is a constant operand instead: the indices of take)."""
     g = graph or sg.Graph()
     shapes, attrs = EXAMPLES[op]
-    operands = [g.input(f"x{k}", shape) for k, shape in enumerate(shapes)]
+    operands = [
+        g.const(s) if isinstance(s, np.ndarray) else g.input(f"x{k}", s)
+        for k, s in enumerate(shapes)
+    ]
     return g, operands, attrs
+
+
+def input_values(operands, fill) -> dict[str, np.ndarray]:
+    """``fill(shape)`` for each operand that is an input, by its name (constants have none)."""
+    return {o.name: fill(o.shape) for o in operands if o.op == "input"}
 
 
 def hostile_cases():

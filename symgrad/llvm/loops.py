@@ -213,6 +213,20 @@ def _load(b: Body, ptr: str, off: str, lanes: int, stride: int = 1) -> str:
     return acc
 
 
+def _checked_index(b: Body, value: str, n: int, stride: int) -> tuple[str, str]:
+    """``(offset, valid)`` of an index read as a double: valid when it is an integer in [-n, n)
+    (tested in floating point, so nan and huge values never reach the integer conversion, which
+    would be poison); the offset ``k * stride`` of k in [0, n), 0 when invalid."""
+    whole = b.fcmp("oeq", value, b.intrinsic("llvm.floor", value))
+    low = b.fcmp("oge", value, b.const(float(-n)))
+    high = b.fcmp("olt", value, b.const(float(n)))
+    valid = b.emit(f"and i1 {whole}, {b.emit(f'and i1 {low}, {high}')}")
+    k = b.emit(f"fptosi double {b.select(valid, value, b.const(0.0))} to i64")
+    wrapped = b.emit(f"add nsw i64 {k}, {n}")
+    k = b.emit(f"select i1 {b.emit(f'icmp slt i64 {k}, 0')}, i64 {wrapped}, i64 {k}")
+    return b.emit(f"mul nsw i64 {k}, {stride}"), valid
+
+
 def _splat(b: Body, x: str) -> str:
     v = b.emit(f"insertelement {VEC} poison, double {x}, i32 0")
     return b.emit(f"shufflevector {VEC} {v}, {VEC} poison, <{WIDTH} x i32> zeroinitializer")
@@ -308,6 +322,70 @@ class Writer:
         src_shape = self.graph.node(args[0])["shape"]
         dst = Access(f"%buf{i}", target.offset, target.strides)
         self.copy(self.access(args[0], src_shape), dst, src_shape)
+
+    def write_take(self, i, args, attrs) -> None:
+        x, idx = (self.p.views[a] for a in args)
+        shape = self.graph.node(i)["shape"]
+        out = View(i, 0, c_strides(shape), shape)
+        self._along_indices(x, idx, out, attrs["axis"], gather=True)
+
+    def write_scatter_add(self, i, args, attrs) -> None:
+        self.fill(i, 0.0)
+        g, idx = (self.p.views[a] for a in args)
+        shape = self.graph.node(i)["shape"]
+        out = View(i, 0, c_strides(shape), shape)
+        self._along_indices(out, idx, g, attrs["axis"], gather=False)
+
+    def _along_indices(self, big: View, idx: View, small: View, axis: int, gather: bool) -> None:
+        """``small[lead, j, trail] = big[lead, idx[j], trail]`` (gather), else ``big[lead,
+        idx[j], trail] += small[lead, j, trail]``, looping over lead, the index's axes and trail
+        in that order (the order numpy's add.at adds in). An index that is not an integer in
+        [-n, n) reads nan (from element 0 of the axis, which exists) or adds nothing."""
+        fn, n = self.fn, big.shape[axis]
+        lead, trail, at = big.shape[:axis], big.shape[axis + 1 :], axis + len(idx.shape)
+        dims = (*lead, *idx.shape, *trail)
+        strides = (
+            (*big.strides[:axis], *(0,) * len(idx.shape), *big.strides[axis + 1 :]),
+            (*(0,) * axis, *idx.strides, *(0,) * len(trail)),
+            small.strides,
+        )
+        ptrs = (f"%buf{big.base}", f"%buf{idx.base}", f"%buf{small.base}")
+
+        def element(offs: list[str], shift: str, valid: str) -> None:
+            b = fn.body(1)
+            where = b.emit(f"add nsw i64 {offs[0]}, {shift}")
+            if gather:
+                picked = b.select(valid, _load(b, ptrs[0], where, 1), b.const(float("nan")))
+                _store(b, ptrs[2], offs[2], picked, 1)
+            else:
+                total = b.binop("fadd", _load(b, ptrs[0], where, 1), _load(b, ptrs[2], offs[2], 1))
+                _store(b, ptrs[0], where, total, 1)
+            fn.flush(b)
+
+        def nest(d: int, offs: list[str], shift: str | None, valid: str | None) -> None:
+            if d == at and shift is None:
+                b = fn.body(1)
+                value = _load(b, ptrs[1], offs[1], 1)
+                shift, valid = _checked_index(b, value, n, big.strides[axis])
+                fn.flush(b)
+                if not gather:  # an invalid index adds nothing: its slice is skipped
+                    k = fn.fresh()
+                    fn.lines.append(f"  br i1 {valid}, label %add{k}, label %skip{k}")
+                    fn.start(f"add{k}")
+                    nest(d, offs, shift, valid)
+                    fn.lines.append(f"  br label %skip{k}")
+                    fn.start(f"skip{k}")
+                    return
+            if d == len(dims):
+                element(offs, shift, valid)
+                return
+            with fn.loop(0, dims[d], 1) as j:
+                b = fn.body(1)
+                inner = [_advance(b, o, j, s[d]) for o, s in zip(offs, strides)]
+                fn.flush(b)
+                nest(d + 1, inner, shift, valid)
+
+        nest(0, [str(big.offset), str(idx.offset), str(small.offset)], None, None)
 
     def write_window_sum(self, i, args, attrs) -> None:
         # out[..., i*sh + p, j*sw + q] += g[..., i, j, p, q], looping (..., p, q, i, j): the
