@@ -222,6 +222,8 @@ def symgrad_model(d: dict, select: str):
     positions = rotation @ positions + sg.stack(pose[2]).reshape(3, 1)
     if select == "none":
         return theta, positions
+    if select == "take":
+        positions = positions[:, d["correspondences"]]  # a take (gather) along axis 1
     if select == "one-hot":
         n = len(d["correspondences"])
         onehot = np.zeros((N_VERTS, n))

@@ -100,9 +100,13 @@ FIRES = [
 STABILITY_RULES = {"log1p", "expm1", "logsumexp", "log_sigmoid", "log_softmax"}
 
 
+# Rules over tensors, tested below on their own (the special-value grid is for scalar graphs).
+TENSOR_RULES = {"neg_take"}
+
+
 def test_every_rule_has_a_pattern():
     named = {rule.__name__.removeprefix("local_") for rules in RULES.values() for rule in rules}
-    assert named - STABILITY_RULES == {name for name, _, _ in FIRES}
+    assert named - STABILITY_RULES - TENSOR_RULES == {name for name, _, _ in FIRES}
     assert named >= STABILITY_RULES
 
 
@@ -412,3 +416,18 @@ def test_optimize_keeps_the_graphs_limits():
     x = g.input("x", shape=(2**28 + 1,))
     out = sg.optimize(sg.sum(x * 2.0))
     assert (out.graph.max_nodes, out.graph.max_elements) == (50, 2**28 + 8)
+
+
+def test_neg_of_a_take_moves_before_it_where_it_has_fewer_elements(g):
+    x, i = g.input("x", (2, 3)), g.input("i", (4,))
+    more = -sg.take(x, i, axis=1)  # 6 elements taken to 8: the negation moves before the take
+    assert describe(sg.optimize(more)) == ("take", ("neg", "x"), "i")
+    fewer = -sg.take(x, [2, 0], axis=1)  # 6 to 4: it stays after
+    assert describe(sg.optimize(fewer))[0] == "neg"
+    xv = np.array([[1.0, -0.0, 3.0], [0.0, np.inf, -2.0]])
+    iv = np.array([2.0, -3.0, 0.5, np.nan])  # valid, valid (negative), invalid, invalid
+    for e, args in ((more, {"x": xv, "i": iv}), (fewer, {"x": xv})):
+        opt = sg.optimize(e)
+        want, got = sg.evaluate(e, **args), sg.evaluate(opt, **args)
+        np.testing.assert_array_equal(got, want)  # nan where invalid, values and zeros' signs
+        assert np.array_equal(np.signbit(got[~np.isnan(got)]), np.signbit(want[~np.isnan(want)]))

@@ -214,17 +214,34 @@ def _load(b: Body, ptr: str, off: str, lanes: int, stride: int = 1) -> str:
 
 
 def _checked_index(b: Body, value: str, n: int, stride: int) -> tuple[str, str]:
-    """``(offset, valid)`` of an index read as a double: valid when it is an integer in [-n, n)
-    (tested in floating point, so nan and huge values never reach the integer conversion, which
-    would be poison); the offset ``k * stride`` of k in [0, n), 0 when invalid."""
+    """``(offset, valid)`` of an index read as a double (or 4 lanes of them): valid when it is
+    an integer in [-n, n) (tested in floating point, so nan and huge values never reach the
+    integer conversion, which would be poison); the offset ``k * stride`` of k in [0, n), 0
+    when invalid."""
+    ity = "i64" if b.lanes == 1 else f"<{WIDTH} x i64>"
+
+    def int_const(v: int) -> str:
+        return str(v) if b.lanes == 1 else "<" + ", ".join([f"i64 {v}"] * WIDTH) + ">"
+
     whole = b.fcmp("oeq", value, b.intrinsic("llvm.floor", value))
     low = b.fcmp("oge", value, b.const(float(-n)))
     high = b.fcmp("olt", value, b.const(float(n)))
-    valid = b.emit(f"and i1 {whole}, {b.emit(f'and i1 {low}, {high}')}")
-    k = b.emit(f"fptosi double {b.select(valid, value, b.const(0.0))} to i64")
-    wrapped = b.emit(f"add nsw i64 {k}, {n}")
-    k = b.emit(f"select i1 {b.emit(f'icmp slt i64 {k}, 0')}, i64 {wrapped}, i64 {k}")
-    return b.emit(f"mul nsw i64 {k}, {stride}"), valid
+    valid = b.emit(f"and {b.mask_ty} {whole}, {b.emit(f'and {b.mask_ty} {low}, {high}')}")
+    k = b.emit(f"fptosi {b.ty} {b.select(valid, value, b.const(0.0))} to {ity}")
+    wrapped = b.emit(f"add nsw {ity} {k}, {int_const(n)}")
+    negative = b.emit(f"icmp slt {ity} {k}, {int_const(0)}")
+    k = b.emit(f"select {b.mask_ty} {negative}, {ity} {wrapped}, {ity} {k}")
+    return b.emit(f"mul nsw {ity} {k}, {int_const(stride)}"), valid
+
+
+def _gathered(b: Body, ptr: str, base: str, shifts: str) -> str:
+    """4 lanes loaded from ``ptr`` at ``base`` plus each lane of the offsets ``shifts``."""
+    acc = "poison"
+    for lane in range(WIDTH):
+        shift = b.emit(f"extractelement <{WIDTH} x i64> {shifts}, i32 {lane}")
+        x = _load(b, ptr, b.emit(f"add nsw i64 {base}, {shift}"), 1)
+        acc = b.emit(f"insertelement {VEC} {acc}, double {x}, i32 {lane}")
+    return acc
 
 
 def _splat(b: Body, x: str) -> str:
@@ -362,7 +379,31 @@ class Writer:
                 _store(b, ptrs[0], where, total, 1)
             fn.flush(b)
 
+        def gather_rows(offs: list[str]) -> None:
+            # The innermost axis is the indices' last (no trail): 4 indices at a time, checked
+            # on vectors, their elements loaded lane by lane and stored as one vector.
+            d, size = len(dims) - 1, dims[-1]
+            main = size - size % WIDTH
+            for lanes, lo, hi in ((WIDTH, 0, main), (1, main, size)):
+                if lo == hi:
+                    continue
+                with fn.loop(lo, hi, lanes) as j:
+                    b = fn.body(lanes)
+                    at_j = [_advance(b, o, j, s[d]) for o, s in zip(offs, strides)]
+                    value = _load(b, ptrs[1], at_j[1], lanes, strides[1][d])
+                    shifts, valid = _checked_index(b, value, n, big.strides[axis])
+                    if lanes == 1:
+                        picked = _load(b, ptrs[0], b.emit(f"add nsw i64 {at_j[0]}, {shifts}"), 1)
+                    else:
+                        picked = _gathered(b, ptrs[0], at_j[0], shifts)
+                    picked = b.select(valid, picked, b.const(float("nan")))
+                    _store(b, ptrs[2], at_j[2], picked, strides[2][d])
+                    fn.flush(b)
+
         def nest(d: int, offs: list[str], shift: str | None, valid: str | None) -> None:
+            if gather and not trail and idx.shape and d == len(dims) - 1:
+                gather_rows(offs)
+                return
             if d == at and shift is None:
                 b = fn.body(1)
                 value = _load(b, ptrs[1], offs[1], 1)

@@ -84,6 +84,18 @@ def local_neg_neg(g, op, args, attrs):
     return None
 
 
+def local_neg_take(g, op, args, attrs):
+    # Case for -take(x, i) -> take(-x, i) where x is no bigger than the take: the negation runs
+    # over fewer elements, and the take can write its output in place (the tangent of c -
+    # x[idx] is one). A nan read by an invalid index loses only its sign bit.
+    if op != "neg" or args[0].op != "take":
+        return None
+    x, idx = args[0].args
+    if x.size > args[0].size:
+        return None
+    return g.apply("take", g.apply("neg", x), idx, axis=args[0].graph.attr(args[0].id, "axis"))
+
+
 def local_add_neg(g, op, args, attrs):
     # Case for x + -y -> x - y and x - -y -> x + y (exact: negation only flips a sign bit).
     if op == "add":
@@ -139,7 +151,7 @@ RULES = {
     "add": (local_add_zero, local_add_neg),
     "sub": (local_add_zero, local_add_neg, *STABLE_RULES["sub"]),
     "log": STABLE_RULES["log"],
-    "neg": (local_neg_neg,),
+    "neg": (local_neg_neg, local_neg_take),
     "pow": (local_exact_form,),
     "where": (local_where_same,),
     "lt": (local_strict_self,),
