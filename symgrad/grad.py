@@ -266,7 +266,7 @@ def _propagate(graph, i, node, total: Part, pending, active_set) -> None:
     if not opdef.vjp and opdef.expand is not None:
         _propagate_expanded(graph, opdef, args, attrs, g, pending, active_set)
         return
-    for pos, (a, rule) in enumerate(zip(node["args"], opdef.vjp)):
+    for pos, (a, rule) in enumerate(zip(node["args"], opdef.vjp_rules(len(args)))):
         if rule is None or a not in active_set:
             continue
         if opdef.selects and g.shape == args[pos].shape:

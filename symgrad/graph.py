@@ -731,11 +731,9 @@ class Expr:
         return matmul(other, self)
 
     def __getitem__(self, index) -> Expr:
-        items = index if isinstance(index, tuple) else (index,)
-        if any(isinstance(i, (Expr, list)) or getattr(i, "ndim", 0) for i in items):
-            from symgrad.tensor import indexed  # late: tensor.py builds on this module
-
-            return indexed(self, index)  # an array of indices: a take
+        items = list(index) if isinstance(index, tuple) else [index]
+        if any(_is_array_entry(item) for item in items):
+            return _indexed(self, items)  # an array of indices: a take
         return self.graph.apply("getitem", self, index=index)
 
     @property
@@ -781,6 +779,75 @@ class Expr:
 
     def __pos__(self) -> Expr:
         return self
+
+
+def index_operand(op: str, graph: Graph, indices, n: int) -> Expr:
+    """``indices`` as a node: an ``Expr`` of ``graph`` as it is (its values are checked as the
+    kernel runs: one that is not an integer in [-n, n) gives nan, or adds nothing), an int or
+    an array of ints (or of integral floats) checked against the axis's ``n`` here."""
+    if isinstance(indices, Expr):
+        if indices.graph is not graph:
+            raise GraphError(f"{op}: indices belong to another graph than the operand")
+        return indices
+    if isinstance(indices, (bool, np.bool_)):
+        raise ShapeError(f"{op}: indices must be ints, got a bool")
+    try:
+        arr = np.asarray(indices)
+    except (ValueError, TypeError) as err:
+        raise ShapeError(f"{op}: indices are not an array of ints ({err})") from None
+    if arr.dtype.kind not in "iuf" or arr.size == 0:
+        raise ShapeError(f"{op}: indices must be a non-empty int or array of ints, got {arr.dtype} "
+                         f"of shape {arr.shape}")  # fmt: skip
+    values = arr.astype(np.float64)
+    bad = ~((values == np.floor(values)) & (values >= -n) & (values < n))
+    if bad.any():
+        first = arr.ravel()[np.flatnonzero(bad.ravel())[0]].item()
+        raise ShapeError(f"{op}: index {first!r} is not an int in [{-n}, {n - 1}] (axis of {n})")
+    return graph.const(values if values.ndim else float(values))
+
+
+def _is_array_entry(item) -> bool:
+    return isinstance(item, (Expr, list)) or (isinstance(item, np.ndarray) and item.ndim > 0)
+
+
+def _indexed(x: Expr, items: list) -> Expr:
+    """``x[items]`` where one entry is an array of ints, a list of them or an ``Expr`` (the
+    others ints, slices or one '...'): the rest as a view (``getitem``), then a ``take`` along
+    the array entry's axis, the result's axes placed as numpy places them."""
+    arrays = [k for k, item in enumerate(items) if _is_array_entry(item)]
+    if len(arrays) > 1:
+        raise ShapeError("getitem: only one index entry may be an array (numpy's broadcasting "
+                         "of several index arrays is not supported): use take")  # fmt: skip
+    at = arrays[0]
+    entry = items[at]
+    if isinstance(entry, np.ndarray) and entry.dtype.kind == "b":
+        raise ShapeError("getitem: boolean mask indices are not supported: their result's shape "
+                         "depends on the values")  # fmt: skip
+    items[at] = slice(None)
+    # The array entry's axis in the view: the axes the entries before it keep.
+    dots = x.ndim - sum(1 for item in items if item is not Ellipsis)
+    axis = sum(
+        dots if item is Ellipsis else not isinstance(item, (int, np.integer)) for item in items[:at]
+    )
+    graph = x.graph
+    with graph.atomic():
+        view = graph.apply("getitem", x, index=tuple(items))
+        try:
+            idx = index_operand("take", graph, entry, view.shape[axis])
+            out = graph.apply("take", view, idx, axis=axis)
+        except ShapeError as err:
+            raise ShapeError(f"getitem: {err}") from None
+        except GraphError as err:
+            raise GraphError(f"getitem: {err}") from None
+        # numpy counts the ints as index arrays too: apart from the array (a slice or '...'
+        # between), the indices' axes go to the front of the result.
+        ints = [k for k, item in enumerate(items) if isinstance(item, (int, np.integer))]
+        advanced = sorted([at, *ints])
+        if advanced[-1] - advanced[0] + 1 == len(advanced) or not axis:
+            return out
+        picked = range(axis, out.ndim - (view.ndim - axis - 1))
+        rest = [d for d in range(out.ndim) if d not in picked]
+        return graph.apply("transpose", out, axes=(*picked, *rest))
 
 
 def matmul(a, b) -> Expr:

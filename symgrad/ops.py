@@ -14,6 +14,7 @@ the operand gets no gradient (comparisons, the condition of ``where``).
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import reprlib
 from collections.abc import Callable
@@ -162,6 +163,15 @@ class OpDef:
     # Its evaluation calls the BLAS (numpy's matmul, the LLVM backend's dgemm): a call of a
     # compiled function holding it sets the BLAS's threads for its duration (blas.py).
     blas: bool = False
+    # A variadic op's VJP rule (its ``vjp`` is then empty): ``vjp_at(pos, g, out, *operands,
+    # **attrs)`` -> the contribution to the operand at ``pos``.
+    vjp_at: Callable | None = None
+
+    def vjp_rules(self, n: int) -> tuple:
+        """The VJP rule of each of ``n`` operands (``vjp``, or ``vjp_at`` for each position)."""
+        if self.vjp_at is None:
+            return self.vjp
+        return tuple(functools.partial(self.vjp_at, pos) for pos in range(n))
 
     @property
     def attrs(self) -> tuple[str, ...]:
@@ -1253,6 +1263,63 @@ def _scatter_pattern(shapes, attrs, consts):
     return None if pairs is None else [pairs[::-1], None]
 
 
+# concatenate: its operands joined along an axis (numpy.concatenate); stack is a concatenate of
+# operands given a new axis of 1 (a free reshape). Variadic: one node, whatever the count, so a
+# Jacobian of 26 columns is one copy of each column, not 26 placements of the whole.
+def _concatenate_normalize(op, shapes, attrs):
+    if not shapes:
+        raise ShapeError(f"{op}: needs at least one operand")
+    first = shapes[0]
+    if not first:
+        raise ShapeError(f"{op}: operand 0 is a scalar: there is no axis to join along")
+    axis = _axis_of(op, len(first), attrs["axis"], f"operand 0 of shape {first}")
+    for k, s in enumerate(shapes[1:], 1):
+        others = [(n, m) for d, (n, m) in enumerate(zip(s, first)) if d != axis]
+        if len(s) != len(first) or any(n != m for n, m in others):
+            raise ShapeError(
+                f"{op}: operand {k} has shape {s}, which does not join operand 0's {first} "
+                f"along axis {axis}"
+            )
+    return {"axis": axis}
+
+
+def _concatenate_shape(op, shapes, attrs):
+    axis = attrs["axis"]
+    return (*shapes[0][:axis], sum(s[axis] for s in shapes), *shapes[0][axis + 1 :])
+
+
+def joined_at(shapes, axis: int) -> list[int]:
+    """Where each operand of a concatenate starts along ``axis`` (and the total, last)."""
+    starts = [0]
+    for s in shapes:
+        starts.append(starts[-1] + s[axis])
+    return starts
+
+
+def _concatenate_vjp(pos, g, o, *xs, axis):
+    lo = joined_at([x.shape for x in xs[:pos]], axis)[-1]
+    index = (slice(None),) * axis + (slice(lo, lo + xs[pos].shape[axis]),)
+    return ap("getitem", g, index=index)
+
+
+def _concatenate_jvp(ts, o, *xs, axis):
+    parts = [t if t is not None else ap("broadcast_to", o.graph.const(0.0), shape=x.shape)
+             for t, x in zip(ts, xs)]  # fmt: skip
+    return ap("concatenate", *parts, axis=axis)
+
+
+def _concatenate_pattern(shapes, attrs, consts):
+    axis = attrs["axis"]
+    out = np.arange(_size(_concatenate_shape("concatenate", shapes, attrs)))
+    out = out.reshape(_concatenate_shape("concatenate", shapes, attrs))
+    pieces = np.split(out, joined_at(shapes, axis)[1:-1], axis=axis)
+    return [(piece.ravel(), np.arange(piece.size)) for piece in pieces]
+
+
+_register("concatenate", VARIADIC, lambda *xs, axis: np.concatenate(xs, axis=axis), (),
+          Lowering("barrier", "concatenate"), schema=(_AXIS,), normalize=_concatenate_normalize,
+          shape=_concatenate_shape, elementwise=False, vjp_at=_concatenate_vjp,
+          jvp=_concatenate_jvp, pattern=_concatenate_pattern)  # fmt: skip
 _register("take", 2, _take,
           (lambda g, o, x, idx, axis: ap("scatter_add", g, idx, axis=axis,
                                          size=x.shape[axis]), None),

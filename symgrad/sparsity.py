@@ -223,7 +223,7 @@ class _Walk:
             return None
         shape = node["shape"]
         shapes = [nodes[a]["shape"] for a in node["args"]]
-        if opdef.multiple or opdef.arity < 0 or shape is None:
+        if opdef.multiple or (opdef.arity < 0 and not callable(opdef.pattern)) or shape is None:
             return self._dense(deps, live, shape)
         if not shape and all(not shapes[k] for k in live) and opdef.elementwise:
             return self._scalar_union(node["args"], deps, live)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from symgrad.errors import ArgumentError, GraphError, ShapeError
-from symgrad.graph import Expr, matmul  # matmul: a @ b, so it lives with Expr
+from symgrad.graph import Expr, index_operand, matmul  # a @ b and x[i] live with Expr
 
 _NONE = object()
 
@@ -170,23 +170,10 @@ def _axis(op: str, axis, ndim: int) -> int:
     return axis % ndim
 
 
-def _placed(graph, items: list[Expr], indices: list[tuple], out: tuple[int, ...]) -> Expr:
-    """Each item placed at its index in zeros of shape ``out`` (``embed``), the placements
-    added: how stack and concatenate are written, so the backends and both derivative modes
-    need nothing new. A failure part-way (max_nodes) leaves no placement behind."""
-    total = None
-    with graph.atomic():
-        for e, index in zip(items, indices):
-            part = graph.apply("embed", e, index=index, shape=out)
-            total = part if total is None else total + part
-    return total
-
-
 def stack(exprs, axis=0) -> Expr:
     """The ``Expr``s of ``exprs`` (all of one shape and graph) stacked along a new ``axis``, as
-    ``numpy.stack``: each placed in zeros of the result's shape (``embed``, getitem's adjoint)
-    and the placements added. An n-item stack costs n placements of the whole result: fine for
-    tens of items (a Jacobian's columns, a small matrix's rows).
+    ``numpy.stack``: one ``concatenate`` node of the items given a new axis of 1 (a reshape,
+    free), so each item is copied once into its slab of the result.
 
     >>> from symgrad.graph import Graph
     >>> g = Graph(); a, b = g.input("a", shape=(3,)), g.input("b", shape=(3,))
@@ -199,15 +186,17 @@ def stack(exprs, axis=0) -> Expr:
         if e.shape != shape:
             raise ShapeError(f"stack: exprs[{k}] has shape {e.shape} but exprs[0] has {shape}")
     axis = _axis("stack", axis, len(shape) + 1)
-    out = (*shape[:axis], len(items), *shape[axis:])
-    if len(items) == 1:
-        return graph.apply("reshape", items[0], shape=out)
-    return _placed(graph, items, [(slice(None),) * axis + (k,) for k in range(len(items))], out)
+    one = (*shape[:axis], 1, *shape[axis:])
+    with graph.atomic():
+        slabs = [graph.apply("reshape", e, shape=one) for e in items]
+        if len(items) == 1:
+            return slabs[0]
+        return graph.apply("concatenate", *slabs, axis=axis)
 
 
 def concatenate(exprs, axis=0) -> Expr:
-    """The ``Expr``s of ``exprs`` joined along an existing ``axis``, as ``numpy.concatenate``
-    (written like ``stack``: each placed at its slice of the result, the placements added).
+    """The ``Expr``s of ``exprs`` joined along an existing ``axis``, as ``numpy.concatenate``:
+    one ``concatenate`` node, each operand copied once into its slab of the result.
 
     >>> from symgrad.graph import Graph
     >>> g = Graph(); a, b = g.input("a", shape=(2, 3)), g.input("b", shape=(4, 3))
@@ -229,12 +218,7 @@ def concatenate(exprs, axis=0) -> Expr:
             )
     if len(items) == 1:
         return items[0]
-    starts = [0]
-    for e in items:
-        starts.append(starts[-1] + e.shape[axis])
-    out = (*shape[:axis], starts[-1], *shape[axis + 1 :])
-    indices = [(slice(None),) * axis + (slice(lo, hi),) for lo, hi in zip(starts, starts[1:])]
-    return _placed(graph, items, indices, out)
+    return graph.apply("concatenate", *items, axis=axis)
 
 
 @_atomic
@@ -371,31 +355,6 @@ def solve(a, b) -> Expr:
     return sum(inv(a) * reshape(b, (*b.shape[:-1], 1, n)), axis=-1)
 
 
-def _index_operand(op: str, graph, indices, n: int) -> Expr:
-    """``indices`` as a node: an ``Expr`` of ``graph`` as it is (its values are checked as the
-    kernel runs: one that is not an integer in [-n, n) gives nan, or adds nothing), an int or
-    an array of ints (or of integral floats) checked against the axis's ``n`` here."""
-    if isinstance(indices, Expr):
-        if indices.graph is not graph:
-            raise GraphError(f"{op}: indices belong to another graph than the operand")
-        return indices
-    if isinstance(indices, (bool, np.bool_)):
-        raise ShapeError(f"{op}: indices must be ints, got a bool")
-    try:
-        arr = np.asarray(indices)
-    except (ValueError, TypeError) as err:
-        raise ShapeError(f"{op}: indices are not an array of ints ({err})") from None
-    if arr.dtype.kind not in "iuf" or arr.size == 0:
-        raise ShapeError(f"{op}: indices must be a non-empty int or array of ints, got {arr.dtype} "
-                         f"of shape {arr.shape}")  # fmt: skip
-    values = arr.astype(np.float64)
-    bad = ~((values == np.floor(values)) & (values >= -n) & (values < n))
-    if bad.any():
-        first = arr.ravel()[np.flatnonzero(bad.ravel())[0]].item()
-        raise ShapeError(f"{op}: index {first!r} is not an int in [{-n}, {n - 1}] (axis of {n})")
-    return graph.const(values if values.ndim else float(values))
-
-
 def take(x, indices, axis=0) -> Expr:
     """The elements of ``x`` at ``indices`` along ``axis``, as ``numpy.take``: the result has
     shape ``x.shape[:axis] + indices.shape + x.shape[axis+1:]``. ``indices`` is an int, an array
@@ -413,52 +372,8 @@ def take(x, indices, axis=0) -> Expr:
         raise ShapeError("take: x is a scalar: there is no axis to take along")
     axis = _axis("take", axis, x.ndim)
     with x.graph.atomic():
-        idx = _index_operand("take", x.graph, indices, x.shape[axis])
+        idx = index_operand("take", x.graph, indices, x.shape[axis])
         return x.graph.apply("take", x, idx, axis=axis)
-
-
-def _is_array_entry(item) -> bool:
-    return isinstance(item, (Expr, list)) or (isinstance(item, np.ndarray) and item.ndim > 0)
-
-
-def indexed(x: Expr, index) -> Expr:
-    """``x[index]`` where one entry of ``index`` is an array of ints, a list of them or an
-    ``Expr`` (the others ints, slices or one '...'): the rest as a view (``getitem``), then
-    ``take`` along the array entry's axis. ``Expr.__getitem__`` calls it."""
-    items = list(index) if isinstance(index, tuple) else [index]
-    arrays = [k for k, item in enumerate(items) if _is_array_entry(item)]
-    if len(arrays) > 1:
-        raise ShapeError("getitem: only one index entry may be an array (numpy's broadcasting "
-                         "of several index arrays is not supported): use take")  # fmt: skip
-    at = arrays[0]
-    entry = items[at]
-    if isinstance(entry, np.ndarray) and entry.dtype.kind == "b":
-        raise ShapeError("getitem: boolean mask indices are not supported: their result's shape "
-                         "depends on the values")  # fmt: skip
-    items[at] = slice(None)
-    # The array entry's axis in the view: the axes the entries before it keep (tensor.sum is
-    # this module's; the builtin is not at hand).
-    dots = x.ndim - len([item for item in items if item is not Ellipsis])
-    kept = math.fsum(
-        dots if item is Ellipsis else not isinstance(item, (int, np.integer)) for item in items[:at]
-    )
-    with x.graph.atomic():
-        view = x.graph.apply("getitem", x, index=tuple(items))
-        try:
-            out = take(view, entry, axis=int(kept))
-        except ShapeError as err:
-            raise ShapeError(f"getitem: {err}") from None
-        except GraphError as err:
-            raise GraphError(f"getitem: {err}") from None
-        # numpy counts the ints as index arrays too: apart from the array (a slice or '...'
-        # between), the indices' axes go to the front of the result.
-        ints = [k for k, item in enumerate(items) if isinstance(item, (int, np.integer))]
-        advanced = sorted([at, *ints])
-        if advanced[-1] - advanced[0] + 1 == len(advanced) or not kept:
-            return out
-        picked = range(int(kept), out.ndim - (view.ndim - int(kept) - 1))
-        rest = [d for d in range(out.ndim) if d not in picked]
-        return x.graph.apply("transpose", out, axes=(*picked, *rest))
 
 
 def scatter_add(values, indices, axis=0, size=None) -> Expr:
@@ -476,7 +391,7 @@ def scatter_add(values, indices, axis=0, size=None) -> Expr:
     if type(size) is not int or size < 1:
         raise ShapeError(f"scatter_add: size must be a positive int, got {size!r}")
     with v.graph.atomic():
-        idx = _index_operand("scatter_add", v.graph, indices, size)
+        idx = index_operand("scatter_add", v.graph, indices, size)
         return v.graph.apply("scatter_add", v, idx, axis=axis, size=size)
 
 

@@ -36,7 +36,8 @@ def _case(name: str, rng):
         operands, attrs = [g.input(f"x{k}", s) for k, s in enumerate(shapes)], {}
     y = g.apply(name, *operands, **attrs)
     # Constant operands (a take's indices) are no variables: their domain entry is skipped.
-    ranges = [r for r, o in zip(OPS[name].domain, operands) if o.op == "input"]
+    domain = OPS[name].domain or [(-3.0, 3.0)] * len(operands)  # none: a variadic op's
+    ranges = [r for r, o in zip(domain, operands) if o.op == "input"]
     xs = [o for o in operands if o.op == "input"]
     values = {x.name: rng.uniform(lo, hi, x.shape) for x, (lo, hi) in zip(xs, ranges)}
     if name in ("amax", "max_pool2d"):  # no ties: the derivative exists

@@ -32,7 +32,11 @@ def test_registry_is_complete():
             assert op.vjp_parts is not None and op.part_shapes is not None, name
         elif op.arity and not op.elementwise:
             # Tensor ops: VJP rules, or an expansion in primitive ops that build_grad uses.
-            assert len(op.vjp) == op.arity or (not op.vjp and op.expand is not None), name
+            assert (
+                len(op.vjp) == op.arity
+                or (not op.vjp and op.expand is not None)
+                or (not op.vjp and op.vjp_at is not None)  # variadic: concatenate
+            ), name
             assert op.numpy is not None and op.shape is not None, name
         elif op.arity:
             assert len(op.vjp) == op.arity, name

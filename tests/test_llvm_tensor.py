@@ -319,6 +319,32 @@ def _take_cases(op: str):
         yield f"{shape} {idx} axis={axis}", build, EXACT
 
 
+JOINS = [  # operand shapes, axis
+    ([(9,), (3,), (1,)], 0), ([(2, 5), (2, 3)], 1), ([(1, 4, 9), (2, 4, 9), (1, 4, 9)], 0),
+    ([(2, 3, 4), (2, 1, 4), (2, 5, 4)], 1), ([(3, 2, 1), (3, 2, 7)], -1), ([(4, 6)], 0),
+    ([(2, 30, 3), (2, 9, 3)], 1), ([(5, 33)], -1),  # longer than JOIN_COLUMNS: slab by slab
+]  # fmt: skip
+
+
+def _concatenate_cases():
+    for shapes, axis in JOINS:
+
+        def build(g, shapes=shapes, axis=axis):
+            xs = [g.input(f"x{k}", s) for k, s in enumerate(shapes)]
+            joined = g.apply("concatenate", *xs, axis=axis)
+            # Through views too: a transposed or reversed operand is copied as it reads.
+            flipped = g.apply("concatenate", *(x[::-1] for x in xs), axis=axis)
+            return [joined, flipped * 2.0]
+
+        yield f"{shapes} axis={axis}", build, EXACT
+
+    def stacked(g):
+        a, b = g.input("a", (3, 4)), g.input("b", (4, 3))
+        return [sg.stack([a, b.T, a * 2.0], axis=k) for k in range(3)]
+
+    yield "sg.stack of views on every axis", stacked, EXACT
+
+
 CASES = {
     "sum": lambda: _reduction_cases("sum"),
     "mean": lambda: _reduction_cases("mean"),
@@ -336,6 +362,7 @@ CASES = {
     "max_pool2d": lambda: _pool_cases("max_pool2d"),
     "windows": lambda: _window_cases("windows"),
     "window_sum": lambda: _window_cases("window_sum"),
+    "concatenate": _concatenate_cases,
     "take": lambda: _take_cases("take"),
     "scatter_add": lambda: _take_cases("scatter_add"),
 }
@@ -639,6 +666,11 @@ def _scattered(g, x):
     return sg.scatter_add(s, [[0, 1, 0, 1], [1, 1, 0, 0], [0, 0, 0, -1]], axis=1, size=2)
 
 
+def _joined(g, x):
+    # The same x twice (its cotangents add up) and a slice of it, along axis 2.
+    return sg.concatenate([x, sg.sin(x[:, :, 1:3]), x * x], axis=2)
+
+
 GRAD_CASES = {
     "sum": _of_x(lambda g, x: x.sum(axis=(1, 3))),
     "mean": _of_x(lambda g, x: x.mean(axis=2, keepdims=True)),
@@ -658,6 +690,7 @@ GRAD_CASES = {
     "max_pool2d": _of_x(lambda g, x: sg.max_pool2d(x, kernel_size=(2, 3), stride=(1, 2))),
     "windows": _of_x(lambda g, x: g.apply("windows", x, kernel_size=(2, 3), stride=(1, 2))),
     "window_sum": _of_x(lambda g, x: _square_windows_summed(g, x)),
+    "concatenate": _of_x(_joined),
     "take": _of_x(_taken),
     "scatter_add": _of_x(_scattered),
 }

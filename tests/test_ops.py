@@ -41,7 +41,12 @@ def test_every_op_can_be_evaluated_and_differentiated(name):
         assert callable(op.vjp_parts) and callable(op.part_shapes) and op.arity == VARIADIC
         return
     # A VJP rule (or None: no gradient) per operand, or an expansion build_grad differentiates.
-    assert len(op.vjp) == op.arity or (not op.vjp and op.expand is not None)
+    # A variadic op (concatenate): one rule for the operand at any position.
+    assert (
+        len(op.vjp) == op.arity
+        or (not op.vjp and op.expand is not None)
+        or (not op.vjp and callable(op.vjp_at) and op.arity == VARIADIC)
+    )
     assert all(rule is None or callable(rule) for rule in op.vjp)
     assert len(op.domain) in (0, op.arity)
 

@@ -250,6 +250,13 @@ def _scatter_case(shape, idx, axis) -> Case:
     return Case((values, idx), {"axis": axis, "size": shape[axis]})
 
 
+CASES["concatenate"] = [
+    Case(((2, 3), (2, 1), (2, 3)), {"axis": 1}),
+    Case(((4,), (1,)), {"axis": 0}),
+    Case(((1, 2, 3), (3, 2, 3)), {"axis": -3}),
+    Case(((2, 3, 1), (2, 3, 2), (2, 3, 1), (2, 3, 4)), {"axis": 2}),
+    Case(((3, 2),), {"axis": 1}),
+]
 CASES["take"] = [Case((shape, idx), {"axis": axis}) for shape, idx, axis in _TAKES]
 CASES["scatter_add"] = [_scatter_case(*t) for t in _TAKES]
 
@@ -308,6 +315,17 @@ def _reference(name: str, arrays: list, attrs: dict):
         return _ref_windows(name, x, **attrs)
     if name in ("take", "scatter_add"):
         return _ref_take(name, x, arrays[1], **attrs)
+    if name == "concatenate":  # element by element, from the operand each position falls in
+        axis = attrs["axis"] % x.ndim
+        shape = list(x.shape)
+        shape[axis] = sum(a.shape[axis] for a in arrays)
+        out = np.empty(shape)
+        for at in np.ndindex(*shape):
+            k, j = 0, at[axis]
+            while j >= arrays[k].shape[axis]:
+                j, k = j - arrays[k].shape[axis], k + 1
+            out[at] = arrays[k][at[:axis] + (j,) + at[axis + 1 :]]
+        return out
     raise AssertionError(f"no reference for {name}: write one in _reference")
 
 
