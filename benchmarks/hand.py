@@ -15,19 +15,17 @@ small-angle fallback, the random angle is far from 0), scale and translation.
 
 Tools: JAX, ``jax.jit(jax.jacfwd(objective))`` (positions of the 544 vertices, then an index
 gather of the N corresponded ones); symgrad, with theta one input of shape (26,), in two forms of
-the selection of corresponded columns (symgrad has no gather by an index array yet):
-*one-hot* (the 3 x 544 positions times a constant 544 x N one-hot matrix) and *pre-gathered*
-(the constant data, base positions and weights, indexed by the correspondences in numpy before
-the graph is built, so the skinning runs on the N corresponded vertices: the same function), and
-three ways to get the Jacobian: (a) ``sg.jacobian([err], [theta], mode="forward")`` (one entry
+the selection of corresponded columns: *take* (``positions[:, correspondences]``, a ``take`` op:
+the gather JAX does) and *pre-gathered* (the constant data, base positions and weights, indexed
+by the correspondences in numpy before the graph is built, so the skinning runs on the N
+corresponded vertices: the same function, the form used before symgrad had ``take``), and three
+ways to get the Jacobian: (a) ``sg.jacobian([err], [theta], mode="forward")`` (one entry
 of shape (3, N, 26), compiled with ``sg.compile``), (b) ``sg.sparse_jacobian(...,
 mode="forward")`` and ``.values(theta)`` (the pattern is dense but for the translation columns,
 which reach only their coordinate's rows: 24 colours), (d) the 26 tangents ``sg.jvp(err, theta,
 e_k)`` compiled as one list output, the Jacobian as a (26, 3, N) array (column-major, no
 assembly). (c) reverse mode (``mode="reverse"``, one gradient per output element: 3N of them)
-is built at N = 100 only. A reference row, not a symgrad Jacobian of err: the symgrad forward
-Jacobian of the 3 x 544 positions with the gather done by numpy outside (what a gather op would
-allow).
+is built at N = 100 only.
 Build: symgrad, graph + derivative + compile (object cache off: cold compiles), split by step;
 JAX, the first call (trace + compile + run). Each tool builds a tiny problem first, so no build
 pays for imports. Calls: best of ``k`` blocks of calls, each block at least ``block_s``. Every
@@ -174,9 +172,9 @@ def numpy_residual(d: dict, theta: np.ndarray) -> np.ndarray:
 
 
 def symgrad_model(d: dict, select: str):
-    """theta (input (26,)) and the residual err (3 x N), or with ``select="none"`` the 3 x 544
-    positions before the selection. ``select``: "one-hot" (positions @ a constant 544 x N
-    one-hot matrix) or "pre-gathered" (the constants indexed by the correspondences first)."""
+    """theta (input (26,)) and the residual err (3 x N). ``select``: "take" (the 3 x 544
+    positions indexed by the correspondences: a take) or "pre-gathered" (the constants indexed
+    by the correspondences first)."""
     g = sg.Graph()
     theta = g.input("theta", shape=(N_THETA,))
 
@@ -220,15 +218,8 @@ def symgrad_model(d: dict, select: str):
     rotation = matrix(rodrigues_rows(x / angle, y / angle, z / angle, angle, sg.sin, sg.cos))
     rotation = rotation * sg.stack(pose[1])  # the scale, column by column
     positions = rotation @ positions + sg.stack(pose[2]).reshape(3, 1)
-    if select == "none":
-        return theta, positions
     if select == "take":
         positions = positions[:, d["correspondences"]]  # a take (gather) along axis 1
-    if select == "one-hot":
-        n = len(d["correspondences"])
-        onehot = np.zeros((N_VERTS, n))
-        onehot[d["correspondences"], np.arange(n)] = 1.0
-        positions = positions @ const(onehot)
     return theta, const(d["points"]) - positions
 
 
@@ -379,26 +370,6 @@ def symgrad_sweeps(d: dict, select: str) -> Built:
     )
 
 
-def symgrad_gather_outside(d: dict) -> Built:
-    """Reference: the forward Jacobian of the 3 x 544 positions (symgrad), then numpy's
-    fancy-index gather of the corresponded vertices (outside symgrad)."""
-    theta0, idx = d["theta"], d["correspondences"]
-    start = time.perf_counter()
-    theta, positions = symgrad_model(d, "none")
-    graph = _elapsed(start)
-    [[jac]] = sg.jacobian([positions], [theta], mode="forward")
-    derivative = _elapsed(start) - graph
-    fn = sg.compile(jac)
-    build = _elapsed(start)
-
-    def call():
-        return np.negative(fn(theta0)[0][:, idx, :])
-
-    stages = {"graph": graph, "derivative": derivative, "compile": build - graph - derivative}
-    note = f"not symgrad alone: the gather is numpy's; {len(fn.graph.nx):,} nodes compiled"
-    return Built(build, call, call, stages, note)
-
-
 def jax_jacobian(d: dict) -> Built:
     import jax
 
@@ -439,13 +410,11 @@ def check_jax(d: dict, jac: np.ndarray) -> dict[str, float]:
 # --- one N ---------------------------------------------------------------------------------------
 
 FORMS = {  # key -> (form, selection)
-    "a-one-hot": ("(a) sg.jacobian", "one-hot"),
-    "b-one-hot": ("(b) sg.sparse_jacobian .values", "one-hot"),
-    "a-gathered": ("(a) sg.jacobian", "pre-gathered"),
-    "b-gathered": ("(b) sg.sparse_jacobian .values", "pre-gathered"),
+    "a-take": ("(a) sg.jacobian", "take"),
+    "b-take": ("(b) sg.sparse_jacobian .values", "take"),
+    "d-take": ("(d) 26 sg.jvp, one list", "take"),
     "d-gathered": ("(d) 26 sg.jvp, one list", "pre-gathered"),
-    "c-gathered": ('(c) sg.jacobian mode="reverse"', "pre-gathered"),
-    "reference": ("ref: Jacobian of positions + numpy gather", "(numpy, outside)"),
+    "c-take": ('(c) sg.jacobian mode="reverse"', "take"),
 }
 
 
@@ -457,9 +426,7 @@ def make(key: str, d: dict) -> Built:
         return symgrad_sparse(d, select)
     if key.startswith("c-"):
         return symgrad_dense(d, select, mode="reverse")
-    if key.startswith("d-"):
-        return symgrad_sweeps(d, select)
-    return symgrad_gather_outside(d)
+    return symgrad_sweeps(d, select)
 
 
 def run_size(n: int, settings: dict, stopped: dict[str, str]) -> dict:
@@ -544,7 +511,7 @@ def table(results: dict[int, dict]) -> list[str]:
     return lines
 
 
-SYMGRAD_ONLY = ("a-one-hot", "b-one-hot", "a-gathered", "b-gathered", "d-gathered", "c-gathered")
+SYMGRAD_ONLY = tuple(FORMS)
 
 
 def summary(results: dict[int, dict]) -> list[str]:
@@ -571,12 +538,11 @@ def summary(results: dict[int, dict]) -> list[str]:
     return lines
 
 
-BUG_NOTE = (
-    "**A symgrad bug this benchmark met, fixed in 7a4490e:** constant arrays that were not "
-    "C-contiguous (a transposed constant, or what `optimize` folds `transpose(const)` into) "
-    "were read in C order by compiled kernels when over 64 elements, so reverse mode's "
-    "Jacobian here was wrong by 0.53 relative before the fix (and failed its check in the run "
-    "reported on 1caeefb). Constants are now stored in C order."
+PREVIOUS_NOTE = (
+    "Before `take` (commit 07ebefd, the same benchmark): symgrad's fastest form was (d) on "
+    "pre-gathered constants, 3.47 ms at N = 3,200 (1.98× JAX) and 11.7 ms at N = 10,000 "
+    "(4.9× JAX); `sg.jacobian`'s assembly (26 zero-filled placements of the whole array, "
+    "summed) added 22.8 ms at N = 10,000, and selecting by a one-hot matmul took 151 ms."
 )
 
 
@@ -590,52 +556,32 @@ def notes(results: dict[int, dict]) -> list[str]:
         return None if b is None or b.time is None else b.time
 
     lines = ["## Notes", ""]
-    jax_t, a, b, d = t("JAX"), t("a-gathered"), t("b-gathered"), t("d-gathered")
+    a, b, d, gathered = t("a-take"), t("b-take"), t("d-take"), t("d-gathered")
     if None not in (a, b, d):
         lines.append(
-            f"- Where a call's time goes at N = {n:,} (pre-gathered): the 26 forward sweeps "
-            f"themselves, (d), {_ms(d)} ms; `sg.jacobian`'s (3, N, 26) entry, (a), adds "
-            f"{_ms(a - d)} ms of assembly (`sg.stack` of the 26 tangents: 26 placements of "
-            f"the full {3 * n * N_THETA:,}-element array, each zero-filled, then summed); "
-            f"`sparse_jacobian(...).values`, (b), adds {_ms(b - d)} ms (numpy concatenating "
-            "the sweeps and indexing out the nonzeros)."
+            f"- Where a call's time goes at N = {n:,} (take): the 26 forward sweeps themselves, "
+            f"(d), {_ms(d)} ms; `sg.jacobian`'s (3, N, 26) entry, (a), adds {_ms(a - d)} ms "
+            "of assembly (one `concatenate` node copying the 26 columns into the "
+            f"{3 * n * N_THETA:,}-element array in one pass); `sparse_jacobian(...).values`, "
+            f"(b), adds {_ms(b - d)} ms (numpy concatenating the sweeps and indexing out the "
+            "nonzeros)."
         )
-    if t("a-one-hot") is not None and a is not None:
+    if None not in (d, gathered):
         lines.append(
-            f"- One-hot selection: {_ms(t('a-one-hot'))} ms against {_ms(a)} ms pre-gathered "
-            f"at N = {n:,}: each of the 27 products (the value and 26 tangents) is a 3 × 544 "
-            f"by 544 × N dgemm ({3 * N_VERTS * n / 1e6:.1f} M multiply-adds), where a gather "
-            "would copy 3N numbers."
+            f"- Take against pre-gathered constants at N = {n:,}: {_ms(d)} against "
+            f"{_ms(gathered)} ms. Pre-gathered, every sweep redoes the skinning of the bones "
+            "its parameter moves on all N points (work of N × bones); with the take, the "
+            "skinning runs on the 544 vertices and each sweep copies 3N numbers."
         )
-    if t("reference") is not None and jax_t is not None:
-        lines.append(
-            f"- The reference row (symgrad's Jacobian of the 544 vertices' positions, gathered "
-            f"by numpy outside) runs in {_ms(t('reference'))} ms at N = {n:,}, "
-            f"{t('reference') / jax_t:.2f}× JAX: the shape of the computation a gather op "
-            "would allow. Pre-gathered, every sweep instead redoes the skinning of the bones "
-            "its parameter moves on all N points, so its time grows with N × bones while "
-            "JAX's grows with N (a copy) only."
-        )
-    forward = [
-        b.build
-        for r in results.values()
-        for k, b in r["tools"].items()
-        if k[:2] in ("a-", "d-") or k in ("b-gathered", "reference")
-    ]
+    forward = [b.build for r in results.values() for k, b in r["tools"].items() if k[0] in "abd"]
     jax_builds = [r["tools"]["JAX"].build for r in results.values()]
-    one_hot = [(m, r["tools"]["b-one-hot"]) for m, r in results.items()
-               if "b-one-hot" in r["tools"]]  # fmt: skip
-    if forward and one_hot:
-        m, built = max(one_hot, key=lambda item: item[0])
+    if forward:
         lines.append(
             f"- Build: the forward forms built in {min(forward):.1f}-{max(forward):.1f} s at "
-            "every N (derivative and compile about half each, see the table), "
-            "`sparse_jacobian` on the one-hot form excepted: its sparsity step took "
-            f"{built.stages['sparsity']:.1f} s of {built.build:.1f} s at N = {m:,} (the "
-            "pattern through the product with the 544 × N constant). JAX's first call took "
+            "every N (graph, derivative and compile, see the table); JAX's first call took "
             f"{min(jax_builds):.1f}-{max(jax_builds):.1f} s."
         )
-    reverse = [r["tools"]["c-gathered"] for r in results.values() if "c-gathered" in r["tools"]]
+    reverse = [r["tools"]["c-take"] for r in results.values() if "c-take" in r["tools"]]
     if reverse:
         c, m = reverse[0], min(results)
         lines.append(
@@ -644,7 +590,7 @@ def notes(results: dict[int, dict]) -> list[str]:
             f"compile; {c.note}); " + (c.failed or f"call {_ms(c.time)} ms") + ". Not built "
             "at larger N."
         )
-    lines += ["", BUG_NOTE]
+    lines += ["", PREVIOUS_NOTE]
     return lines
 
 
@@ -676,12 +622,11 @@ def header(settings: dict) -> list[str]:
         "`.values(theta)` (the nonzeros in CSR order), (d)'s a (26, 3, N) array; the others "
         "give (3, N, 26).",
         "",
-        "Selections in symgrad (no gather by an index array yet): *one-hot*, the 3 × 544 "
-        "positions times a constant 544 × N one-hot matrix (a matmul per tangent, "
-        "3 · 544 · N multiply-adds each); *pre-gathered*, the constant base positions and "
-        "weights indexed by the correspondences in numpy before the graph is built, so the "
-        "skinning runs on the N corresponded vertices (the same function; per tangent the "
-        "work of the bones the parameter moves, on N points).",
+        "Selections in symgrad: *take*, `positions[:, correspondences]` (a `take` op, the "
+        "gather JAX does, of the 3 × 544 positions); *pre-gathered*, the constant base "
+        "positions and weights indexed by the correspondences in numpy before the graph is "
+        "built, so the skinning runs on the N corresponded vertices (the same function; per "
+        "tangent the work of the bones the parameter moves, on N points).",
     ]
 
 
