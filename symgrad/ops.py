@@ -1320,6 +1320,115 @@ _register("concatenate", VARIADIC, lambda *xs, axis: np.concatenate(xs, axis=axi
           Lowering("barrier", "concatenate"), schema=(_AXIS,), normalize=_concatenate_normalize,
           shape=_concatenate_shape, elementwise=False, vjp_at=_concatenate_vjp,
           jvp=_concatenate_jvp, pattern=_concatenate_pattern)  # fmt: skip
+# einsum: a sum of products over named axes, numpy's notation ("ij,jk->ik"; without "->" the
+# output is the letters used once, sorted, as numpy's). Each letter names one axis of one size;
+# a letter repeated within one operand (a diagonal), '...' and broadcasting of size-1 axes are
+# not supported. Batched matrix products are a case of it.
+_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+MAX_EINSUM_OPERANDS = 32
+
+
+def einsum_parts(spec: str) -> tuple[list[str], str]:
+    """The operands' subscripts and the output's of a canonical spec."""
+    ins, out = spec.split("->")
+    return ins.split(","), out
+
+
+def _einsum_normalize(op, shapes, attrs):
+    spec = attrs["spec"].replace(" ", "")
+    if not shapes or len(shapes) > MAX_EINSUM_OPERANDS:
+        raise ShapeError(f"{op}: takes 1 to {MAX_EINSUM_OPERANDS} operands, got {len(shapes)}")
+    if spec.count("->") > 1 or "." in spec or not set(spec) <= _LETTERS | set(",->"):
+        raise ShapeError(f"{op}: spec {spec!r} is not letters, commas and one '->' ('...' is "
+                         "not supported)")  # fmt: skip
+    head, arrow, out = spec.partition("->")
+    ins = head.split(",")
+    if len(ins) != len(shapes):
+        raise ShapeError(f"{op}: spec {spec!r} names {len(ins)} operands, got {len(shapes)}")
+    if not arrow:  # numpy's implicit output: the letters used once, in alphabetical order
+        out = "".join(sorted(c for c in set(head) - {","} if head.count(c) == 1))
+    if "-" in out or ">" in out:
+        raise ShapeError(f"{op}: spec {spec!r} is not letters, commas and one '->'")
+    sizes: dict[str, int] = {}
+    for k, (sub, shape) in enumerate(zip(ins, shapes)):
+        if len(sub) != len(shape):
+            raise ShapeError(f"{op}: operand {k} has shape {shape} but {len(sub)} letters {sub!r}")
+        if len(set(sub)) != len(sub):
+            raise ShapeError(f"{op}: a letter repeated within operand {k}'s {sub!r} (a diagonal) "
+                             "is not supported")  # fmt: skip
+        for c, n in zip(sub, shape):
+            if sizes.setdefault(c, n) != n:
+                raise ShapeError(f"{op}: letter {c!r} is {sizes[c]} long and {n} long (operand "
+                                 f"{k} of shape {shape})")  # fmt: skip
+    if len(set(out)) != len(out) or not set(out) <= set(sizes):
+        raise ShapeError(f"{op}: output {out!r} repeats a letter or has one no operand has")
+    return {"spec": ",".join(ins) + "->" + out}
+
+
+def einsum_sizes(shapes, spec: str) -> dict[str, int]:
+    """Each letter's length, in order of first use."""
+    sizes: dict[str, int] = {}
+    for sub, shape in zip(einsum_parts(spec)[0], shapes):
+        sizes.update(zip(sub, shape))
+    return sizes
+
+
+def _einsum_shape(op, shapes, attrs):
+    sizes = einsum_sizes(shapes, attrs["spec"])
+    return tuple(sizes[c] for c in einsum_parts(attrs["spec"])[1])
+
+
+def _einsum_vjp(pos, g, o, *xs, spec):
+    # The cotangent of operand pos: the output's cotangent contracted with the other operands,
+    # then spread over the letters only this operand has (summed within it).
+    ins, out = einsum_parts(spec)
+    target = ins[pos]
+    others = [k for k in range(len(xs)) if k != pos]
+    present = set(out).union(*(ins[k] for k in others))
+    kept = "".join(c for c in target if c in present)
+    sub = ",".join([out, *(ins[k] for k in others)]) + "->" + kept
+    grad = ap("einsum", g, *(xs[k] for k in others), spec=sub)
+    if kept == target:
+        return grad
+    shape = xs[pos].shape
+    ones = tuple(n if c in present else 1 for c, n in zip(target, shape))
+    return ap("broadcast_to", ap("reshape", grad, shape=ones), shape=shape)
+
+
+def _einsum_jvp(ts, o, *xs, spec):
+    total = None
+    for k, t in enumerate(ts):
+        if t is not None:
+            part = ap("einsum", *(t if j == k else x for j, x in enumerate(xs)), spec=spec)
+            total = part if total is None else total + part
+    return total
+
+
+MAX_PATTERN_POINTS = 2**22  # an einsum's exact pattern walks its whole iteration space
+
+
+def _einsum_pattern(shapes, attrs, consts):
+    spec = attrs["spec"]
+    ins, out = einsum_parts(spec)
+    sizes = einsum_sizes(shapes, spec)
+    letters = list(sizes)
+    if math.prod(sizes.values()) > MAX_PATTERN_POINTS:
+        return None
+    at = dict(zip(letters, np.indices(tuple(sizes.values())).reshape(len(letters), -1)))
+
+    def flat(sub):
+        if not sub:
+            return np.zeros(math.prod(sizes.values()), dtype=np.int64)
+        return np.ravel_multi_index(tuple(at[c] for c in sub), tuple(sizes[c] for c in sub))
+
+    rows = flat(out)
+    return [(rows, flat(sub)) for sub in ins]
+
+
+_register("einsum", VARIADIC, lambda *xs, spec: np.einsum(spec, *xs), (),
+          Lowering("barrier", "einsum"), schema=(Attr("spec", ("name",)),),
+          normalize=_einsum_normalize, shape=_einsum_shape, elementwise=False,
+          vjp_at=_einsum_vjp, jvp=_einsum_jvp, pattern=_einsum_pattern)  # fmt: skip
 _register("take", 2, _take,
           (lambda g, o, x, idx, axis: ap("scatter_add", g, idx, axis=axis,
                                          size=x.shape[axis]), None),
@@ -1636,11 +1745,12 @@ FUNCTIONS["pow"] = "pow"
 CONSTANTS: dict[str, float] = {"pi": math.pi, "e": math.e}
 # The literal kinds each attribute takes where it is written, over every op that has it (the parser
 # turns a value of another kind into a ParseError at its column). Attributes never written in a
-# call (a constant's value, an input's name, getitem's index, written with brackets) are left out.
+# call (a constant's value, an input's name, getitem's index, written with brackets; einsum's spec,
+# a string: einsum is not in the text language) are left out.
 ATTRIBUTE_KINDS: dict[str, tuple[str, ...]] = {}
 for _op in OPS.values():
     for _a in _op.schema:
-        if _a.name not in ("name", "value", "index"):
+        if _a.name not in ("name", "value", "index", "spec"):
             _kinds = ATTRIBUTE_KINDS.setdefault(_a.name, ())
             ATTRIBUTE_KINDS[_a.name] = _kinds + tuple(k for k in _a.kinds if k not in _kinds)
 COMPARISONS: dict[str, str] = {

@@ -355,6 +355,33 @@ def solve(a, b) -> Expr:
     return sum(inv(a) * reshape(b, (*b.shape[:-1], 1, n)), axis=-1)
 
 
+def einsum(spec, *operands) -> Expr:
+    """A sum of products over named axes, as ``numpy.einsum``: ``"ij,jk->ik"`` is a matrix
+    product, ``"bij,bjk->bik"`` a batched one, ``"kij,nkj->nki"`` each of n points times each of
+    K matrices. Without ``->`` the output is the letters used once, sorted (numpy's rule). Each
+    letter is one axis of one length in every operand; '...', a letter repeated within one
+    operand (a diagonal) and broadcasting of length-1 axes are not supported. Operands are
+    ``Expr``s or arrays (constants); one node, compiled as one loop nest over every letter (the
+    output's last letter innermost, on vectors), differentiated by einsums.
+
+    >>> from symgrad.graph import Graph
+    >>> g = Graph(); a, b = g.input("a", shape=(5, 2, 3)), g.input("b", shape=(5, 3, 4))
+    >>> einsum("bij,bjk->bik", a, b).shape, einsum("bij->", a).shape, einsum("bij,bjk", a, b).shape
+    ((5, 2, 4), (), (2, 4))
+    """
+    if type(spec) is not str:
+        raise ShapeError(
+            f"einsum: spec must be a str such as 'ij,jk->ik', got {type(spec).__name__}"
+        )
+    graph = _graph_of("einsum", *operands)
+    with graph.atomic():
+        exprs = [e if isinstance(e, Expr) else graph.const(e) for e in operands]
+        for k, e in enumerate(exprs):
+            if e.graph is not graph:
+                raise GraphError(f"einsum: operand {k} belongs to another graph")
+        return graph.apply("einsum", *exprs, spec=spec)
+
+
 def take(x, indices, axis=0) -> Expr:
     """The elements of ``x`` at ``indices`` along ``axis``, as ``numpy.take``: the result has
     shape ``x.shape[:axis] + indices.shape + x.shape[axis+1:]``. ``indices`` is an int, an array

@@ -437,6 +437,13 @@ add("solve", "b of the wrong size", ShapeError, r"b has shape \(3,\): its last a
     lambda e: sg.solve(e.k, e.v))  # fmt: skip
 add("multigammaln", "d zero", ArgumentError, "d must be a positive int",
     lambda e: sg.multigammaln(e.v, 0))  # fmt: skip
+add("einsum", "a diagonal", ShapeError, "repeated within operand 0",
+    lambda e: sg.einsum("ii->i", e.W))  # fmt: skip
+add("einsum", "letter lengths differ (const then fail)", ShapeError, "letter 'j' is 3 long",
+    lambda e: sg.einsum("ij,jk->ik", e.W, np.ones((2, 2))))  # fmt: skip
+add("einsum", "spec not a str", ShapeError, "spec must be a str", lambda e: sg.einsum(3, e.W))
+add("einsum", "of two graphs", GraphError, "another graph",
+    lambda e: sg.einsum("i,->i", e.v, e.ox))  # fmt: skip
 add("take", "index out of range", ShapeError, r"index 3 is not an int in \[-3, 2\]",
     lambda e: sg.take(e.v, [0, 3]))  # fmt: skip
 add("take", "a fraction", ShapeError, r"index 0.5 is not an int", lambda e: sg.take(e.W, [0.5]))

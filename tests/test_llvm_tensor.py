@@ -345,6 +345,27 @@ def _concatenate_cases():
     yield "sg.stack of views on every axis", stacked, EXACT
 
 
+EINSUMS = [  # spec, operand shapes: the output's last letter innermost (vectors, remainder)
+    ("ij,jk->ik", [(3, 5), (5, 9)]), ("bij,bjk->bik", [(2, 3, 4), (2, 4, 7)]),
+    ("kij,nkj->nki", [(3, 4, 4), (5, 3, 4)]), ("ij->", [(3, 9)]), ("i,i", [(9,), (9,)]),
+    ("ij->ji", [(5, 6)]), ("ij,jk,k->i", [(2, 3), (3, 5), (5,)]), ("i,j->ij", [(3,), (6,)]),
+    ("ijk,j->ki", [(2, 3, 5), (3,)]),
+]  # fmt: skip
+
+
+def _einsum_cases():
+    for spec, shapes in EINSUMS:
+
+        def build(g, spec=spec, shapes=shapes):
+            xs = [g.input(f"x{k}", s) for k, s in enumerate(shapes)]
+            e = sg.einsum(spec, *xs)
+            # Through views: reversed (negative strides) and transposed operands.
+            flipped = sg.einsum(spec, *(x[::-1] for x in xs))
+            return [e, flipped * 2.0]
+
+        yield f"{spec} {shapes}", build, SUMMED
+
+
 CASES = {
     "sum": lambda: _reduction_cases("sum"),
     "mean": lambda: _reduction_cases("mean"),
@@ -363,6 +384,7 @@ CASES = {
     "windows": lambda: _window_cases("windows"),
     "window_sum": lambda: _window_cases("window_sum"),
     "concatenate": _concatenate_cases,
+    "einsum": _einsum_cases,
     "take": lambda: _take_cases("take"),
     "scatter_add": lambda: _take_cases("scatter_add"),
 }
@@ -671,6 +693,12 @@ def _joined(g, x):
     return sg.concatenate([x, sg.sin(x[:, :, 1:3]), x * x], axis=2)
 
 
+def _contracted(g, x):
+    # x (2, 3, 4, 5) against a matrix of its own entries and a constant: three operands.
+    w = x[0, 0] * 0.5
+    return sg.einsum("abcd,cd,d->ba", x, w, np.linspace(-1.0, 1.0, 5))
+
+
 GRAD_CASES = {
     "sum": _of_x(lambda g, x: x.sum(axis=(1, 3))),
     "mean": _of_x(lambda g, x: x.mean(axis=2, keepdims=True)),
@@ -691,6 +719,7 @@ GRAD_CASES = {
     "windows": _of_x(lambda g, x: g.apply("windows", x, kernel_size=(2, 3), stride=(1, 2))),
     "window_sum": _of_x(lambda g, x: _square_windows_summed(g, x)),
     "concatenate": _of_x(_joined),
+    "einsum": _of_x(_contracted),
     "take": _of_x(_taken),
     "scatter_add": _of_x(_scattered),
 }

@@ -257,6 +257,18 @@ CASES["concatenate"] = [
     Case(((2, 3, 1), (2, 3, 2), (2, 3, 1), (2, 3, 4)), {"axis": 2}),
     Case(((3, 2),), {"axis": 1}),
 ]
+CASES["einsum"] = [
+    Case(((2, 3), (3, 4)), {"spec": "ij,jk->ik"}),
+    Case(((3, 2, 3), (3, 3, 4)), {"spec": "bij,bjk->bik"}),
+    Case(((4, 3, 3), (5, 4, 3)), {"spec": "kij,nkj->nki"}),
+    Case(((2, 3),), {"spec": "ij->"}),
+    Case(((2, 3),), {"spec": "ij->ji"}),
+    Case(((3,), (3,)), {"spec": "i,i"}),
+    Case(((2,), (3,)), {"spec": "i,j->ij"}),
+    Case(((2, 3), (3, 4), (4,)), {"spec": "ij , jk , k -> i"}),
+    Case(((2, 3, 2), (3,)), {"spec": "ijk,j->k"}),
+    Case(((), (2,)), {"spec": ",i->i"}),
+]
 CASES["take"] = [Case((shape, idx), {"axis": axis}) for shape, idx, axis in _TAKES]
 CASES["scatter_add"] = [_scatter_case(*t) for t in _TAKES]
 
@@ -315,6 +327,21 @@ def _reference(name: str, arrays: list, attrs: dict):
         return _ref_windows(name, x, **attrs)
     if name in ("take", "scatter_add"):
         return _ref_take(name, x, arrays[1], **attrs)
+    if name == "einsum":  # every point of the iteration space, its product added to the output
+        ins, out = attrs["spec"].replace(" ", "").split("->") if "->" in attrs["spec"] else (
+            attrs["spec"], None)  # fmt: skip
+        ins = ins.split(",")
+        if out is None:
+            out = "".join(sorted(c for c in set("".join(ins)) if "".join(ins).count(c) == 1))
+        sizes = {c: n for sub, a in zip(ins, arrays) for c, n in zip(sub, np.shape(a))}
+        letters = list(sizes)
+        result = np.zeros(tuple(sizes[c] for c in out))
+        for point in np.ndindex(*(sizes[c] for c in letters)):
+            at = dict(zip(letters, point))
+            term = math.prod(float(np.asarray(a)[tuple(at[c] for c in sub)])
+                             for sub, a in zip(ins, arrays))  # fmt: skip
+            result[tuple(at[c] for c in out)] += term
+        return result
     if name == "concatenate":  # element by element, from the operand each position falls in
         axis = attrs["axis"] % x.ndim
         shape = list(x.shape)

@@ -156,6 +156,7 @@ EXAMPLES = {
     "avg_pool2d": ([(1, 2, 5, 5)], {"kernel_size": (2, 3), "stride": (1, 2)}),
     "max_pool2d": ([(1, 2, 5, 5)], {"kernel_size": 2, "stride": None}),
     "concatenate": ([(2, 3), (2, 1), (2, 3)], {"axis": 1}),
+    "einsum": ([(2, 3, 4), (3, 4), (2,)], {"spec": "ijk,jk,i->ji"}),
     # An array among the shapes: a constant operand (indices), not an input.
     "take": ([(4, 3), np.array([3.0, 0.0, -1.0, 3.0])], {"axis": 0}),
     "scatter_add": ([(2, 4), np.array([1.0, 0.0, 1.0, 2.0])], {"axis": 1, "size": 3}),

@@ -36,7 +36,7 @@ from symgrad.llvm.lower import (
     hex_double,
 )
 from symgrad.llvm.plan import Plan, View, c_strides, plan
-from symgrad.ops import OPS, joined_at
+from symgrad.ops import OPS, einsum_parts, einsum_sizes, joined_at
 from symgrad.program import Program
 
 BLAS_MIN_FLOPS = 32 * 32 * 32  # below this m*n*k the call costs more than an inline loop
@@ -135,15 +135,17 @@ def emit_map(fn: Fn, shape, reads: list[Access], writes: list[Access], compute) 
     _nest(fn, dims, accs, offs, len(reads), compute, 0)
 
 
-def _nest(fn: Fn, dims, accs, offs, n_reads, compute, d) -> None:
+def _nest(fn: Fn, dims, accs, offs, n_reads, compute, d, vector: bool = True) -> None:
+    """Loops over ``dims`` from ``d`` on; the innermost on 4 lanes unless ``vector`` is False
+    (a write that does not move along it: a running sum)."""
     if d == len(dims) - 1 or not dims:
-        _innermost(fn, dims, accs, offs, n_reads, compute)
+        _innermost(fn, dims, accs, offs, n_reads, compute, vector)
         return
     with fn.loop(0, dims[d], 1) as i:
         b = fn.body(1)
         inner = [_advance(b, off, i, a.strides[d]) for off, a in zip(offs, accs)]
         fn.flush(b)
-        _nest(fn, dims, accs, inner, n_reads, compute, d + 1)
+        _nest(fn, dims, accs, inner, n_reads, compute, d + 1, vector)
 
 
 def _advance(b: Body, off: str, i: str, stride: int) -> str:
@@ -153,7 +155,7 @@ def _advance(b: Body, off: str, i: str, stride: int) -> str:
     return b.emit(f"add nsw i64 {off}, {step}")
 
 
-def _innermost(fn: Fn, dims, accs, offs, n_reads, compute) -> None:
+def _innermost(fn: Fn, dims, accs, offs, n_reads, compute, vector: bool = True) -> None:
     if not dims:  # a scalar loop body: one element
         b = fn.body(1)
         _body(b, accs, offs, n_reads, compute, None, {})
@@ -163,12 +165,13 @@ def _innermost(fn: Fn, dims, accs, offs, n_reads, compute) -> None:
     # Loads that do not move along the innermost axis: once, before its loops.
     hoisted: dict[int, tuple[str, str]] = {}
     pre = fn.body(WIDTH)
+    written = {a.ptr for a in accs[n_reads:]}  # a running sum's read moves with its writes
     for k in range(n_reads):
-        if accs[k].strides[d] == 0:
+        if accs[k].strides[d] == 0 and accs[k].ptr not in written:
             x = _load(pre, accs[k].ptr, offs[k], 1)
             hoisted[k] = (x, _splat(pre, x))
     fn.flush(pre)
-    main = n - n % WIDTH
+    main = n - n % WIDTH if vector else 0
     if main:
         with fn.loop(0, main, WIDTH) as j:
             _body_at(fn, WIDTH, accs, offs, n_reads, compute, (j, d), hoisted)
@@ -372,6 +375,37 @@ class Writer:
                 keep = tuple(st for d, st in enumerate(out_strides) if d != axis)
                 writes.append(Access(f"%buf{i}", (lo + j) * out_strides[axis], keep))
         emit_map(self.fn, rest, reads, writes, lambda b, vals: vals)
+
+    def write_einsum(self, i, args, attrs) -> None:
+        # out += the product of the operands over the iteration space of every letter, in the
+        # order (output letters but the last, summed letters, the output's last letter): the
+        # innermost loop then writes the output contiguously, on 4 lanes (matmul's i-k-j).
+        ins, out = einsum_parts(attrs["spec"])
+        views = [self.p.views[a] for a in args]
+        sizes = einsum_sizes([v.shape for v in views], attrs["spec"])
+        summed = [c for c in sizes if c not in out]
+        order = [*out[:-1], *summed, *out[-1:]]
+        self.fill(i, 0.0)
+        reads = []
+        for sub, v in zip(ins, views):
+            by_letter = dict(zip(sub, v.strides))
+            reads.append(
+                Access(f"%buf{v.base}", v.offset, tuple(by_letter.get(c, 0) for c in order))
+            )
+        shape = self.graph.node(i)["shape"]
+        by_letter = dict(zip(out, c_strides(shape)))
+        acc = Access(f"%buf{i}", 0, tuple(by_letter.get(c, 0) for c in order))
+
+        def product(b: Body, vals: list[str]) -> list[str]:
+            total = vals[0]
+            for v in vals[1:-1]:
+                total = b.binop("fmul", total, v)
+            return [b.binop("fadd", vals[-1], total)]
+
+        accs = [*reads, acc, acc]
+        offs = [str(a.offset) for a in accs]
+        dims = tuple(sizes[c] for c in order)
+        _nest(self.fn, dims, accs, offs, len(reads) + 1, product, 0, vector=bool(out))
 
     def write_take(self, i, args, attrs) -> None:
         x, idx = (self.p.views[a] for a in args)
