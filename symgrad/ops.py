@@ -1428,7 +1428,7 @@ def _einsum_pattern(shapes, attrs, consts):
 _register("einsum", VARIADIC, lambda *xs, spec: np.einsum(spec, *xs), (),
           Lowering("barrier", "einsum"), schema=(Attr("spec", ("name",)),),
           normalize=_einsum_normalize, shape=_einsum_shape, elementwise=False,
-          vjp_at=_einsum_vjp, jvp=_einsum_jvp, pattern=_einsum_pattern)  # fmt: skip
+          vjp_at=_einsum_vjp, jvp=_einsum_jvp, pattern=_einsum_pattern, blas=True)  # fmt: skip
 _register("take", 2, _take,
           (lambda g, o, x, idx, axis: ap("scatter_add", g, idx, axis=axis,
                                          size=x.shape[axis]), None),

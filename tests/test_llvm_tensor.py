@@ -350,6 +350,9 @@ EINSUMS = [  # spec, operand shapes: the output's last letter innermost (vectors
     ("kij,nkj->nki", [(3, 4, 4), (5, 3, 4)]), ("ij->", [(3, 9)]), ("i,i", [(9,), (9,)]),
     ("ij->ji", [(5, 6)]), ("ij,jk,k->i", [(2, 3), (3, 5), (5,)]), ("i,j->ij", [(3,), (6,)]),
     ("ijk,j->ki", [(2, 3, 5), (3,)]),
+    # Big enough for dgemm per batch element (reversed views fall back to the loops):
+    ("kij,nkj->nki", [(3, 40, 40), (30, 3, 40)]), ("bij,bjk->bik", [(2, 32, 33), (2, 33, 40)]),
+    ("ij,jk->ki", [(40, 50), (50, 30)]),
 ]  # fmt: skip
 
 
@@ -798,6 +801,28 @@ def test_matmul_calls_blas_only_when_big_and_laid_out_for_it():
     reversed_rows = sg.compile([a[::-1] @ a[:, ::-1]])  # negative strides: no BLAS layout
     assert blas not in reversed_rows.llvm_ir
     check([a[::-1] @ a[:, ::-1]], SUMMED)
+
+
+def test_einsum_calls_blas_per_batch_element_where_it_is_a_product():
+    blas = blas_dgemm()
+    if blas is None:
+        pytest.skip("numpy's OpenBLAS dgemm is not found in this process")
+    g = sg.Graph()
+    chol, x = g.input("L", (3, 40, 40)), g.input("x", (30, 3, 40))
+    products = [sg.einsum("kij,nkj->nki", chol, x), sg.einsum("ij,jk->ki", x[:, 0], chol[0])]
+    fn = sg.compile(products)
+    # One call in each product's batch loop (3 matrices) and one for the plain product.
+    assert fn.llvm_ir.count(f"call void @{blas}(") == 2
+    check(products, SUMMED)
+    g = sg.Graph()
+    x = g.input("x", (30, 3, 40))
+    others = [
+        sg.einsum("nkj,nkj->k", x, x),  # n in both operands, not the output: not one product
+        sg.einsum("kij,nkj->nki", g.input("L", (3, 4, 4)), x[:, :, :4]),  # too small
+        sg.einsum("nki,nkj->ij", x[::-1], x),  # a reversed view: no BLAS layout
+    ]
+    assert blas not in sg.compile(others).llvm_ir
+    check(others, SUMMED)
 
 
 @pytest.mark.usefixtures("no_blas")

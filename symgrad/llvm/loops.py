@@ -383,6 +383,8 @@ class Writer:
         ins, out = einsum_parts(attrs["spec"])
         views = [self.p.views[a] for a in args]
         sizes = einsum_sizes([v.shape for v in views], attrs["spec"])
+        if self.blas and self._batched_gemm(i, ins, out, views, sizes):
+            return
         summed = [c for c in sizes if c not in out]
         order = [*out[:-1], *summed, *out[-1:]]
         self.fill(i, 0.0)
@@ -603,6 +605,81 @@ class Writer:
 
         _nest(self.fn, (m, k, n), [ra, rb, c, c], [str(ra.offset), str(rb.offset), "0", "0"], 3,
               fma, 0)  # fmt: skip
+
+    def _batched_gemm(self, i, ins, out, views, sizes) -> bool:
+        """An einsum of two operands that is a (batched) matrix product, as one dgemm per batch
+        element: letters in both operands and the output batch, one letter only in the first
+        and the output is the rows, one only in the second and the output the columns, one in
+        both operands only the contraction. False where it is not one, or too small to repay
+        the calls (then the loop nest writes it)."""
+        if len(ins) != 2:
+            return False
+        (sa, sb), (va, vb) = ins, views
+        batch = [c for c in out if c in sa and c in sb]
+        rows = [c for c in sa if c in out and c not in sb]
+        cols = [c for c in sb if c in out and c not in sa]
+        inner = [c for c in sa if c in sb and c not in out]
+        if len(rows) > 1 or len(cols) > 1 or len(inner) > 1:
+            return False
+        if len(batch) + len(rows) + len(cols) + len(inner) != len(sizes):
+            return False  # a letter summed within one operand
+        m, n, k = (sizes[g[0]] if g else 1 for g in (rows, cols, inner))
+        if m * n * k < BLAS_MIN_FLOPS:
+            return False
+        shape = self.graph.node(i)["shape"]
+        sc = dict(zip(out, c_strides(shape)))
+        sa, sb = dict(zip(sa, va.strides)), dict(zip(sb, vb.strides))
+
+        def stride(by: dict, group: list) -> int:
+            return by[group[0]] if group else 0
+
+        a = View(va.base, 0, (stride(sa, rows), stride(sa, inner)), (m, k))
+        b = View(vb.base, 0, (stride(sb, inner), stride(sb, cols)), (k, n))
+        c_rows, c_cols = stride(sc, rows), stride(sc, cols)
+        swapped = False
+        if (c_cols == 1 or n == 1) and c_rows >= n:
+            ldc = max(c_rows, n, 1)
+        elif (c_rows == 1 or m == 1) and c_cols >= m:  # C row-major is C^T = B^T A^T
+            a, b, swapped = b.transpose((1, 0)), a.transpose((1, 0)), True
+            m, n, ldc = n, m, max(c_cols, m, 1)
+        else:
+            return False
+        ta, tb = _blas_layout(a), _blas_layout(b)
+        if not (ta and tb):
+            return False
+        fn = self.fn
+
+        def per_batch(d: int, offs: list[str]) -> None:
+            if d == len(batch):
+                oa, ob = (offs[1], offs[0]) if swapped else (offs[0], offs[1])
+                self._gemm_call((a, ta, oa), (b, tb, ob), (i, offs[2], ldc), m, n, k)
+                return
+            with fn.loop(0, sizes[batch[d]], 1) as j:
+                body = fn.body(1)
+                inner_offs = [_advance(body, o, j, s[batch[d]]) for o, s in zip(offs, (sa, sb, sc))]
+                fn.flush(body)
+                per_batch(d + 1, inner_offs)
+
+        per_batch(0, [str(va.offset), str(vb.offset), "0"])
+        return True
+
+    def _gemm_call(self, a, b, c, m, n, k) -> None:
+        """``C = A @ B`` by the BLAS's dgemm, each matrix a (view, layout, offset) triple."""
+        (va, (ta, lda), oa), (vb, (tb, ldb), ob), (ic, oc, ldc) = a, b, c
+        body = self.fn.body(1)
+        pa = body.emit(f"getelementptr inbounds double, ptr %buf{va.base}, i64 {oa}")
+        pb = body.emit(f"getelementptr inbounds double, ptr %buf{vb.base}, i64 {ob}")
+        pc = body.emit(f"getelementptr inbounds double, ptr %buf{ic}, i64 {oc}")
+        body.lines.append(
+            f"  call void @{self.blas}(i32 101, i32 {ta}, i32 {tb}, i64 {m}, i64 {n}, i64 {k}, "
+            f"double 1.0, ptr {pa}, i64 {lda}, ptr {pb}, i64 {ldb}, double 0.0, ptr {pc}, "
+            f"i64 {ldc})"
+        )
+        self.fn.flush(body)
+        self.fn.declares.add(
+            f"declare void @{self.blas}(i32, i32, i32, i64, i64, i64, double, ptr, i64, ptr, "
+            "i64, double, ptr, i64)"
+        )
 
     def _dgemm(self, i, a, b, m, n, k) -> None:
         (va, (ta, lda)), (vb, (tb, ldb)) = a, b
