@@ -282,6 +282,37 @@ def triu(x, k=0) -> Expr:
     return _triangle("triu", x, k, lower=False)
 
 
+@_atomic
+def fill_tril(v, k=0) -> Expr:
+    """The entries of ``v`` (its last axis) placed row by row in the lower triangle of a square
+    matrix, zeros elsewhere: the inverse of ``m[numpy.tril_indices(n, k)]``. ``k=0`` fills the
+    diagonal too (``n(n+1)/2`` entries), ``k=-1`` only below it (``n(n-1)/2``). Leading axes
+    are kept: ``v`` of shape (..., m) gives (..., n, n). One take of ``v`` with a zero appended
+    (the upper triangle reads the zero), so its adjoint gathers the triangle back.
+
+    >>> from symgrad.graph import Graph
+    >>> g = Graph()
+    >>> fill_tril(g.input("v", shape=(6,))).shape, fill_tril(g.input("w", shape=(5, 3)), -1).shape
+    ((3, 3), (5, 3, 3))
+    """
+    v = _as_expr("fill_tril", v)
+    if k not in (0, -1) or type(k) is not int:
+        raise ArgumentError(f"fill_tril: k must be 0 or -1, got {k!r}")
+    if not v.shape:
+        raise ShapeError("fill_tril: v is a scalar, not a vector of triangle entries")
+    m = v.shape[-1]
+    n = next((n for n in range(1, m + 2) if n * (n + 1) // 2 + k * n == m), None)
+    if n is None:
+        what = "n(n+1)/2" if k == 0 else "n(n-1)/2"
+        raise ShapeError(f"fill_tril: v has {m} entries on its last axis, not {what} for any n")
+    rows, cols = np.tril_indices(n, k)
+    where = np.full((n, n), m, dtype=np.int64)  # m: the zero appended below
+    where[rows, cols] = np.arange(m)
+    zero = v.graph.apply("broadcast_to", v.graph.const(0.0), shape=(*v.shape[:-1], 1))
+    padded = v.graph.apply("concatenate", v, zero, axis=v.ndim - 1)
+    return take(padded, where.astype(np.float64), axis=v.ndim - 1)
+
+
 def _small_square(op: str, a) -> tuple[Expr, int]:
     a = _as_expr(op, a)
     if len(a.shape) < 2 or a.shape[-1] != a.shape[-2] or a.shape[-1] not in (1, 2, 3):

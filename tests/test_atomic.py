@@ -444,6 +444,12 @@ add("einsum", "letter lengths differ (const then fail)", ShapeError, "letter 'j'
 add("einsum", "spec not a str", ShapeError, "spec must be a str", lambda e: sg.einsum(3, e.W))
 add("einsum", "of two graphs", GraphError, "another graph",
     lambda e: sg.einsum("i,->i", e.v, e.ox))  # fmt: skip
+add("fill_tril", "not a triangle's count", ShapeError, "v has 4 entries on its last axis",
+    lambda e: sg.fill_tril(e.u))  # fmt: skip
+add("fill_tril", "k 1", ArgumentError, "k must be 0 or -1", lambda e: sg.fill_tril(e.v, 1))
+add("fill_tril", "max_nodes reached part-way", GraphError, "max_nodes",
+    lambda e: sg.fill_tril(e.v),
+    setup=lambda e: setattr(e.g, "max_nodes", len(e.g) + 2))  # fmt: skip
 add("take", "index out of range", ShapeError, r"index 3 is not an int in \[-3, 2\]",
     lambda e: sg.take(e.v, [0, 3]))  # fmt: skip
 add("take", "a fraction", ShapeError, r"index 0.5 is not an int", lambda e: sg.take(e.W, [0.5]))

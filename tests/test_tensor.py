@@ -1220,3 +1220,23 @@ def test_take_pattern_is_exact_for_constant_indices_and_dense_for_inputs():
     assert sg.jacobian_sparsity([sg.take(x, i)], [x]).toarray().all()
     summed = sg.jacobian_sparsity([sg.scatter_add(x, [1, 1, 0, 1], size=2)], [x]).toarray()
     np.testing.assert_array_equal(summed, [[0, 0, 1, 0], [1, 1, 0, 1]])
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_fill_tril_is_the_inverse_of_tril_indices(k):
+    g = sg.Graph()
+    n = 4
+    m = n * (n + 1) // 2 + k * n
+    v = g.input("v", (3, m))
+    filled = sg.fill_tril(v, k)
+    vv = np.random.default_rng(k + 5).normal(size=(3, m))
+    want = np.zeros((3, n, n))
+    rows, cols = np.tril_indices(n, k)
+    want[:, rows, cols] = vv
+    [slope] = sg.build_grad(sg.sum(filled * g.const(np.arange(16.0).reshape(4, 4))), [v])
+    for fn in (sg.compile([filled, slope]), sg.compile([filled, slope], backend="numpy")):
+        got, got_slope = fn(v=vv)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(
+            got_slope, np.broadcast_to(np.arange(16.0)[rows * 4 + cols], (3, m))
+        )
