@@ -129,6 +129,12 @@ class CompiledFunction:
             self._fast, self._expand = self._fast.call, self._executor.expand
             self._n_fast_out = self._executor.n_fast_out
             self._pick = _point_picker(self.layout)
+        batch = None if self.tensor else getattr(self._executor, "fast_batch", None)
+        self._fast_batch = None if batch is None else batch.call
+        if self._fast_batch is not None:
+            self._fast_batch_max = self._executor.fast_batch_max
+            self._expand_rows = self._executor.outs.expand_rows
+            self._item_rows = _item_rows(self.layout)
 
     def __repr__(self) -> str:
         return f"<CompiledFunction {self.backend}: ({', '.join(self.inputs)}) -> {self.layout}>"
@@ -159,7 +165,27 @@ class CompiledFunction:
             out = np.empty(self._n_fast_out)
             if self._fast(out, *args) is out:
                 return self._pick(self._expand(out))
+            if args and type(args[0]) is np.ndarray and args[0].ndim == 1:
+                # A batch of 1-d float64 arrays: sg_batch_fast checks each, or hands back.
+                done = self._batch_fast(args)
+                if done is not None:
+                    return done
         return self._call(args, kwargs)
+
+    def _batch_fast(self, args: tuple):
+        n = args[0].shape[0]
+        if self._fast_batch is None or not 0 < n <= self._fast_batch_max:
+            return None
+        if n * self._per_point > max_elements(self.graph):
+            return None  # the general path raises the SizeError
+        out = np.empty((self._n_fast_out, n))
+        if self._fast_batch(out, *args) is not out:
+            return None
+        rows = self._expand_rows(out)
+        return tuple(
+            self._finish(rows[lo:hi].reshape(shape + (n,)), shape)
+            for lo, hi, shape in self._item_rows
+        )
 
     def map_blocks(self, /, *args, **kwargs) -> tuple:
         """This function over Dask arrays, block by block: a tuple of Dask arrays laid out as a
@@ -303,6 +329,16 @@ def _unpickled_call(state) -> tuple[list, list, str, dict]:
         raise GraphError(
             f"cannot unpickle a CompiledFunction: malformed state ({type(err).__name__}: {err})"
         ) from None
+
+
+def _item_rows(layout) -> list[tuple[int, int, tuple[int, ...]]]:
+    """For each output item, its rows (lo, hi) among the flat outputs, and its shape."""
+    rows, lo = [], 0
+    for shape in layout:
+        hi = lo + math.prod(shape)
+        rows.append((lo, hi, shape))
+        lo = hi
+    return rows
 
 
 def _point_picker(layout):

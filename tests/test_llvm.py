@@ -633,6 +633,96 @@ def test_fast_entry_from_eight_threads():
             assert identical(s, t)
 
 
+# --- the batch entry (sg_batch_fast) ---------------------------------------------------------
+
+
+def _batch_function():
+    # Outputs of every kind the expansion handles: a scalar, a gradient list, a nested list
+    # holding a constant and a repeated node.
+    f = sg.parse("(1-x)**2 + 100*(y-x**2)**2 + sin(x*y)")
+    x, y = f.graph.inputs.values()
+    grad = sg.build_grad(f, [x, y])
+    return sg.compile([f, grad, [[x * 2.0, f.graph.const(1.5)], [f, y]]])
+
+
+def _no_general_path(fn, monkeypatch):
+    """The executor's general batch path made to fail: a call that still works took the entry."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the general path ran")
+
+    monkeypatch.setattr(fn._executor, "run_points", refuse)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 11, 64, 1001])
+def test_batch_entry_equals_the_general_path(n, monkeypatch):
+    fn = _batch_function()
+    assert "define ptr @sg_batch_fast" in fn.llvm_ir
+    rng = np.random.default_rng(n)
+    xs, ys = rng.uniform(-2, 2, n), rng.uniform(-2, 2, n)
+    want = fn._call((xs, ys), {})
+    _no_general_path(fn, monkeypatch)
+    got = fn(xs, ys)
+    assert identical(got, want)  # the padded last points too: the same lanes, bit for bit
+    assert [a.shape for a in got] == [(n,), (n, 2), (n, 2, 2)]
+
+
+def _misaligned(a):
+    out = np.zeros(a.size * 8 + 1, np.uint8)[1:].view(np.float64)  # data at an odd address
+    assert not out.flags.aligned
+    out[:] = a
+    return out
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+FALLBACKS = {
+    "a float beside": lambda a: 0.5,
+    "float32": lambda a: a.astype(np.float32),
+    "int64": lambda a: np.arange(a.size),
+    "strided": lambda a: np.repeat(a, 2)[::2],
+    "2-d": lambda a: a.reshape(1, -1),
+    "big-endian": lambda a: a.astype(">f8"),
+    "misaligned": _misaligned,
+    "other length": lambda a: a[:-1],
+    "a subclass": lambda a: a.view(_Sub),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FALLBACKS))
+def test_batch_entry_hands_anything_else_to_the_general_path(kind):
+    fn = _batch_function()
+    xs = np.linspace(-1.0, 1.0, 7)
+    other = FALLBACKS[kind](xs * 0.5)
+    try:
+        want = fn._call((xs, other), {})
+    except ArgumentError:
+        with pytest.raises(ArgumentError):
+            fn(xs, other)
+        return
+    assert identical(fn(xs, other), want)
+
+
+def test_batch_entry_keeps_reference_counts_balanced():
+    fn = _batch_function()
+    xs, ys = np.linspace(0, 1, 6), np.linspace(1, 2, 6)
+    before = sys.getrefcount(xs), sys.getrefcount(ys), sys.getrefcount(fn._fast_batch)
+    for _ in range(2_000):
+        fn(xs, ys)
+        fn(xs, ys.astype(np.float32))  # the fallback returns (a new reference to) the float
+    assert (sys.getrefcount(xs), sys.getrefcount(ys), sys.getrefcount(fn._fast_batch)) == before
+
+
+def test_batch_entry_respects_max_elements():
+    fn = _batch_function()
+    fn.graph.max_elements = 40  # 9 outputs per point: 5 points fit, 6 do not
+    assert fn(np.ones(4), np.ones(4))[0].shape == (4,)
+    with pytest.raises(sg.SizeError):
+        fn(np.ones(6), np.ones(6))
+
+
 def _many_arguments(n: int) -> list:
     g = sg.Graph()
     return [sum((g.input(f"x{k}") * (k + 1) for k in range(n)), g.const(0.0))]

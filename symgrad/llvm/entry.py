@@ -88,6 +88,120 @@ def _looped_fast_entry(n_in: int) -> str:
     ])  # fmt: skip
 
 
+NPY_DOUBLE = 12  # numpy's type number of float64
+NPY_ALIGNED = 0x100  # numpy's flag of an array whose data is aligned for its type
+
+
+def fast_batch_entry(n_in: int, n_out: int) -> str:
+    """``sg_batch_fast``: a CPython ``METH_FASTCALL`` function around ``sg_batch``.
+
+    Called as ``fast(out, x0, ..., x{n_in-1})`` with ``out`` a fresh C-contiguous float64
+    array of shape (n_out, n) and every x a 1-d float64 array of n elements, contiguous,
+    aligned and in native byte order, of ``out``'s exact type (numpy.ndarray), it runs the
+    batch kernel on the points: the multiple of 4 in place, the last n % 4 padded (with the
+    last point, as the Python path pads) through one more 4-lane call. It returns ``out``, or
+    ``self`` for any other arguments, which the caller then passes to the general path. Layout
+    read beyond ``fast_entry``'s: numpy's array struct (nd at 24, dimensions at 32, strides at
+    40, descr at 56, flags at 64) and its descr (byteorder at 26, type_num at 28).
+    """
+    n_in, n_out = max(n_in, 1), max(n_out, 1)
+    ins, outs = f"[{n_in} x ptr]", f"[{n_out} x ptr]"
+    pads, pouts = f"[{n_in} x [4 x double]]", f"[{n_out} x [4 x double]]"
+    return "\n".join([
+        "define ptr @sg_batch_fast(ptr %self, ptr %args, i64 %nargs) #1 {", "entry:",
+        f"  %ins = alloca {ins}, align 8", f"  %strides = alloca [{n_in} x i64], align 8",
+        f"  %outs = alloca {outs}, align 8", f"  %pins = alloca {ins}, align 8",
+        f"  %pad = alloca {pads}, align 32", f"  %pout = alloca {pouts}, align 32",
+        f"  %pouts = alloca {outs}, align 8",
+        f"  %nok = icmp eq i64 %nargs, {n_in + 1}", "  br i1 %nok, label %start, label %fail",
+        "start:", "  %out = load ptr, ptr %args, align 8", *_field("%atype", "%out", 8, "ptr"),
+        *_field("%odata", "%out", 16, "ptr"), *_field("%odims", "%out", 32, "ptr"),
+        "  %n.p = getelementptr inbounds i64, ptr %odims, i64 1",
+        "  %n = load i64, ptr %n.p, align 8", "  br label %head",
+        # Every argument checked, its data pointer kept.
+        "head:", "  %k = phi i64 [ 0, %start ], [ %next, %keep ]",
+        f"  %more = icmp ult i64 %k, {n_in}", "  br i1 %more, label %check, label %main",
+        "check:", "  %next = add nuw i64 %k, 1",
+        "  %a.p = getelementptr inbounds ptr, ptr %args, i64 %next",
+        "  %a = load ptr, ptr %a.p, align 8", *_field("%t", "%a", 8, "ptr"),
+        "  %t.ok = icmp eq ptr %t, %atype", "  br i1 %t.ok, label %shape, label %fail",
+        # (1-d first: a 0-d array's dimensions and strides pointers are not to be read.)
+        "shape:", "  %nd.p = getelementptr inbounds i8, ptr %a, i64 24",
+        "  %nd = load i32, ptr %nd.p, align 4", "  %nd.ok = icmp eq i32 %nd, 1",
+        "  br i1 %nd.ok, label %extent, label %fail",
+        "extent:", *_field("%dims", "%a", 32, "ptr"), "  %len = load i64, ptr %dims, align 8",
+        "  %len.ok = icmp eq i64 %len, %n", *_field("%st", "%a", 40, "ptr"),
+        "  %step = load i64, ptr %st, align 8", "  %step.ok = icmp eq i64 %step, 8",
+        "  %s2 = and i1 %len.ok, %step.ok", "  br i1 %s2, label %dtype, label %fail",
+        "dtype:", *_field("%descr", "%a", 56, "ptr"),
+        "  %tn.p = getelementptr inbounds i8, ptr %descr, i64 28",
+        "  %tn = load i32, ptr %tn.p, align 4", f"  %tn.ok = icmp eq i32 %tn, {NPY_DOUBLE}",
+        "  %bo.p = getelementptr inbounds i8, ptr %descr, i64 26",
+        "  %bo = load i8, ptr %bo.p, align 1",
+        f"  %native = icmp eq i8 %bo, {ord('=')}", f"  %little = icmp eq i8 %bo, {ord('<')}",
+        "  %bo.ok = or i1 %native, %little",
+        "  %fl.p = getelementptr inbounds i8, ptr %a, i64 64",
+        "  %fl = load i32, ptr %fl.p, align 4", f"  %al = and i32 %fl, {NPY_ALIGNED}",
+        "  %al.ok = icmp ne i32 %al, 0", "  %d1 = and i1 %tn.ok, %bo.ok",
+        "  %d2 = and i1 %d1, %al.ok", "  br i1 %d2, label %keep, label %fail",
+        "keep:", *_field("%data", "%a", 16, "ptr"),
+        f"  %in.s = getelementptr inbounds {ins}, ptr %ins, i64 0, i64 %k",
+        "  store ptr %data, ptr %in.s, align 8",
+        f"  %st.s = getelementptr inbounds [{n_in} x i64], ptr %strides, i64 0, i64 %k",
+        "  store i64 1, ptr %st.s, align 8", "  br label %head",
+        # Output rows, and the points in groups of 4 where they are.
+        "main:", "  br label %ohead",
+        "ohead:", "  %j = phi i64 [ 0, %main ], [ %jn, %orow ]",
+        f"  %omore = icmp ult i64 %j, {n_out}", "  br i1 %omore, label %orow, label %run",
+        "orow:", "  %jn = add nuw i64 %j, 1", "  %row = mul i64 %j, %n",
+        "  %row.p = getelementptr inbounds double, ptr %odata, i64 %row",
+        f"  %out.s = getelementptr inbounds {outs}, ptr %outs, i64 0, i64 %j",
+        "  store ptr %row.p, ptr %out.s, align 8",
+        f"  %pout.p = getelementptr inbounds {pouts}, ptr %pout, i64 0, i64 %j",
+        f"  %pouts.s = getelementptr inbounds {outs}, ptr %pouts, i64 0, i64 %j",
+        "  store ptr %pout.p, ptr %pouts.s, align 8", "  br label %ohead",
+        "run:", "  %whole = and i64 %n, -4", "  %some = icmp ugt i64 %whole, 0",
+        "  br i1 %some, label %bulk, label %rest",
+        "bulk:", "  call void @sg_batch(ptr %ins, ptr %strides, ptr %outs, i64 %whole)",
+        "  br label %rest",
+        "rest:", "  %left = sub i64 %n, %whole", "  %any = icmp ugt i64 %left, 0",
+        "  br i1 %any, label %phead, label %done",
+        # The last n % 4 points padded with the last one, as the Python path pads.
+        "phead:", "  %q = phi i64 [ 0, %rest ], [ %qn, %plane ]",
+        f"  %qmore = icmp ult i64 %q, {n_in}", "  br i1 %qmore, label %pfill, label %pcall",
+        "pfill:", "  %qn = add nuw i64 %q, 1",
+        f"  %src.s = getelementptr inbounds {ins}, ptr %ins, i64 0, i64 %q",
+        "  %src = load ptr, ptr %src.s, align 8",
+        f"  %dst = getelementptr inbounds {pads}, ptr %pad, i64 0, i64 %q",
+        f"  %pin.s = getelementptr inbounds {ins}, ptr %pins, i64 0, i64 %q",
+        "  store ptr %dst, ptr %pin.s, align 8", "  %last = sub i64 %n, 1",
+        *(line for lane in range(4) for line in (
+            f"  %at{lane}.raw = add i64 %whole, {lane}",
+            f"  %at{lane}.hi = icmp ugt i64 %at{lane}.raw, %last",
+            f"  %at{lane} = select i1 %at{lane}.hi, i64 %last, i64 %at{lane}.raw",
+            f"  %x{lane}.p = getelementptr inbounds double, ptr %src, i64 %at{lane}",
+            f"  %x{lane} = load double, ptr %x{lane}.p, align 8",
+            f"  %y{lane}.p = getelementptr inbounds [4 x double], ptr %dst, i64 0, i64 {lane}",
+            f"  store double %x{lane}, ptr %y{lane}.p, align 8")),
+        "  br label %plane",
+        "plane:", "  br label %phead",
+        "pcall:", "  call void @sg_batch(ptr %pins, ptr %strides, ptr %pouts, i64 4)",
+        "  br label %chead",
+        "chead:", "  %c = phi i64 [ 0, %pcall ], [ %cn, %cbody ]",
+        f"  %cmore = icmp ult i64 %c, {n_out}", "  br i1 %cmore, label %cbody, label %done",
+        "cbody:", "  %cn = add nuw i64 %c, 1",
+        f"  %from = getelementptr inbounds {pouts}, ptr %pout, i64 0, i64 %c",
+        "  %crow = mul i64 %c, %n", "  %cat = add i64 %crow, %whole",
+        "  %to = getelementptr inbounds double, ptr %odata, i64 %cat",
+        "  %bytes = shl i64 %left, 3",
+        "  call void @llvm.memcpy.p0.p0.i64(ptr %to, ptr %from, i64 %bytes, i1 false)",
+        "  br label %chead",
+        "done:", *return_new_reference("%out"),
+        "fail:", *return_new_reference("%self"), "}",
+        "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)",
+    ])  # fmt: skip
+
+
 def fast_tensor_entry(n_bufs: int) -> str:
     """``sg_tensor_fast``: a CPython ``METH_FASTCALL`` function around ``sg_tensor``.
 

@@ -125,6 +125,11 @@ class NativeKernels:
         self.batch = ctypes.CFUNCTYPE(None, vp, vp, vp, ctypes.c_int64)(batch)
         self._buffers = threading.local()  # per thread: calls from many threads never share
         self.fast = method(self._engine.get_function_address("sg_fast"))
+        # A batch of 1-d float64 arrays in one C call: single-threaded, so for batches the
+        # threads would not split anyway (and never for a module from before this entry).
+        address = self._engine.get_function_address("sg_batch_fast")
+        self.fast_batch = method(address) if self.n_in and self.n_out else None
+        self.fast_batch_max = THREAD_MIN_POINTS if self.threads > 1 else 2**62
 
     @property
     def asm(self) -> str:
@@ -478,6 +483,15 @@ class OutputPlan:
         if self.trivial:
             return kernel_out
         return np.concatenate((kernel_out, self.const_values))[self.index]
+
+    def expand_rows(self, kernel_out: np.ndarray) -> np.ndarray:
+        """All flat outputs of a batch, one row each, from the kernel's rows."""
+        if self.trivial:
+            return kernel_out
+        consts = np.broadcast_to(
+            self.const_values[:, None], (len(self.consts), kernel_out.shape[1])
+        )
+        return np.concatenate((kernel_out, consts))[self.index]
 
     def fill(self, flat: list[np.ndarray]) -> None:
         """Complete a batch: repeats copied from their first place, constants broadcast."""

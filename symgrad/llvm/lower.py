@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from symgrad.errors import LoweringError
-from symgrad.llvm.entry import fast_entry
+from symgrad.llvm.entry import fast_batch_entry, fast_entry
 from symgrad.ops import OPS
 from symgrad.program import Program
 
@@ -193,7 +193,8 @@ def lower(program: Program, inputs: tuple[str, ...], vector_ok: Callable[[str], 
         batch = _split_batch(split, slot, len(program.outputs), vector_ok)
         point = (_point_through_batch(len(slot), len(program.outputs)), set())
     declares = sorted(point[1] | batch[1])
-    return "\n".join([*declares, "", point[0], batch[0], fast_entry(len(slot)), ATTRIBUTES])
+    fast = [fast_entry(len(slot)), fast_batch_entry(len(slot), len(program.outputs))]
+    return "\n".join([*declares, "", point[0], batch[0], *fast, ATTRIBUTES])
 
 
 def _point_kernel(program: Program, slot, vector_ok) -> tuple[str, set[str]]:
