@@ -30,6 +30,7 @@ from symgrad.arguments import (
     check_tensor_outputs,
     max_elements,
 )
+from symgrad.batched import BatchedCall, batch_size
 from symgrad.blocks import map_blocks
 from symgrad.errors import ArgumentError, GraphError
 from symgrad.graph import Expr, Graph, paused_gc, reachable
@@ -117,6 +118,8 @@ class CompiledFunction:
         ]
         self._shapes = [e.shape for e in self._input_exprs()]
         check_tensor_outputs(self._blocks, max_elements(self.graph))
+        # Called with a leading batch axis: the element function, built on first such call.
+        self._batched = BatchedCall(flat, self.inputs, self._shapes, self.backend, self.options)
 
     def _attach_executor(self, flat: list[Expr], options: dict) -> None:
         """The backend's executor, and its one-point fast path where it has one (a C entry
@@ -252,6 +255,9 @@ class CompiledFunction:
         return tuple(self._finish(block, shape) for block, shape in zip(blocks, self.layout))
 
     def _call_tensor(self, values: list) -> tuple:
+        n = batch_size(values, self.inputs, self._shapes)
+        if n is not None:
+            return self._call_batched(values, n)
         arrays = [
             as_tensor(v, name, shape) for v, name, shape in zip(values, self.inputs, self._shapes)
         ]
@@ -266,6 +272,17 @@ class CompiledFunction:
                 flat.extend(rows[j, ...] for j in range(count))
         with self._blas:
             self._executor.run_tensor(arrays, flat)
+        return tuple(blocks)
+
+    def _call_batched(self, values: list, n: int) -> tuple:
+        """Every output with the leading axis of n points in front (batched.py)."""
+        flat, blocks, k = self._batched(values, n), [], 0
+        for layout, shape, count in self._blocks:
+            items, k = flat[k : k + count], k + count
+            if not layout:
+                blocks.append(items[0])
+            else:
+                blocks.append(np.stack(items, axis=1).reshape((n, *layout, *shape)))
         return tuple(blocks)
 
     def _allocate(self, batch: tuple[int, ...]):

@@ -861,7 +861,7 @@ def _call_fixture():
     [
         ({"x": np.ones((3, 5)), "w": np.ones((4, 2)), "s": 1.0}, "x"),
         ({"x": np.ones((3, 4)), "w": np.ones((2, 4)), "s": 1.0}, "w"),
-        ({"x": np.ones((3, 4)), "w": np.ones((4, 2)), "s": np.ones(2)}, "s"),
+        ({"x": np.ones((3, 4)), "w": np.ones((4, 2)), "s": np.ones((2, 2))}, "s"),
         ({"x": 1.0, "w": np.ones((4, 2)), "s": 1.0}, "x"),
         ({"x": np.ones((3, 4), complex), "w": np.ones((4, 2)), "s": 1.0}, "x"),
         ({"x": np.ones((3, 4), bool), "w": np.ones((4, 2)), "s": 1.0}, "x"),

@@ -251,7 +251,7 @@ def test_a_scalar_input_of_a_tensor_function_takes_a_0d_array_or_a_number():
     fn, ref = sg.compile(outputs), sg.compile(outputs, backend="numpy")
     for s_value in (2.0, 2, np.array(2.0), np.float32(2.0), np.uint8(2)):
         assert_same(fn(np.ones((2, 2)), s_value), ref(np.ones((2, 2)), 2.0))
-    for bad in (np.ones(1), [2.0], True):
+    for bad in (np.ones((1, 1)), [2.0], True):  # (np.ones(1) is a batch of one point)
         with pytest.raises(ArgumentError, match="argument 's'"):
             fn(np.ones((2, 2)), bad)
 
@@ -284,7 +284,8 @@ TENSOR_CALLS = [
     ((np.ones((2, 3)),), {"W": np.ones((2, 3))}, "'W' given both"),
     ((np.ones((2, 3)), np.ones(3)), {"w": 1.0}, "unknown argument 'w'"),
     ((np.ones((3, 2)), np.ones(3)), {}, "argument 'W': expected shape (2, 3), got (3, 2)"),
-    ((np.ones((2, 3)), np.ones((1, 3))), {}, "argument 'v': expected shape (3,), got (1, 3)"),
+    # (A (1, 3) v is a batch of one point: tests/test_batched.py.)
+    ((np.ones((2, 3)), np.ones((1, 4))), {}, "argument 'v': expected shape (3,), got (1, 4)"),
     ((np.ones((2, 3)), np.array(1.0)), {}, "argument 'v': expected shape (3,), got ()"),
     ((np.ones((0, 3)), np.ones(3)), {}, "argument 'W': expected shape (2, 3), got (0, 3)"),
     ((np.ones((2, 3)), np.zeros(0)), {}, "argument 'v': expected shape (3,), got (0,)"),

@@ -1085,9 +1085,9 @@ def test_tensor_call_returns_node_shapes():
     [
         ({"X": np.ones((3, 2))}, "X"),
         ({"X": np.ones(6)}, "X"),
-        ({"X": np.ones((1, 2, 3))}, "X"),
+        ({"X": np.ones((2, 2, 2))}, "X"),  # ((1, 2, 3) is a batch of one point)
         ({"W": 1.0}, "W"),
-        ({"s": np.ones(2)}, "s"),  # no batching over a scalar input in tensor mode
+        ({"s": np.ones((2, 1))}, "s"),  # (np.ones(2) is a batch of two points)
         ({"s": np.ones((2, 3))}, "s"),
         ({"X": np.ones((2, 3), complex)}, "X"),
         ({"X": np.full((2, 3), "a")}, "X"),
@@ -1149,7 +1149,7 @@ def test_list_outputs_of_unequal_shapes_are_a_graph_error():
         sg.compile([[[X], [X.T]]], backend="numpy")
 
 
-def test_scalar_graph_still_batches_but_tensor_graph_does_not():
+def test_scalar_graph_batches_and_tensor_graph_batches_over_a_leading_axis():
     g = sg.Graph()
     s = g.input("s")
     [out] = sg.compile([s * s], backend="numpy")(s=np.array([1.0, 2.0, 3.0]))
@@ -1158,8 +1158,12 @@ def test_scalar_graph_still_batches_but_tensor_graph_does_not():
     fn = sg.compile([s * X], backend="numpy")
     np.testing.assert_array_equal(fn(s=2.0, X=np.array([1.0, 2.0, 3.0]))[0], [2.0, 4.0, 6.0])
     np.testing.assert_array_equal(fn(2, [1, 2, 3])[0], [2.0, 4.0, 6.0])
+    # A leading axis on s: three points sharing X (tests/test_batched.py); any other shape of
+    # s is refused by name.
+    [batched] = fn(s=np.array([1.0, 2.0, 3.0]), X=np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(batched, np.outer([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]))
     with pytest.raises(sg.ArgumentError, match="'s'"):
-        fn(s=np.array([1.0, 2.0, 3.0]), X=np.ones(3))
+        fn(s=np.ones((3, 1)), X=np.ones(3))
 
 
 def test_evaluate_tensor_outputs():

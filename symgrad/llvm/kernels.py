@@ -76,7 +76,14 @@ def _cost_per_point(program: Program) -> int:
 class NativeKernels:
     """The two compiled kernels of one function, and the engine that keeps them alive."""
 
-    def __init__(self, program: Program, inputs: tuple[str, ...], threads: int | None, opt: int):
+    def __init__(
+        self,
+        program: Program,
+        inputs: tuple[str, ...],
+        threads: int | None,
+        opt: int,
+        gather: bool = False,
+    ):
         # The kernel computes each distinct non-constant output once; constants and repeats
         # (a Hessian's zeros and its symmetric half) are filled in here, not stored per point.
         self.outs = OutputPlan(program.graph, list(program.outputs))
@@ -90,10 +97,11 @@ class NativeKernels:
         self.threads = threads or os.cpu_count() or 1
         if threads is None and _cost_per_point(program) < THREAD_MIN_COST:
             self.threads = 1
-        self.opt = opt
+        self.opt, self.gather = opt, gather
         self._program, self._names, self._ir = program, tuple(inputs), None
         # The key comes from the program, before lowering: a hit lowers nothing.
-        self.cache_key = program_key(program, self._names, "point", f"opt={opt}")
+        kind = "point gather" if gather else "point"
+        self.cache_key = program_key(program, self._names, kind, f"opt={opt}")
         self._engine = self._load(self._object_code())
         self._bind_functions()
 
@@ -101,7 +109,7 @@ class NativeKernels:
     def llvm_ir(self) -> str:
         """The module text (written on first use when the object code came from the cache)."""
         if self._ir is None:
-            self._ir = lower(self._program, self._names, vector_ok)
+            self._ir = lower(self._program, self._names, vector_ok, self.gather)
         return self._ir
 
     def _checked_ir(self) -> str:
@@ -151,9 +159,20 @@ class NativeKernels:
                 view[...] = value
             return
         n = math.prod(batch)
-        full = [a if a.size == 1 else contiguous(a, batch) for a in arrays]
+        full = [a if a.size == 1 or self._in_place(a, n) else contiguous(a, batch) for a in arrays]
         self.run_batch(full, n, [flat[k] for k in self.outs.first])
         self.outs.fill(flat)
+
+    def _in_place(self, a: np.ndarray, n: int) -> bool:
+        # A gather kernel reads a 1-d column of any stride in doubles where it is (a column of
+        # a batched tensor argument): no copy.
+        return (
+            self.gather
+            and a.shape == (n,)
+            and a.strides[0] % 8 == 0
+            and a.flags.aligned
+            and a.dtype.isnative
+        )
 
     def run_point(self, values) -> np.ndarray:
         """Flat outputs at one point (a fresh array); ``values`` are the inputs, in order."""
@@ -173,7 +192,7 @@ class NativeKernels:
         """Fill ``outs`` (contiguous, n doubles each) from inputs of size 1 or n, contiguous."""
         if n == 0:
             return
-        flat = [a.reshape(-1) for a in arrays]
+        flat = [a if a.ndim == 1 else a.reshape(-1) for a in arrays]
         main = n - n % WIDTH
         if main:
             ins, strides, keep = self._inputs(flat, lambda a: a)
@@ -191,7 +210,8 @@ class NativeKernels:
             if a.size == 1:  # loop-invariant: four copies feed the 4-lane load
                 a, strides[k] = np.full(WIDTH, a[0]), 0
             else:
-                a, strides[k] = window(a), 1
+                a = window(a)
+                strides[k] = a.strides[0] // 8  # 1, or a column's stride (a gather kernel)
             keep.append(a)
             ins[k] = a.ctypes.data
         return ins, strides, keep
@@ -438,16 +458,21 @@ os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def check_options(options: dict) -> dict:
-    """The llvm backend's options, checked: ``threads`` (None or >= 1), ``opt`` (0 or 1)."""
-    unknown = sorted(set(options) - {"threads", "opt"})
+    """The llvm backend's options, checked: ``threads`` (None or >= 1), ``opt`` (0 or 1), and
+    ``gather`` (True or False: the batch kernel reads inputs of any stride in place; what the
+    batched calls of a tensor function compile their element kernel with)."""
+    unknown = sorted(set(options) - {"threads", "opt", "gather"})
     if unknown:
         raise ArgumentError(f"compile: unknown option {unknown[0]!r} (options: threads, opt)")
     threads, opt = options.get("threads"), options.get("opt", 1)
+    gather = options.get("gather", False)
     if threads is not None and (type(threads) is not int or threads < 1):
         raise ArgumentError(f"compile: threads must be None or an int >= 1, got {threads!r}")
     if opt not in (0, 1) or type(opt) is not int:
         raise ArgumentError(f"compile: opt must be 0 (no IR passes) or 1, got {opt!r}")
-    return {"threads": threads, "opt": opt}
+    if type(gather) is not bool:
+        raise ArgumentError(f"compile: gather must be True or False, got {gather!r}")
+    return {"threads": threads, "opt": opt, "gather": gather}
 
 
 class OutputPlan:
@@ -503,8 +528,8 @@ class OutputPlan:
 
 def executor(program: Program, flat: list, inputs: tuple[str, ...], tensor: bool, options: dict):
     """The kernels that run ``program`` (whose outputs are ``flat``) with arguments ``inputs``."""
-    if tensor:
-        return TensorKernel(flat, inputs, **options)
-    if program.parts:  # scalar arguments and outputs, a scan inside: points of tensor kernels
-        return PointKernel(flat, inputs, **options)
+    if tensor or program.parts:  # (a scan in a scalar graph: points of tensor kernels)
+        plain = {k: v for k, v in options.items() if k != "gather"}
+        kernel = TensorKernel if tensor else PointKernel
+        return kernel(flat, inputs, **plain)
     return NativeKernels(program, inputs, **options)

@@ -182,15 +182,20 @@ attributes #2 = { nounwind noinline }
 CHUNK = 500
 
 
-def lower(program: Program, inputs: tuple[str, ...], vector_ok: Callable[[str], bool]) -> str:
-    """The module text: ``sg_point`` and ``sg_batch`` for ``program``, arguments ``inputs``."""
+def lower(
+    program: Program, inputs: tuple[str, ...], vector_ok: Callable[[str], bool], gather=False
+) -> str:
+    """The module text: ``sg_point`` and ``sg_batch`` for ``program``, arguments ``inputs``.
+    With ``gather``, ``sg_batch`` reads input i's 4 lanes at ``strides[i]`` apart (any stride,
+    in doubles: the columns of a batched tensor argument, read in place) instead of as one
+    contiguous vector."""
     slot = {name: k for k, name in enumerate(inputs)}
     split = Split.of(program)
     if split is None:
         point = _point_kernel(program, slot, vector_ok)
-        batch = _batch_kernel(program, slot, vector_ok)
+        batch = _batch_kernel(program, slot, vector_ok, gather)
     else:
-        batch = _split_batch(split, slot, len(program.outputs), vector_ok)
+        batch = _split_batch(split, slot, len(program.outputs), vector_ok, gather)
         point = (_point_through_batch(len(slot), len(program.outputs)), set())
     declares = sorted(point[1] | batch[1])
     fast = [fast_entry(len(slot)), fast_batch_entry(len(slot), len(program.outputs))]
@@ -218,7 +223,7 @@ def _point_kernel(program: Program, slot, vector_ok) -> tuple[str, set[str]]:
     return text, b.declares
 
 
-def _batch_kernel(program: Program, slot, vector_ok) -> tuple[str, set[str]]:
+def _batch_kernel(program: Program, slot, vector_ok, gather: bool) -> tuple[str, set[str]]:
     n_in, n_out = len(slot), len(program.outputs)
     entry = Body("e", 1, vector_ok)
     for k in range(n_in):
@@ -229,7 +234,7 @@ def _batch_kernel(program: Program, slot, vector_ok) -> tuple[str, set[str]]:
     for k in range(n_out):
         p = entry.emit(f"getelementptr inbounds ptr, ptr %outs, i64 {k}")
         entry.lines.append(f"  %out{k} = load ptr, ptr {p}, align 8")
-    vec = _loop_body(Body("v", WIDTH, vector_ok), program, slot, "%j")
+    vec = _loop_body(Body("v", WIDTH, vector_ok), program, slot, "%j", gather)
     text = "\n".join(
         [
             "define void @sg_batch(ptr noalias nocapture readonly %ins, "
@@ -254,14 +259,29 @@ def _batch_kernel(program: Program, slot, vector_ok) -> tuple[str, set[str]]:
     return text, vec.declares
 
 
-def _loop_body(b: Body, program: Program, slot, index: str) -> Body:
+def _loop_body(b: Body, program: Program, slot, index: str, gather: bool = False) -> Body:
     def load(body: Body, k: int) -> str:
+        if gather and body.lanes > 1:
+            return _gathered(body, f"%in{k}", index, f"%stride{k}")
         off = body.emit(f"mul i64 {index}, %stride{k}")
         ptr = body.emit(f"getelementptr inbounds double, ptr %in{k}, i64 {off}")
         return body.emit(f"load {body.ty}, ptr {ptr}, align 8")
 
     _emit_stores(b, program, emit_body(b, program, slot, load), lambda k: f"%out{k}, i64 {index}")
     return b
+
+
+def _gathered(b: Body, base: str, index: str, stride: str) -> str:
+    """The 4 doubles at points ``index`` .. ``index + 3`` of a column ``stride`` doubles apart."""
+    acc = "poison"
+    for lane in range(b.lanes):
+        at = b.emit(f"add i64 {index}, {lane}") if lane else index
+        ptr = b.emit(
+            f"getelementptr inbounds double, ptr {base}, i64 {b.emit(f'mul i64 {at}, {stride}')}"
+        )
+        x = b.emit(f"load double, ptr {ptr}, align 8")
+        acc = b.emit(f"insertelement {VEC} {acc}, double {x}, i32 {lane}")
+    return acc
 
 
 def _emit_stores(b: Body, program: Program, values: dict[int, str], address) -> None:
@@ -352,7 +372,7 @@ class Split:
                 store_out(b, place, values[i])
 
 
-def _split_batch(split: Split, slot, n_out: int, vector_ok) -> tuple[str, set[str]]:
+def _split_batch(split: Split, slot, n_out: int, vector_ok, gather: bool) -> tuple[str, set[str]]:
     """``sg_batch``: for each group of 4 points, its loop gathers the inputs into a scratch of
     vectors, calls ``sg_batch{k}(inv, tmp, outv)`` for each function of the cut, which reads
     ``inv`` and writes ``outv``, and scatters ``outv`` to the outputs. An input read in a
@@ -377,11 +397,11 @@ def _split_batch(split: Split, slot, n_out: int, vector_ok) -> tuple[str, set[st
                                        (load_input, slot_ptr, store_out))  # fmt: skip
     calls = [f"  call void @sg_batch{k}(ptr %inv, ptr %scr, ptr %outv)"
              for k in range(split.n_functions)]  # fmt: skip
-    texts.append(_batch_driver(n_in, n_slots, max(n_out, 1), calls))
+    texts.append(_batch_driver(n_in, n_slots, max(n_out, 1), calls, gather))
     return "\n".join(texts), declares | {MALLOC, FREE}
 
 
-def _batch_driver(n_in: int, n_slots: int, n_out: int, calls: list[str]) -> str:
+def _batch_driver(n_in: int, n_slots: int, n_out: int, calls: list[str], gather: bool) -> str:
     """``sg_batch`` of a cut kernel around ``calls``. Its scratch (the values passed between
     functions, then the gathered inputs, then the outputs, each a vector) is the heap's: the
     stack's size is not ours to spend on it. If that fails every output is NaN."""
@@ -399,9 +419,8 @@ def _batch_driver(n_in: int, n_slots: int, n_out: int, calls: list[str]) -> str:
         "gbody:", "  %g.p = getelementptr inbounds ptr, ptr %ins, i64 %g",
         "  %g.b = load ptr, ptr %g.p, align 8",
         "  %g.s = getelementptr inbounds i64, ptr %strides, i64 %g",
-        "  %g.st = load i64, ptr %g.s, align 8", "  %g.o = mul i64 %j, %g.st",
-        "  %g.a = getelementptr inbounds double, ptr %g.b, i64 %g.o",
-        f"  %g.v = load {VEC}, ptr %g.a, align 8", f"  %g.k = add nuw i64 %g, {n_slots}",
+        "  %g.st = load i64, ptr %g.s, align 8", *_driver_load(gather),
+        f"  %g.k = add nuw i64 %g, {n_slots}",
         f"  %g.d = getelementptr inbounds {VEC}, ptr %scr, i64 %g.k",
         f"  store {VEC} %g.v, ptr %g.d, align 8", "  %gnext = add nuw i64 %g, 1",
         "  br label %ghead",
@@ -431,6 +450,29 @@ def _batch_driver(n_in: int, n_slots: int, n_out: int, calls: list[str]) -> str:
         "  br label %nphead",
         "nlatch:", "  %nknext = add nuw i64 %nk, 1", "  br label %nhead",
         "nret:", "  ret void", "}"])  # fmt: skip
+
+
+def _driver_load(gather: bool) -> list[str]:
+    """``%g.v``: the 4 lanes of input ``%g`` at point ``%j`` (``%g.b``, stride ``%g.st``)."""
+    if not gather:
+        return [
+            "  %g.o = mul i64 %j, %g.st",
+            "  %g.a = getelementptr inbounds double, ptr %g.b, i64 %g.o",
+            f"  %g.v = load {VEC}, ptr %g.a, align 8",
+        ]
+    lines, acc = [], "poison"
+    for lane in range(WIDTH):
+        lines += [
+            f"  %g.j{lane} = add i64 %j, {lane}", f"  %g.o{lane} = mul i64 %g.j{lane}, %g.st",
+            f"  %g.a{lane} = getelementptr inbounds double, ptr %g.b, i64 %g.o{lane}",
+            f"  %g.x{lane} = load double, ptr %g.a{lane}, align 8",
+            f"  %g.v{lane} = insertelement {VEC} {acc}, double %g.x{lane}, i32 {lane}",
+        ]  # fmt: skip
+        acc = f"%g.v{lane}"
+    return [
+        *lines,
+        f"  %g.v = shufflevector {VEC} {acc}, {VEC} poison, <4 x i32> <i32 0, i32 1, i32 2, i32 3>",
+    ]
 
 
 MALLOC, FREE = "declare noalias ptr @malloc(i64) #1", "declare void @free(ptr) #1"

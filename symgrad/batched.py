@@ -1,0 +1,83 @@
+"""Batched calls of tensor functions: a function of small tensors called over a leading axis.
+
+A compiled tensor function takes each argument in exactly its declared shape. Called with an
+extra leading axis of n on some arguments (the others as declared, shared by every point), it
+runs n points at once, as ``jax.vmap`` would, and returns each output with that axis in front.
+
+How: the first such call builds the function's *element graph* (``optimize.scalarize``: every
+element of every argument a scalar input, every node its elements) and compiles it as a scalar
+batch function with ``gather=True``, so its batch kernel runs 4 points to a vector on threads and
+reads each element's column in place, at whatever stride the argument has: an (n, 11) array is
+not copied. Unbatched arguments are loop-invariant scalars. The element function is built once
+per compiled function (under a lock) and reused.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from symgrad.arguments import as_array, as_tensor
+from symgrad.errors import ArgumentError
+from symgrad.optimize.scalarize import input_name, scalarize
+
+
+def batch_size(values: list, names: tuple[str, ...], shapes: list[tuple[int, ...]]) -> int | None:
+    """n if some argument is an array of shape (n,) + its declared shape (the others exactly
+    theirs), None if none is; an ArgumentError naming the arguments if their leading axes
+    differ. Other shapes are left to the exact check of an unbatched call."""
+    sizes = {}
+    for v, name, shape in zip(values, names, shapes):
+        # Only numpy arrays carry a batch (a list is read as its declared shape, or refused).
+        if type(v) is np.ndarray and v.ndim == len(shape) + 1 and v.shape[1:] == shape:
+            sizes[name] = v.shape[0]
+    if not sizes:
+        return None
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{name}: {n}" for name, n in sizes.items())
+        raise ArgumentError(f"batched call: the leading axes of the arguments differ ({listed})")
+    return next(iter(sizes.values()))
+
+
+class BatchedCall:
+    """The element function of one compiled tensor function, built on first use."""
+
+    def __init__(self, flat: list, inputs: tuple[str, ...], shapes, backend: str, options):
+        self._flat, self._inputs, self._shapes = flat, inputs, shapes
+        self._backend, self._options = backend, options
+        self._lock = threading.Lock()
+        self._function = None
+
+    def function(self):
+        with self._lock:
+            if self._function is None:
+                self._function = self._build()
+            return self._function
+
+    def _build(self):
+        from symgrad.compile import CompiledFunction  # late: compile.py builds on this module
+
+        elements = scalarize(self._flat, self._inputs)
+        names = tuple(
+            input_name(k, e)
+            for k, shape in enumerate(self._shapes)
+            for e in range(int(np.prod(shape)))
+        )
+        options = dict(self._options)
+        if self._backend == "llvm":
+            options["gather"] = True
+        return CompiledFunction(elements, inputs=names, backend=self._backend, **options)
+
+    def __call__(self, values: list, n: int) -> list[np.ndarray]:
+        """Each flat output over the n points, of shape (n,) + its node's shape."""
+        columns = []
+        for v, name, shape in zip(values, self._inputs, self._shapes):
+            a = as_array(v, name)
+            if a.shape == (n, *shape):
+                columns.extend(a[(slice(None), *idx)] for idx in np.ndindex(*shape))
+            else:  # shared by every point: exactly its declared shape (else the usual error)
+                a = as_tensor(a, name, shape)
+                columns.extend(a[idx] for idx in np.ndindex(*shape))
+        results = self.function()(*columns)
+        return [r.reshape((n, *e.shape)) for r, e in zip(results, self._flat)]
