@@ -67,17 +67,37 @@ class BatchedCall:
         options = dict(self._options)
         if self._backend == "llvm":
             options["gather"] = True
-        return CompiledFunction(elements, inputs=names, backend=self._backend, **options)
+        # One list output of every element: the call's result is one (n, elements) array, each
+        # flat output a slice of it (no per-output bookkeeping in a call).
+        everything = [e for items in elements for e in items]
+        fn = CompiledFunction([everything], inputs=names, backend=self._backend, **options)
+        bounds, lo = [], 0
+        for e in self._flat:
+            size = int(np.prod(e.shape))
+            bounds.append((lo, lo + size, tuple(e.shape)))
+            lo += size
+        self._bounds = bounds
+        self._picks = [  # per argument: (its batched index tuples, its shared ones)
+            ([(slice(None), *idx) for idx in np.ndindex(*shape)],
+             [(*idx, ...) for idx in np.ndindex(*shape)])
+            for shape in self._shapes
+        ]  # fmt: skip
+        return fn
 
     def __call__(self, values: list, n: int) -> list[np.ndarray]:
         """Each flat output over the n points, of shape (n,) + its node's shape."""
+        fn = self.function()
         columns = []
-        for v, name, shape in zip(values, self._inputs, self._shapes):
+        for v, name, shape, (batched, shared) in zip(values, self._inputs, self._shapes,
+                                                    self._picks):  # fmt: skip
             a = as_array(v, name)
             if a.shape == (n, *shape):
-                columns.extend(a[(slice(None), *idx)] for idx in np.ndindex(*shape))
+                columns += [a[t] for t in batched]
             else:  # shared by every point: exactly its declared shape (else the usual error)
                 a = as_tensor(a, name, shape)
-                columns.extend(a[idx] for idx in np.ndindex(*shape))
-        results = self.function()(*columns)
-        return [r.reshape((n, *e.shape)) for r, e in zip(results, self._flat)]
+                columns += [a[t] for t in shared]  # 0-d views
+        # One C call where the element kernel takes the columns as they are (strided views,
+        # 0-d arrays at stride 0); else the general path.
+        results = fn._batch_fast(columns, n) if fn._fast_batch is not None else None
+        (rows,) = results if results is not None else fn(*columns)
+        return [rows[:, lo:hi].reshape((n, *shape)) for lo, hi, shape in self._bounds]

@@ -175,8 +175,10 @@ class CompiledFunction:
                     return done
         return self._call(args, kwargs)
 
-    def _batch_fast(self, args: tuple):
-        n = args[0].shape[0]
+    def _batch_fast(self, args, n: int | None = None):
+        """The outputs over a batch of n points through sg_batch_fast, or None where it hands
+        the arguments back (the caller then takes the general path)."""
+        n = args[0].shape[0] if n is None else n
         if self._fast_batch is None or not 0 < n <= self._fast_batch_max:
             return None
         if n * self._per_point > max_elements(self.graph):
@@ -185,9 +187,10 @@ class CompiledFunction:
         if self._fast_batch(out, *args) is not out:
             return None
         rows = self._expand_rows(out)
+        # Item axes first in memory, last in the result (as _finish, without its checks).
         return tuple(
-            self._finish(rows[lo:hi].reshape(shape + (n,)), shape)
-            for lo, hi, shape in self._item_rows
+            rows[lo:hi].reshape(shape + (n,)).transpose(perm)
+            for lo, hi, shape, perm in self._item_rows
         )
 
     def map_blocks(self, /, *args, **kwargs) -> tuple:
@@ -348,12 +351,13 @@ def _unpickled_call(state) -> tuple[list, list, str, dict]:
         ) from None
 
 
-def _item_rows(layout) -> list[tuple[int, int, tuple[int, ...]]]:
-    """For each output item, its rows (lo, hi) among the flat outputs, and its shape."""
+def _item_rows(layout) -> list[tuple[int, int, tuple[int, ...], tuple[int, ...]]]:
+    """For each output item: its rows (lo, hi) among the flat outputs, its shape, and the axis
+    order that moves the batch axis from last in memory to first in the result."""
     rows, lo = [], 0
     for shape in layout:
         hi = lo + math.prod(shape)
-        rows.append((lo, hi, shape))
+        rows.append((lo, hi, shape, (len(shape), *range(len(shape)))))
         lo = hi
     return rows
 

@@ -146,3 +146,16 @@ def test_what_has_no_element_form_is_a_lowering_error():
     assert fn(np.arange(4.0), np.array([3.0, 0.0]))[0].tolist() == [6.0, 0.0]
     with pytest.raises(LoweringError, match="take by indices that are not constants"):
         fn(np.ones((3, 4)), np.array([3.0, 0.0]))
+
+
+def test_a_batch_of_columns_is_one_c_call(monkeypatch):
+    # Strided columns of (n, 11) arrays and 0-d arrays for the shared arguments go straight to
+    # the element kernel's entry: the general path is made to fail.
+    fn = sg.compile(_camera())
+    cams, pts, ws = _points(10, seed=3)
+    want = [fn(cams, pts, ws), fn(cams, pts[0], ws[0])]
+    inner = fn._batched.function()
+    monkeypatch.setattr(inner._executor, "run_points", lambda *a: pytest.fail("general path"))
+    for got, args in zip(want, [(cams, pts, ws), (cams, pts[0], ws[0])]):
+        for a, b in zip(fn(*args), got):
+            np.testing.assert_array_equal(a, b)

@@ -92,7 +92,7 @@ NPY_DOUBLE = 12  # numpy's type number of float64
 NPY_ALIGNED = 0x100  # numpy's flag of an array whose data is aligned for its type
 
 
-def fast_batch_entry(n_in: int, n_out: int) -> str:
+def fast_batch_entry(n_in: int, n_out: int, gather: bool = False) -> str:
     """``sg_batch_fast``: a CPython ``METH_FASTCALL`` function around ``sg_batch``.
 
     Called as ``fast(out, x0, ..., x{n_in-1})`` with ``out`` a fresh C-contiguous float64
@@ -100,7 +100,9 @@ def fast_batch_entry(n_in: int, n_out: int) -> str:
     aligned and in native byte order, of ``out``'s exact type (numpy.ndarray), it runs the
     batch kernel on the points: the multiple of 4 in place, the last n % 4 padded (with the
     last point, as the Python path pads) through one more 4-lane call. It returns ``out``, or
-    ``self`` for any other arguments, which the caller then passes to the general path. Layout
+    ``self`` for any other arguments, which the caller then passes to the general path. With
+    ``gather`` (a kernel that reads lanes at any stride) an x may have any stride that is a
+    multiple of 8 bytes, and may be a 0-d array, read at stride 0 by every point. Layout
     read beyond ``fast_entry``'s: numpy's array struct (nd at 24, dimensions at 32, strides at
     40, descr at 56, flags at 64) and its descr (byteorder at 26, type_num at 28).
     """
@@ -111,6 +113,7 @@ def fast_batch_entry(n_in: int, n_out: int) -> str:
         "define ptr @sg_batch_fast(ptr %self, ptr %args, i64 %nargs) #1 {", "entry:",
         f"  %ins = alloca {ins}, align 8", f"  %strides = alloca [{n_in} x i64], align 8",
         f"  %outs = alloca {outs}, align 8", f"  %pins = alloca {ins}, align 8",
+        f"  %pstrides = alloca [{n_in} x i64], align 8",
         f"  %pad = alloca {pads}, align 32", f"  %pout = alloca {pouts}, align 32",
         f"  %pouts = alloca {outs}, align 8",
         f"  %nok = icmp eq i64 %nargs, {n_in + 1}", "  br i1 %nok, label %start, label %fail",
@@ -128,12 +131,13 @@ def fast_batch_entry(n_in: int, n_out: int) -> str:
         # (1-d first: a 0-d array's dimensions and strides pointers are not to be read.)
         "shape:", "  %nd.p = getelementptr inbounds i8, ptr %a, i64 24",
         "  %nd = load i32, ptr %nd.p, align 4", "  %nd.ok = icmp eq i32 %nd, 1",
-        "  br i1 %nd.ok, label %extent, label %fail",
+        f"  br i1 %nd.ok, label %extent, label {'%scalar' if gather else '%fail'}",
         "extent:", *_field("%dims", "%a", 32, "ptr"), "  %len = load i64, ptr %dims, align 8",
         "  %len.ok = icmp eq i64 %len, %n", *_field("%st", "%a", 40, "ptr"),
-        "  %step = load i64, ptr %st, align 8", "  %step.ok = icmp eq i64 %step, 8",
+        "  %step = load i64, ptr %st, align 8", *_step_check(gather),
         "  %s2 = and i1 %len.ok, %step.ok", "  br i1 %s2, label %dtype, label %fail",
-        "dtype:", *_field("%descr", "%a", 56, "ptr"),
+        *_zero_d(gather),
+        "dtype:", *_element_stride(gather), *_field("%descr", "%a", 56, "ptr"),
         "  %tn.p = getelementptr inbounds i8, ptr %descr, i64 28",
         "  %tn = load i32, ptr %tn.p, align 4", f"  %tn.ok = icmp eq i32 %tn, {NPY_DOUBLE}",
         "  %bo.p = getelementptr inbounds i8, ptr %descr, i64 26",
@@ -148,7 +152,7 @@ def fast_batch_entry(n_in: int, n_out: int) -> str:
         f"  %in.s = getelementptr inbounds {ins}, ptr %ins, i64 0, i64 %k",
         "  store ptr %data, ptr %in.s, align 8",
         f"  %st.s = getelementptr inbounds [{n_in} x i64], ptr %strides, i64 0, i64 %k",
-        "  store i64 1, ptr %st.s, align 8", "  br label %head",
+        "  store i64 %elems, ptr %st.s, align 8", "  br label %head",
         # Output rows, and the points in groups of 4 where they are.
         "main:", "  br label %ohead",
         "ohead:", "  %j = phi i64 [ 0, %main ], [ %jn, %orow ]",
@@ -172,20 +176,25 @@ def fast_batch_entry(n_in: int, n_out: int) -> str:
         "pfill:", "  %qn = add nuw i64 %q, 1",
         f"  %src.s = getelementptr inbounds {ins}, ptr %ins, i64 0, i64 %q",
         "  %src = load ptr, ptr %src.s, align 8",
+        f"  %sst.s = getelementptr inbounds [{n_in} x i64], ptr %strides, i64 0, i64 %q",
+        "  %sst = load i64, ptr %sst.s, align 8",
         f"  %dst = getelementptr inbounds {pads}, ptr %pad, i64 0, i64 %q",
         f"  %pin.s = getelementptr inbounds {ins}, ptr %pins, i64 0, i64 %q",
         "  store ptr %dst, ptr %pin.s, align 8", "  %last = sub i64 %n, 1",
+        f"  %pst.s = getelementptr inbounds [{n_in} x i64], ptr %pstrides, i64 0, i64 %q",
+        "  store i64 1, ptr %pst.s, align 8",  # the pad holds 4 values in a row
         *(line for lane in range(4) for line in (
             f"  %at{lane}.raw = add i64 %whole, {lane}",
             f"  %at{lane}.hi = icmp ugt i64 %at{lane}.raw, %last",
             f"  %at{lane} = select i1 %at{lane}.hi, i64 %last, i64 %at{lane}.raw",
-            f"  %x{lane}.p = getelementptr inbounds double, ptr %src, i64 %at{lane}",
+            f"  %el{lane} = mul i64 %at{lane}, %sst",
+            f"  %x{lane}.p = getelementptr inbounds double, ptr %src, i64 %el{lane}",
             f"  %x{lane} = load double, ptr %x{lane}.p, align 8",
             f"  %y{lane}.p = getelementptr inbounds [4 x double], ptr %dst, i64 0, i64 {lane}",
             f"  store double %x{lane}, ptr %y{lane}.p, align 8")),
         "  br label %plane",
         "plane:", "  br label %phead",
-        "pcall:", "  call void @sg_batch(ptr %pins, ptr %strides, ptr %pouts, i64 4)",
+        "pcall:", "  call void @sg_batch(ptr %pins, ptr %pstrides, ptr %pouts, i64 4)",
         "  br label %chead",
         "chead:", "  %c = phi i64 [ 0, %pcall ], [ %cn, %cbody ]",
         f"  %cmore = icmp ult i64 %c, {n_out}", "  br i1 %cmore, label %cbody, label %done",
@@ -200,6 +209,33 @@ def fast_batch_entry(n_in: int, n_out: int) -> str:
         "fail:", *return_new_reference("%self"), "}",
         "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)",
     ])  # fmt: skip
+
+
+def _step_check(gather: bool) -> list[str]:
+    """``%step.ok``: the byte stride ``%step`` is one the kernel reads (8; with ``gather`` any
+    multiple of 8, of either sign), and ``%by`` the stride in doubles the kernel is given."""
+    if not gather:
+        return ["  %step.ok = icmp eq i64 %step, 8", "  %by = add i64 0, 1"]
+    return [
+        "  %step.r = and i64 %step, 7",
+        "  %step.ok = icmp eq i64 %step.r, 0",
+        "  %by = ashr i64 %step, 3",
+    ]
+
+
+def _zero_d(gather: bool) -> list[str]:
+    """(``gather`` only) the block taking a 0-d array: every point reads its one value."""
+    if not gather:
+        return []
+    return ["scalar:", "  %nd0 = icmp eq i32 %nd, 0", "  br i1 %nd0, label %dtype, label %fail"]
+
+
+def _element_stride(gather: bool) -> list[str]:
+    """``%elems``: the stride in doubles of the argument checked (with ``gather``, 0 for a 0-d
+    array: every point reads its one value)."""
+    if not gather:
+        return ["  %elems = phi i64 [ %by, %extent ]"]
+    return ["  %elems = phi i64 [ %by, %extent ], [ 0, %scalar ]"]
 
 
 def fast_tensor_entry(n_bufs: int) -> str:

@@ -198,7 +198,7 @@ def lower(
         batch = _split_batch(split, slot, len(program.outputs), vector_ok, gather)
         point = (_point_through_batch(len(slot), len(program.outputs)), set())
     declares = sorted(point[1] | batch[1])
-    fast = [fast_entry(len(slot)), fast_batch_entry(len(slot), len(program.outputs))]
+    fast = [fast_entry(len(slot)), fast_batch_entry(len(slot), len(program.outputs), gather)]
     return "\n".join([*declares, "", point[0], batch[0], *fast, ATTRIBUTES])
 
 
