@@ -682,20 +682,9 @@ class Writer:
         )
 
     def _dgemm(self, i, a, b, m, n, k) -> None:
-        (va, (ta, lda)), (vb, (tb, ldb)) = a, b
-        body = self.fn.body(1)
-        pa = body.emit(f"getelementptr inbounds double, ptr %buf{va.base}, i64 {va.offset}")
-        pb = body.emit(f"getelementptr inbounds double, ptr %buf{vb.base}, i64 {vb.offset}")
-        body.lines.append(
-            f"  call void @{self.blas}(i32 101, i32 {ta}, i32 {tb}, i64 {m}, i64 {n}, i64 {k}, "
-            f"double 1.0, ptr {pa}, i64 {lda}, ptr {pb}, i64 {ldb}, double 0.0, ptr %buf{i}, "
-            f"i64 {n})"
-        )
-        self.fn.flush(body)
-        self.fn.declares.add(
-            f"declare void @{self.blas}(i32, i32, i32, i64, i64, i64, double, ptr, i64, ptr, "
-            "i64, double, ptr, i64)"
-        )
+        """``buf_i = A @ B`` (C order, m x n) for matmul: its views at their own offsets."""
+        (va, la), (vb, lb) = a, b
+        self._gemm_call((va, la, va.offset), (vb, lb, vb.offset), (i, 0, n), m, n, k)
 
     # --- scans ------------------------------------------------------------------------------
 
