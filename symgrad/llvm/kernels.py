@@ -86,7 +86,9 @@ class NativeKernels:
     ):
         # The kernel computes each distinct non-constant output once; constants and repeats
         # (a Hessian's zeros and its symmetric half) are filled in here, not stored per point.
-        self.outs = OutputPlan(program.graph, list(program.outputs))
+        # (A gather kernel, the element function of batched tensor calls, stores every output,
+        # constants and repeats too: its call then hands the kernel's rows back as they are.)
+        self.outs = OutputPlan(program.graph, list(program.outputs), keep_all=gather)
         self.n_fast_out = len(self.outs.kernel_ids)
         # The kernel's program: the same steps (a constant output left among them emits no
         # code), only the outputs it stores. Not a second walk of the graph: a warm cache hit
@@ -478,7 +480,7 @@ def check_options(options: dict) -> dict:
 class OutputPlan:
     """Which flat outputs the kernel computes, and how the others follow from them."""
 
-    def __init__(self, graph, ids: list[int]):
+    def __init__(self, graph, ids: list[int], keep_all: bool = False):
         self.kernel_ids: list[int] = []
         self.first: list[int] = []  # flat position of each kernel output
         slot_of: dict[int, int] = {}
@@ -486,7 +488,10 @@ class OutputPlan:
         self.consts: list[tuple[int, float]] = []  # (flat position, value)
         for pos, i in enumerate(ids):
             node = graph.node(i)
-            if node["op"] == "const":
+            if keep_all:
+                self.kernel_ids.append(i)
+                self.first.append(pos)
+            elif node["op"] == "const":
                 self.consts.append((pos, dict(node["attrs"])["value"]))
             elif i in slot_of:
                 self.copies.append((pos, slot_of[i]))
