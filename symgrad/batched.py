@@ -43,9 +43,10 @@ def batch_size(values: list, names: tuple[str, ...], shapes: list[tuple[int, ...
 class BatchedCall:
     """The element function of one compiled tensor function, built on first use."""
 
-    def __init__(self, flat: list, inputs: tuple[str, ...], shapes, backend: str, options):
-        self._flat, self._inputs, self._shapes = flat, inputs, shapes
-        self._backend, self._options = backend, options
+    def __init__(self, flat: list, inputs: tuple[str, ...], shapes, build):
+        # build(outputs, names, gather) -> a compiled function (compile.py passes it: this
+        # module sits beside compile, not above it).
+        self._flat, self._inputs, self._shapes, self._build_function = flat, inputs, shapes, build
         self._lock = threading.Lock()
         self._function = None
 
@@ -56,21 +57,16 @@ class BatchedCall:
             return self._function
 
     def _build(self):
-        from symgrad.compile import CompiledFunction  # late: compile.py builds on this module
-
         elements = scalarize(self._flat, self._inputs)
         names = tuple(
             input_name(k, e)
             for k, shape in enumerate(self._shapes)
             for e in range(int(np.prod(shape)))
         )
-        options = dict(self._options)
-        if self._backend == "llvm":
-            options["gather"] = True
         # One list output of every element: the call's result is one (n, elements) array, each
         # flat output a slice of it (no per-output bookkeeping in a call).
         everything = [e for items in elements for e in items]
-        fn = CompiledFunction([everything], inputs=names, backend=self._backend, **options)
+        fn = self._build_function([everything], names)
         bounds, lo = [], 0
         for e in self._flat:
             size = int(np.prod(e.shape))

@@ -119,7 +119,7 @@ class CompiledFunction:
         self._shapes = [e.shape for e in self._input_exprs()]
         check_tensor_outputs(self._blocks, max_elements(self.graph))
         # Called with a leading batch axis: the element function, built on first such call.
-        self._batched = BatchedCall(flat, self.inputs, self._shapes, self.backend, self.options)
+        self._batched = BatchedCall(flat, self.inputs, self._shapes, self._element_function)
 
     def _attach_executor(self, flat: list[Expr], options: dict) -> None:
         """The backend's executor, and its one-point fast path where it has one (a C entry
@@ -276,6 +276,14 @@ class CompiledFunction:
         with self._blas:
             self._executor.run_tensor(arrays, flat)
         return tuple(blocks)
+
+    def _element_function(self, outputs, names: tuple[str, ...]) -> CompiledFunction:
+        """The element function of batched calls: same backend and options, and on the llvm
+        backend a gather kernel (any input stride)."""
+        options = dict(self.options)
+        if self.backend == "llvm":
+            options["gather"] = True
+        return CompiledFunction(outputs, inputs=names, backend=self.backend, **options)
 
     def _call_batched(self, values: list, n: int) -> tuple:
         """Every output with the leading axis of n points in front (batched.py)."""

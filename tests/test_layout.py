@@ -39,6 +39,7 @@ LAYERS = {
     "symgrad.sparsity": 3,
     "symgrad.dot": 3,
     "symgrad.arguments": 4,
+    "symgrad.batched": 4,
     "symgrad.blocks": 4,
     "symgrad.compile": 4,
     "symgrad.sparse": 4,
