@@ -69,8 +69,9 @@ class BatchedCall:
         fn = self._build_function([everything], names)
         bounds, lo = [], 0
         for e in self._flat:
-            size = int(np.prod(e.shape))
-            bounds.append((lo, lo + size, tuple(e.shape)))
+            size, shape = int(np.prod(e.shape)), tuple(e.shape)
+            # (rows lo..hi, the output's shape, the order moving the batch axis to the front)
+            bounds.append((lo, lo + size, shape, (len(shape), *range(len(shape)))))
             lo += size
         self._bounds = bounds
         self._picks = [  # per argument: (its batched index tuples, its shared ones)
@@ -83,6 +84,17 @@ class BatchedCall:
     def __call__(self, values: list, n: int) -> list[np.ndarray]:
         """Each flat output over the n points, of shape (n,) + its node's shape."""
         fn = self.function()
+        # One C call on the arguments as given (sg_vmap_fast); else their element columns.
+        rows = fn.vmap_rows(values, n)
+        if rows is None:
+            rows = self._by_columns(fn, values, n)
+        return [
+            rows[lo:hi].reshape((*shape, n)).transpose(perm) for lo, hi, shape, perm in self._bounds
+        ]
+
+    def _by_columns(self, fn, values: list, n: int) -> np.ndarray:
+        """The outputs as (outputs, n) from each element's column: strided views of a batched
+        argument, 0-d views of a shared one (converted to float64 first where they are not)."""
         columns = []
         for v, name, shape, (batched, shared) in zip(values, self._inputs, self._shapes,
                                                     self._picks):  # fmt: skip
@@ -91,9 +103,7 @@ class BatchedCall:
                 columns += [a[t] for t in batched]
             else:  # shared by every point: exactly its declared shape (else the usual error)
                 a = as_tensor(a, name, shape)
-                columns += [a[t] for t in shared]  # 0-d views
-        # One C call where the element kernel takes the columns as they are (strided views,
-        # 0-d arrays at stride 0); else the general path.
+                columns += [a[t] for t in shared]
         results = fn._batch_fast(columns, n) if fn._fast_batch is not None else None
         (rows,) = results if results is not None else fn(*columns)
-        return [rows[:, lo:hi].reshape((n, *shape)) for lo, hi, shape in self._bounds]
+        return rows.T

@@ -134,6 +134,8 @@ class CompiledFunction:
             self._pick = _point_picker(self.layout)
         batch = None if self.tensor else getattr(self._executor, "fast_batch", None)
         self._fast_batch = None if batch is None else batch.call
+        vmap = None if self.tensor else getattr(self._executor, "fast_vmap", None)
+        self._fast_vmap = None if vmap is None else vmap.call
         if self._fast_batch is not None:
             self._fast_batch_max = self._executor.fast_batch_max
             self._expand_rows = self._executor.outs.expand_rows
@@ -174,6 +176,17 @@ class CompiledFunction:
                 if done is not None:
                     return done
         return self._call(args, kwargs)
+
+    def vmap_rows(self, values: list, n: int) -> np.ndarray | None:
+        """(An element function's) flat outputs over n points as one (outputs, n) array, from
+        the batched call's own arguments in one C call (sg_vmap_fast), or None where the entry
+        hands them back."""
+        if self._fast_vmap is None or not 0 < n <= self._fast_batch_max:
+            return None
+        if n * self._per_point > max_elements(self.graph):
+            return None
+        out = np.empty((self._n_fast_out, n))
+        return out if self._fast_vmap(out, *values) is out else None
 
     def _batch_fast(self, args, n: int | None = None):
         """The outputs over a batch of n points through sg_batch_fast, or None where it hands
@@ -279,10 +292,10 @@ class CompiledFunction:
 
     def _element_function(self, outputs, names: tuple[str, ...]) -> CompiledFunction:
         """The element function of batched calls: same backend and options, and on the llvm
-        backend a gather kernel (any input stride)."""
+        backend a gather kernel (any input stride) with the arguments' entry."""
         options = dict(self.options)
         if self.backend == "llvm":
-            options["gather"] = True
+            options["gather"] = tuple(tuple(s) for s in self._shapes)
         return CompiledFunction(outputs, inputs=names, backend=self.backend, **options)
 
     def _call_batched(self, values: list, n: int) -> tuple:

@@ -159,3 +159,20 @@ def test_a_batch_of_columns_is_one_c_call(monkeypatch):
     for got, args in zip(want, [(cams, pts, ws), (cams, pts[0], ws[0])]):
         for a, b in zip(fn(*args), got):
             np.testing.assert_array_equal(a, b)
+
+
+def test_float64_arrays_take_the_arguments_entry(monkeypatch):
+    # Batched and shared float64 arrays go to sg_vmap_fast as they are: the per-element column
+    # path is made to fail. A list or an int array still works, through the columns.
+    fn = sg.compile(_camera())
+    cams, pts, ws = _points(9, seed=5)
+    want = fn(cams, pts, ws)
+    assert "define ptr @sg_vmap_fast" in fn._batched.function().llvm_ir
+    with monkeypatch.context() as patch:
+        patch.setattr(type(fn._batched), "_by_columns", lambda *a: pytest.fail("columns"))
+        for a, b in zip(fn(cams, pts, ws), want):
+            np.testing.assert_array_equal(a, b)
+        fn(cams, pts[0], np.array(0.5))  # a shared 0-d array too
+    got = fn(cams, pts.tolist(), ws)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)

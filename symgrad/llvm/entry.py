@@ -11,7 +11,10 @@ function's address in a builtin function object. Layouts read: CPython >= 3.11 r
 from __future__ import annotations
 
 import ctypes
+import math
 import sys
+
+import numpy as np
 
 # Arguments up to which sg_fast checks and loads each one in code of its own (the fastest call);
 # beyond, a loop does it.
@@ -107,15 +110,10 @@ def fast_batch_entry(n_in: int, n_out: int, gather: bool = False) -> str:
     40, descr at 56, flags at 64) and its descr (byteorder at 26, type_num at 28).
     """
     n_in, n_out = max(n_in, 1), max(n_out, 1)
-    ins, outs = f"[{n_in} x ptr]", f"[{n_out} x ptr]"
-    pads, pouts = f"[{n_in} x [4 x double]]", f"[{n_out} x [4 x double]]"
+    ins = f"[{n_in} x ptr]"
     return "\n".join([
         "define ptr @sg_batch_fast(ptr %self, ptr %args, i64 %nargs) #1 {", "entry:",
         f"  %ins = alloca {ins}, align 8", f"  %strides = alloca [{n_in} x i64], align 8",
-        f"  %outs = alloca {outs}, align 8", f"  %pins = alloca {ins}, align 8",
-        f"  %pstrides = alloca [{n_in} x i64], align 8",
-        f"  %pad = alloca {pads}, align 32", f"  %pout = alloca {pouts}, align 32",
-        f"  %pouts = alloca {outs}, align 8",
         f"  %nok = icmp eq i64 %nargs, {n_in + 1}", "  br i1 %nok, label %start, label %fail",
         "start:", "  %out = load ptr, ptr %args, align 8", *_field("%atype", "%out", 8, "ptr"),
         *_field("%odata", "%out", 16, "ptr"), *_field("%odims", "%out", 32, "ptr"),
@@ -153,6 +151,141 @@ def fast_batch_entry(n_in: int, n_out: int, gather: bool = False) -> str:
         "  store ptr %data, ptr %in.s, align 8",
         f"  %st.s = getelementptr inbounds [{n_in} x i64], ptr %strides, i64 0, i64 %k",
         "  store i64 %elems, ptr %st.s, align 8", "  br label %head",
+        "main:", "  call void @sg_batch_run(ptr %ins, ptr %strides, ptr %odata, i64 %n)",
+        *return_new_reference("%out"),
+        "fail:", *return_new_reference("%self"), "}",
+    ])  # fmt: skip
+
+
+def vmap_entry(shapes: tuple[tuple[int, ...], ...], n_out: int) -> str:
+    """``sg_vmap_fast``: the C entry of a batched call of a tensor function (symgrad/batched.py).
+
+    The module is a gather kernel over the elements of the arguments of ``shapes`` (argument k's
+    element e, C order, is input ``sum(sizes[:k]) + e``). Called as ``fast(out, a0, ...)`` with
+    ``out`` a fresh (n_out, n) float64 array and each a an aligned, native float64
+    numpy.ndarray of shape (n,) + shapes[k] (a batch: its elements' columns at its leading
+    stride) or exactly shapes[k] (shared by every point: stride 0), it points the kernel at
+    every element where it is and runs ``sg_batch_run``; for anything else it returns ``self``.
+    Read beyond ``fast_batch_entry``'s fields: each dimension and stride of an argument (never
+    for a 0-d one: its dimension and stride pointers are not read)."""
+    n_in, n_out = max(sum(math.prod(s) for s in shapes), 1), max(n_out, 1)
+    lines = [
+        "define ptr @sg_vmap_fast(ptr %self, ptr %args, i64 %nargs) #1 {", "entry:",
+        f"  %ins = alloca [{n_in} x ptr], align 8", f"  %strides = alloca [{n_in} x i64], align 8",
+        f"  %nok = icmp eq i64 %nargs, {len(shapes) + 1}",
+        "  br i1 %nok, label %start, label %fail",
+        "start:", "  %out = load ptr, ptr %args, align 8", *_field("%atype", "%out", 8, "ptr"),
+        *_field("%odata", "%out", 16, "ptr"), *_field("%odims", "%out", 32, "ptr"),
+        "  %n.p = getelementptr inbounds i64, ptr %odims, i64 1",
+        "  %n = load i64, ptr %n.p, align 8", "  br label %arg0",
+    ]  # fmt: skip
+    slot = 0
+    for k, shape in enumerate(shapes):
+        lines += _vmap_argument(k, shape, slot, n_in)
+        slot += math.prod(shape)
+    lines += [
+        f"arg{len(shapes)}:",
+        "  call void @sg_batch_run(ptr %ins, ptr %strides, ptr %odata, i64 %n)",
+        *return_new_reference("%out"),
+        "fail:", *return_new_reference("%self"), "}",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _vmap_argument(k: int, shape: tuple[int, ...], slot: int, n_in: int) -> list[str]:
+    """The blocks reading argument k (``arg{k}`` .. on to ``arg{k+1}``): its checks, then each
+    element's pointer and stride in ``%ins``/``%strides`` from ``slot`` on."""
+    a, d = f"%a{k}", len(shape)
+    lines = [
+        f"arg{k}:", *_argument(a, k + 1), *_field(f"{a}.t", a, 8, "ptr"),
+        f"  {a}.tok = icmp eq ptr {a}.t, %atype", f"  br i1 {a}.tok, label %rank{k}, label %fail",
+        f"rank{k}:", f"  {a}.ndp = getelementptr inbounds i8, ptr {a}, i64 24",
+        f"  {a}.nd = load i32, ptr {a}.ndp, align 4",
+        f"  {a}.isb = icmp eq i32 {a}.nd, {d + 1}",
+        f"  br i1 {a}.isb, label %batched{k}, label %whole{k}",
+        # A batch: its leading dimension is n, the element axes come after it.
+        f"batched{k}:", *_field(f"{a}.bdims", a, 32, "ptr"), *_field(f"{a}.bst", a, 40, "ptr"),
+        f"  {a}.len = load i64, ptr {a}.bdims, align 8", f"  {a}.lok = icmp eq i64 {a}.len, %n",
+        f"  {a}.step = load i64, ptr {a}.bst, align 8",
+        f"  {a}.dp1 = getelementptr inbounds i64, ptr {a}.bdims, i64 1",
+        f"  {a}.sp1 = getelementptr inbounds i64, ptr {a}.bst, i64 1",
+        f"  br i1 {a}.lok, label %dims{k}, label %fail",
+        # Shared: exactly the declared shape (a 0-d array's pointers are never read).
+        f"whole{k}:", f"  {a}.iss = icmp eq i32 {a}.nd, {d}",
+        f"  br i1 {a}.iss, label %wdims{k}, label %fail",
+        f"wdims{k}:",
+        *(_field(f"{a}.wdims", a, 32, "ptr") + _field(f"{a}.wst", a, 40, "ptr") if d else
+          [f"  {a}.wdims = getelementptr i8, ptr null, i64 0",
+           f"  {a}.wst = getelementptr i8, ptr null, i64 0"]),
+        f"  br label %dims{k}",
+        f"dims{k}:",
+        f"  {a}.dp = phi ptr [ {a}.dp1, %batched{k} ], [ {a}.wdims, %wdims{k} ]",
+        f"  {a}.sp = phi ptr [ {a}.sp1, %batched{k} ], [ {a}.wst, %wdims{k} ]",
+        f"  {a}.by = phi i64 [ {a}.step, %batched{k} ], [ 0, %wdims{k} ]",
+    ]  # fmt: skip
+    ok = "true"
+    for j, size in enumerate(shape):
+        lines += [
+            f"  {a}.d{j}p = getelementptr inbounds i64, ptr {a}.dp, i64 {j}",
+            f"  {a}.d{j} = load i64, ptr {a}.d{j}p, align 8",
+            f"  {a}.d{j}ok = icmp eq i64 {a}.d{j}, {size}",
+            f"  {a}.ok{j} = and i1 {ok}, {a}.d{j}ok",
+            f"  {a}.s{j}p = getelementptr inbounds i64, ptr {a}.sp, i64 {j}",
+            f"  {a}.s{j} = load i64, ptr {a}.s{j}p, align 8",
+        ]
+        ok = f"{a}.ok{j}"
+    lines += [
+        *_field(f"{a}.descr", a, 56, "ptr"),
+        f"  {a}.tnp = getelementptr inbounds i8, ptr {a}.descr, i64 28",
+        f"  {a}.tn = load i32, ptr {a}.tnp, align 4",
+        f"  {a}.tnok = icmp eq i32 {a}.tn, {NPY_DOUBLE}",
+        f"  {a}.bop = getelementptr inbounds i8, ptr {a}.descr, i64 26",
+        f"  {a}.bo = load i8, ptr {a}.bop, align 1",
+        f"  {a}.nat = icmp eq i8 {a}.bo, {ord('=')}", f"  {a}.lit = icmp eq i8 {a}.bo, {ord('<')}",
+        f"  {a}.bok = or i1 {a}.nat, {a}.lit",
+        f"  {a}.flp = getelementptr inbounds i8, ptr {a}, i64 64",
+        f"  {a}.fl = load i32, ptr {a}.flp, align 4", f"  {a}.al = and i32 {a}.fl, {NPY_ALIGNED}",
+        f"  {a}.alok = icmp ne i32 {a}.al, 0",
+        f"  {a}.c1 = and i1 {ok}, {a}.tnok", f"  {a}.c2 = and i1 {a}.c1, {a}.bok",
+        f"  {a}.c3 = and i1 {a}.c2, {a}.alok", f"  br i1 {a}.c3, label %keep{k}, label %fail",
+        # Each element where it is: data + its index times the strides (bytes: aligned, so
+        # multiples of 8), read every stride-of-the-batch apart (0 when shared).
+        f"keep{k}:", *_field(f"{a}.data", a, 16, "ptr"), f"  {a}.el = ashr i64 {a}.by, 3",
+    ]  # fmt: skip
+    for e, idx in enumerate(np.ndindex(*shape)):
+        off = "0"
+        for j, i in enumerate(idx):
+            if i:
+                term = f"{a}.e{e}m{j}"
+                lines.append(f"  {term} = mul i64 {a}.s{j}, {i}")
+                lines.append(f"  {a}.e{e}o{j} = add i64 {off}, {term}")
+                off = f"{a}.e{e}o{j}"
+        at = slot + e
+        lines += [
+            f"  {a}.e{e}p = getelementptr i8, ptr {a}.data, i64 {off}",
+            f"  {a}.e{e}s = getelementptr inbounds [{n_in} x ptr], ptr %ins, i64 0, i64 {at}",
+            f"  store ptr {a}.e{e}p, ptr {a}.e{e}s, align 8",
+            f"  {a}.e{e}t = getelementptr inbounds [{n_in} x i64], ptr %strides, i64 0, i64 {at}",
+            f"  store i64 {a}.el, ptr {a}.e{e}t, align 8",
+        ]
+    lines.append(f"  br label %arg{k + 1}")
+    return lines
+
+
+def batch_run(n_in: int, n_out: int) -> str:
+    """``sg_batch_run(ins, strides, odata, n)``: ``sg_batch`` on n points whose inputs are
+    ``ins``/``strides`` and whose outputs are the rows of the (n_out, n) array at ``odata``: the
+    multiple of 4 where they are, the last n % 4 padded with the last point (as the Python path
+    pads) through one more 4-lane call. What the C entries run once their arguments are read."""
+    ins, outs = f"[{n_in} x ptr]", f"[{n_out} x ptr]"
+    pads, pouts = f"[{n_in} x [4 x double]]", f"[{n_out} x [4 x double]]"
+    return "\n".join([
+        "define internal void @sg_batch_run(ptr %ins, ptr %strides, ptr %odata, i64 %n) #1 {",
+        "entry:",
+        f"  %outs = alloca {outs}, align 8", f"  %pins = alloca {ins}, align 8",
+        f"  %pstrides = alloca [{n_in} x i64], align 8",
+        f"  %pad = alloca {pads}, align 32", f"  %pout = alloca {pouts}, align 32",
+        f"  %pouts = alloca {outs}, align 8", "  br label %main",
         # Output rows, and the points in groups of 4 where they are.
         "main:", "  br label %ohead",
         "ohead:", "  %j = phi i64 [ 0, %main ], [ %jn, %orow ]",
@@ -205,8 +338,7 @@ def fast_batch_entry(n_in: int, n_out: int, gather: bool = False) -> str:
         "  %bytes = shl i64 %left, 3",
         "  call void @llvm.memcpy.p0.p0.i64(ptr %to, ptr %from, i64 %bytes, i1 false)",
         "  br label %chead",
-        "done:", *return_new_reference("%out"),
-        "fail:", *return_new_reference("%self"), "}",
+        "done:", "  ret void", "}",
         "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)",
     ])  # fmt: skip
 

@@ -102,7 +102,7 @@ class NativeKernels:
         self.opt, self.gather = opt, gather
         self._program, self._names, self._ir = program, tuple(inputs), None
         # The key comes from the program, before lowering: a hit lowers nothing.
-        kind = "point gather" if gather else "point"
+        kind = f"point gather {gather}" if gather else "point"
         self.cache_key = program_key(program, self._names, kind, f"opt={opt}")
         self._engine = self._load(self._object_code())
         self._bind_functions()
@@ -139,6 +139,8 @@ class NativeKernels:
         # threads would not split anyway (and never for a module from before this entry).
         address = self._engine.get_function_address("sg_batch_fast")
         self.fast_batch = method(address) if self.n_in and self.n_out else None
+        vmap = isinstance(self.gather, tuple) and self.n_out
+        self.fast_vmap = method(self._engine.get_function_address("sg_vmap_fast")) if vmap else None
         self.fast_batch_max = THREAD_MIN_POINTS if self.threads > 1 else 2**62
 
     @property
@@ -467,14 +469,27 @@ def check_options(options: dict) -> dict:
     if unknown:
         raise ArgumentError(f"compile: unknown option {unknown[0]!r} (options: threads, opt)")
     threads, opt = options.get("threads"), options.get("opt", 1)
-    gather = options.get("gather", False)
+    gather = _gather_option(options.get("gather", False))
     if threads is not None and (type(threads) is not int or threads < 1):
         raise ArgumentError(f"compile: threads must be None or an int >= 1, got {threads!r}")
     if opt not in (0, 1) or type(opt) is not int:
         raise ArgumentError(f"compile: opt must be 0 (no IR passes) or 1, got {opt!r}")
-    if type(gather) is not bool:
-        raise ArgumentError(f"compile: gather must be True or False, got {gather!r}")
     return {"threads": threads, "opt": opt, "gather": gather}
+
+
+def _gather_option(gather):
+    """``gather``: True or False, or the shapes of the arguments whose elements the inputs are
+    (a tuple of tuples of ints: the kernel then has the ``sg_vmap_fast`` entry too)."""
+    if type(gather) is bool:
+        return gather
+    ok = type(gather) is tuple and all(
+        type(s) is tuple and all(type(n) is int and 0 < n <= 2**40 for n in s) for s in gather
+    )
+    if not ok:
+        raise ArgumentError(
+            f"compile: gather must be True, False or argument shapes, got {gather!r}"
+        )
+    return gather
 
 
 class OutputPlan:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from symgrad.errors import LoweringError
-from symgrad.llvm.entry import fast_batch_entry, fast_entry
+from symgrad.llvm.entry import batch_run, fast_batch_entry, fast_entry, vmap_entry
 from symgrad.ops import OPS
 from symgrad.program import Program
 
@@ -188,17 +188,22 @@ def lower(
     """The module text: ``sg_point`` and ``sg_batch`` for ``program``, arguments ``inputs``.
     With ``gather``, ``sg_batch`` reads input i's 4 lanes at ``strides[i]`` apart (any stride,
     in doubles: the columns of a batched tensor argument, read in place) instead of as one
-    contiguous vector."""
+    contiguous vector; given as the shapes of the arguments the inputs are the elements of (a
+    batched call's element function), the module also holds their entry, ``sg_vmap_fast``."""
     slot = {name: k for k, name in enumerate(inputs)}
     split = Split.of(program)
     if split is None:
         point = _point_kernel(program, slot, vector_ok)
-        batch = _batch_kernel(program, slot, vector_ok, gather)
+        batch = _batch_kernel(program, slot, vector_ok, bool(gather))
     else:
-        batch = _split_batch(split, slot, len(program.outputs), vector_ok, gather)
+        batch = _split_batch(split, slot, len(program.outputs), vector_ok, bool(gather))
         point = (_point_through_batch(len(slot), len(program.outputs)), set())
     declares = sorted(point[1] | batch[1])
-    fast = [fast_entry(len(slot)), fast_batch_entry(len(slot), len(program.outputs), gather)]
+    n_out = len(program.outputs)
+    fast = [fast_entry(len(slot)), batch_run(max(len(slot), 1), max(n_out, 1))]
+    fast.append(fast_batch_entry(len(slot), n_out, bool(gather)))
+    if isinstance(gather, tuple):
+        fast.append(vmap_entry(gather, n_out))
     return "\n".join([*declares, "", point[0], batch[0], *fast, ATTRIBUTES])
 
 
