@@ -176,3 +176,19 @@ def test_float64_arrays_take_the_arguments_entry(monkeypatch):
     got = fn(cams, pts.tolist(), ws)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+def test_costly_points_split_over_threads_in_smaller_batches():
+    # A share of a batch holds a fixed amount of work, not a fixed count of points: the camera
+    # function's points are costly, so a few thousand of them already go to two threads (and
+    # the one-thread C entry takes only batches that would not split).
+    fn = sg.compile(_camera(), threads=2)
+    cams, pts, ws = _points(8)
+    fn(cams, pts, ws)
+    inner = fn._batched.function()._executor
+    assert kernels.THREAD_FLOOR_POINTS <= inner.min_points < kernels.THREAD_MIN_POINTS
+    n = 2 * inner.min_points + 8
+    assert len(inner._chunks(n)) == 2 and inner.fast_batch_max < n
+    cams, pts, ws = _points(n, seed=8)
+    for a, b in zip(fn(cams, pts, ws), sg.compile(_camera(), threads=1)(cams, pts, ws)):
+        np.testing.assert_array_equal(a, b)

@@ -47,7 +47,13 @@ from symgrad.ops import OPS
 from symgrad.optimize.expand import expand
 from symgrad.program import Program
 
-THREAD_MIN_POINTS = 1 << 15  # below this many points per thread, threads cost more than they save
+THREAD_MIN_POINTS = 1 << 15  # a thread's share of a batch: at most this many points are needed
+# ... or fewer, for costly points: a share must hold about this much work (cost units, below),
+# what 32,768 points of a kernel at the threading threshold (THREAD_MIN_COST) hold. Found by a
+# benchmark (benchmarks/RESULTS_ba.md): a bundle-adjustment Jacobian, ~210 ns a point, ran
+# 60,000 points on one thread (205 ns/point) and 65,536 on two (142).
+THREAD_MIN_WORK = THREAD_MIN_POINTS * 64
+THREAD_FLOOR_POINTS = 1024  # and never fewer points than this to a thread
 
 
 # Threads pay only for kernels with enough arithmetic per point. Measured on 2 cores (benchmarks/
@@ -97,8 +103,11 @@ class NativeKernels:
                           tuple(self.outs.kernel_ids), program.parts)  # fmt: skip
         self.n_in, self.n_out = len(inputs), len(program.outputs)
         self.threads = threads or os.cpu_count() or 1
-        if threads is None and _cost_per_point(program) < THREAD_MIN_COST:
+        cost = _cost_per_point(program)
+        if threads is None and cost < THREAD_MIN_COST:
             self.threads = 1
+        share = THREAD_MIN_WORK // max(cost, 1)  # points a thread's share needs
+        self.min_points = min(THREAD_MIN_POINTS, max(THREAD_FLOOR_POINTS, share))
         self.opt, self.gather = opt, gather
         self._program, self._names, self._ir = program, tuple(inputs), None
         # The key comes from the program, before lowering: a hit lowers nothing.
@@ -141,7 +150,8 @@ class NativeKernels:
         self.fast_batch = method(address) if self.n_in and self.n_out else None
         vmap = isinstance(self.gather, tuple) and self.n_out
         self.fast_vmap = method(self._engine.get_function_address("sg_vmap_fast")) if vmap else None
-        self.fast_batch_max = THREAD_MIN_POINTS if self.threads > 1 else 2**62
+        # (Only batches that stay on one thread: a bigger one is split over threads.)
+        self.fast_batch_max = 2 * self.min_points - 1 if self.threads > 1 else 2**62
 
     @property
     def asm(self) -> str:
@@ -246,7 +256,7 @@ class NativeKernels:
         del keep
 
     def _chunks(self, n: int) -> list[tuple[int, int]]:
-        parts = min(self.threads, max(n // THREAD_MIN_POINTS, 1))
+        parts = min(self.threads, max(n // self.min_points, 1))
         step = -(-n // parts)
         step += -step % WIDTH  # chunks start on a multiple of the vector width
         return [(lo, min(lo + step, n)) for lo in range(0, n, step)]
