@@ -46,9 +46,7 @@ import os
 
 os.environ["SYMGRAD_CACHE_DIR"] = "off"  # every symgrad build is a cold compile
 
-import argparse
 import gc
-import platform
 import time
 from dataclasses import dataclass, field
 
@@ -56,12 +54,11 @@ import numpy as np
 import scipy.sparse
 
 import symgrad as sg
-from benchmarks.common import best_of, report
-from benchmarks.common import cpu_name as _cpu
+from benchmarks.common import arguments, best_of, report, round_robin, software, timing_words
 from benchmarks.common import elapsed as _elapsed
 from benchmarks.common import ms as _ms
 from benchmarks.common import progress as _progress
-from benchmarks.run import symgrad_commit
+from benchmarks.common import settings as timing
 
 try:  # the batch kernel's smallest part per thread, for the notes
     from symgrad.llvm.kernels import THREAD_MIN_POINTS
@@ -352,20 +349,6 @@ def check_jax(d: dict, reference: list[np.ndarray]) -> dict[str, float]:
     return {"value": value_gap, "central differences": fd_gap}
 
 
-def timed(tools: dict[str, Built], settings: dict) -> None:
-    """``best_of`` for each tool in turn, ``rounds`` times round-robin (a busy spell of the
-    shared machine then hits every tool); the best round counts, with its cores."""
-    for _ in range(settings["rounds"]):
-        for built in tools.values():
-            if built.failed:
-                continue
-            cpu, start = time.process_time(), time.perf_counter()
-            seconds = best_of(built.call, settings["repeats"], settings["block_s"])
-            if built.time is None or seconds < built.time:
-                built.time = seconds
-                built.cores = (time.process_time() - cpu) / _elapsed(start)
-
-
 def csr_times(d: dict, n: int, m: int, blocks: list, settings: dict) -> dict[str, float]:
     """Seconds of the whole CSR assembly and of its values alone."""
     return {
@@ -405,7 +388,7 @@ def run_size(name: str, settings: dict) -> dict:
             _progress(f"{name}: {key} CHECK FAILED, gaps {built.gaps}")
     blocks = s.outputs()
     check_csr(assemble(d, n, m, *blocks[1:]), d, n, m, blocks)
-    timed(tools, settings)
+    round_robin(tools, settings)
     csr = csr_times(d, n, m, blocks[1:], settings)
     _progress(
         f"{name}: "
@@ -462,7 +445,7 @@ def small_batches(settings: dict) -> dict[int, dict[str, Built]]:
         if not built.gap <= RTOL:
             built.failed = f"outputs differ from JAX's: gap {built.gap:.1e}; not timed"
         tools = {"JAX": jax_built, "symgrad": built}
-        timed(tools, settings)
+        round_robin(tools, settings)
         _progress(f"{k} observations: JAX {_us(jax_built.time)} µs, symgrad {_us(built.time)} µs")
         results[k] = tools
     return results
@@ -584,14 +567,16 @@ def _added(extra: float, base: float) -> str:
 
 
 EARLIER_RUNS_NOTE = (
-    "Other runs of this script the same morning (the ratios move with the shared machine's "
-    "load, because XLA takes the second core when it is free and symgrad's kernel cannot below "
-    "65,536 points): at load average 2.0, with symgrad's tree mid-change, XLA's call used 1.9 "
-    "cores at ba1 and ba2 against symgrad's one thread, and JAX ÷ symgrad was **4.2× and "
-    "4.0×: the 5× target missed there** (8.0× and 7.6× per CPU second), 9.2× at ba5 and 6.6× "
-    "at ba13; at load average 4.6-5.8, both tools at ~0.66 cores, 8.3×, 8.3×, 12.3× and 9.6×. "
-    "The threshold, measured apart on the same compiled function and data: 60,000 observations "
-    "ran at 205 ns each on 1.00 cores, 65,536 at 142 ns on 1.73."
+    "Runs of this script before d1013ed (the ratios moved with the shared machine's load, "
+    "because XLA takes the second core when it is free and symgrad's batch kernel then split "
+    "batches over threads only from 65,536 points, whatever a point cost): at load average "
+    "2.0, XLA's call used 1.9 cores at ba1 and ba2 against symgrad's one thread, and JAX ÷ "
+    "symgrad was **4.2× and 4.0×: the 5× target missed there** (8.0× and 7.6× per CPU "
+    "second), 9.2× at ba5 and 6.6× at ba13; at load average 4.6-5.8, both tools at ~0.66 "
+    "cores, 8.3×, 8.3×, 12.3× and 9.6×. The threshold, measured then on the same compiled "
+    "function and data: 60,000 observations ran at 205 ns each on 1.00 cores, 65,536 at 142 "
+    "ns on 1.73. Since d1013ed a thread's share of a batch holds a fixed amount of work (a "
+    "few thousand of these points), so ba1 and ba2 run on both cores too."
 )
 
 
@@ -725,18 +710,12 @@ def notes(results: dict[str, dict], small: dict[int, dict[str, Built]]) -> list[
 
 
 def header(settings: dict, load: tuple[float, float]) -> list[str]:
-    import jax
-    import jaxlib
-    import llvmlite
 
     return [
         "# ADBench bundle adjustment: the reprojection Jacobian in tensor form, symgrad "
         "against JAX",
         "",
-        f"symgrad {sg.__version__} (commit {symgrad_commit()}), JAX {jax.__version__} / jaxlib "
-        f"{jaxlib.__version__} (CPU, float64), llvmlite {llvmlite.__version__}, numpy "
-        f"{np.__version__}, scipy {scipy.__version__}, Python {platform.python_version()}; "
-        f"{os.cpu_count()} cores ({_cpu()}), shared with other jobs (load average "
+        f"{software(f', scipy {scipy.__version__}')}, shared with other jobs (load average "
         f"{load[0]:.1f} before the run, {load[1]:.1f} after), so the times are "
         "indicative; both tools ran in one process on the same data, so the ratios are the "
         "measure. Generated by "
@@ -754,11 +733,8 @@ def header(settings: dict, load: tuple[float, float]) -> list[str]:
         "gather* puts that numpy indexing (symgrad) or jnp indexing inside the jit (JAX) in "
         "the timed call. Build: symgrad, graph + Jacobian + compile (object cache off: a cold "
         "compile), then the first batched call (element graph and its compile); JAX, the "
-        "first call (trace, compile, run). Calls: the best of "
-        f"{settings['repeats']} blocks of calls of at least {settings['block_s'] * 1e3:.0f} "
-        f"ms each, taken {settings['rounds']} times, the tools in turn (the best counts), "
-        "after every output was checked against JAX's (max |a − b| / max |b| ≤ 1e-8 per "
-        "output; *gap* is the largest). *cores*: CPU time ÷ wall time of the timed blocks. "
+        f"first call (trace, compile, run). {timing_words(settings)}; *gap* is the largest. "
+        "*cores*: CPU time ÷ wall time of the timed blocks. "
         "*CSR assembly*: the scipy CSR matrix of ADBench's layout, (2p + p) × (11n + 3m + p), "
         "from symgrad's blocks with numpy (structure and values); *values only*: the data "
         "vector in CSR order.",
@@ -766,19 +742,8 @@ def header(settings: dict, load: tuple[float, float]) -> list[str]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="ba1 only, fewer repeats")
-    parser.add_argument("--out", help="also write the report to this file")
-    args = parser.parse_args(argv)
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    settings = {
-        "quick": args.quick,
-        "repeats": 2 if args.quick else 3,
-        "rounds": 2 if args.quick else 3,
-        "block_s": 0.02 if args.quick else 0.1,
-    }
+    args = arguments(__doc__, "ba1 only, fewer repeats", argv)
+    settings = timing(args.quick, 2 if args.quick else 3)
     names = QUICK_SIZES if args.quick else tuple(SIZES)
     warm_up()
     start, load = time.perf_counter(), os.getloadavg()[0]

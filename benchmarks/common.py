@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import platform
 import sys
 import time
@@ -52,3 +54,70 @@ def report(lines: list[str], out: str | None) -> None:
     print(text)
     if out:
         Path(out).write_text(text)
+
+
+def software(extra: str = "") -> str:
+    """The first words of a report against JAX: symgrad's version and commit, JAX's, llvmlite's,
+    numpy's (then ``extra``, such as ", scipy 1.17"), Python's, and the machine's cores."""
+    import jax
+    import jaxlib
+    import llvmlite
+    import numpy
+
+    import symgrad
+    from benchmarks.run import symgrad_commit
+
+    return (
+        f"symgrad {symgrad.__version__} (commit {symgrad_commit()}), JAX {jax.__version__} / "
+        f"jaxlib {jaxlib.__version__} (CPU, float64), llvmlite {llvmlite.__version__}, numpy "
+        f"{numpy.__version__}{extra}, Python {platform.python_version()}; {os.cpu_count()} "
+        f"cores ({cpu_name()})"
+    )
+
+
+def arguments(doc: str, quick: str, argv=None) -> argparse.Namespace:
+    """``--quick`` (``quick`` says what it runs) and ``--out``, for a script whose docstring is
+    ``doc``; JAX set to float64 on the way, as every comparison here runs in float64."""
+    import jax
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--out", help="also write the report to this file")
+    args = parser.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)
+    return args
+
+
+def settings(quick: bool, rounds: int) -> dict:
+    """How calls are timed: ``repeats`` blocks of at least ``block_s`` each, ``rounds`` times."""
+    return {
+        "quick": quick,
+        "repeats": 2 if quick else 3,
+        "rounds": rounds,
+        "block_s": 0.02 if quick else 0.1,
+    }
+
+
+def timing_words(settings: dict) -> str:
+    """The report's sentence on how calls were timed and checked (``settings`` as above)."""
+    return (
+        f"Calls: the best of {settings['repeats']} blocks of calls of at least "
+        f"{settings['block_s'] * 1e3:.0f} ms each, taken {settings['rounds']} times, the tools "
+        "in turn (the best counts), after every output was checked against JAX's (max |a − b| "
+        "/ max |b| ≤ 1e-8 per output)"
+    )
+
+
+def round_robin(tools: dict, settings: dict) -> None:
+    """``best_of`` for each tool in turn, ``rounds`` times round-robin (a busy spell of the
+    shared machine then hits every tool); the best round counts, with its cores (CPU time /
+    wall time). A tool has ``call``, ``failed``, and gets ``time`` and ``cores``."""
+    for _ in range(settings["rounds"]):
+        for built in tools.values():
+            if built.failed:
+                continue
+            cpu, start = time.process_time(), time.perf_counter()
+            seconds = best_of(built.call, settings["repeats"], settings["block_s"])
+            if built.time is None or seconds < built.time:
+                built.time = seconds
+                built.cores = (time.process_time() - cpu) / elapsed(start)
