@@ -525,4 +525,9 @@ TENSOR_FUNCTIONS = {
     "softmax_cross_entropy": softmax_cross_entropy,
     "take": take,
     "scatter_add": scatter_add,
+    "cross": cross,
+    "norm": norm,
+    "det": det,
+    "inv": inv,
+    "solve": solve,
 }

@@ -434,6 +434,11 @@ API_CALLS = {
         lambda v, f: f(v["L"], v["Y"], 0),
     ),
     "take": ("take(A, u, 2)", lambda v, f: f(v["A"], v["u"], axis=2)),
+    "cross": ("cross(u, b)", lambda v, f: f(v["u"], v["b"])),
+    "norm": ("norm(A, axis=(0, 2), keepdims=True)", lambda v, f: f(v["A"], (0, 2), True)),
+    "det": ("det(M)", lambda v, f: f(v["M"])),
+    "inv": ("inv(M + N)", lambda v, f: f(v["M"] + v["N"])),
+    "solve": ("solve(M, u)", lambda v, f: f(v["M"], v["u"])),
     "scatter_add": ("scatter_add(L, y, 1, size=4)", lambda v, f: f(v["L"], v["y"], 1, 4)),
 }
 
@@ -515,6 +520,11 @@ def test_the_derived_call_specs_match_the_python_signatures():
         "binary_cross_entropy_with_logits": (2, 2, ()),
         "softmax_cross_entropy": (2, 2, ("axis",)),
         "take": (2, 2, ("axis",)),
+        "cross": (2, 2, ()),
+        "norm": (1, 1, ("axis", "keepdims")),
+        "det": (1, 1, ()),
+        "inv": (1, 1, ()),
+        "solve": (2, 2, ()),
         "scatter_add": (2, 2, ("axis", "size")),
     }
     got = {name: (s.need, s.most, s.positional) for name, s in _SPECS.items()}
