@@ -192,3 +192,14 @@ def test_costly_points_split_over_threads_in_smaller_batches():
     cams, pts, ws = _points(n, seed=8)
     for a, b in zip(fn(cams, pts, ws), sg.compile(_camera(), threads=1)(cams, pts, ws)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_gather_shapes_that_do_not_hold_the_arguments_are_refused():
+    # The arguments' entry points the kernel at each element: shapes that disagree with the
+    # argument count would send it past its arrays, so they are refused when compiling.
+    g = sg.Graph()
+    x, y = g.input("x"), g.input("y")
+    for bad in [((3,),), ((1,),), ((0,),), ((2,), "a"), "a", 1]:
+        with pytest.raises(ArgumentError, match="gather"):
+            sg.compile([x * y], gather=bad)
+    assert sg.compile([x * y], gather=((2,),))(np.ones(3), np.full(3, 2.0))[0].tolist() == [2.0] * 3

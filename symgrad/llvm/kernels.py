@@ -108,6 +108,11 @@ class NativeKernels:
             self.threads = 1
         share = THREAD_MIN_WORK // max(cost, 1)  # points a thread's share needs
         self.min_points = min(THREAD_MIN_POINTS, max(THREAD_FLOOR_POINTS, share))
+        if isinstance(gather, tuple) and sum(math.prod(s) for s in gather) != len(inputs):
+            raise ArgumentError(
+                f"compile: gather's argument shapes hold {sum(math.prod(s) for s in gather)} "
+                f"elements, but the function has {len(inputs)} arguments"
+            )
         self.opt, self.gather = opt, gather
         self._program, self._names, self._ir = program, tuple(inputs), None
         # The key comes from the program, before lowering: a hit lowers nothing.
