@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -121,3 +122,35 @@ def round_robin(tools: dict, settings: dict) -> None:
             if built.time is None or seconds < built.time:
                 built.time = seconds
                 built.cores = (time.process_time() - cpu) / elapsed(start)
+
+
+@contextlib.contextmanager
+def timed_stages(module, stages: dict[str, str]):
+    """Seconds per stage of a build: for the duration of the block, each function of ``module``
+    named in ``stages`` (function name -> stage) is wrapped with a timer (and put back after).
+    A call made inside another timed one counts for the outer one only; a name the module does
+    not have is skipped. Yields the dict stage -> seconds."""
+    spent = dict.fromkeys(stages.values(), 0.0)
+    originals = {name: getattr(module, name) for name in stages if hasattr(module, name)}
+    depth = [0]
+
+    def timed(name, f):
+        def wrapper(*args, **kwargs):
+            depth[0] += 1
+            start = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if depth[0] == 0:
+                    spent[stages[name]] += elapsed(start)
+
+        return wrapper
+
+    for name, f in originals.items():
+        setattr(module, name, timed(name, f))
+    try:
+        yield spent
+    finally:
+        for name, f in originals.items():
+            setattr(module, name, f)

@@ -42,7 +42,6 @@ import os
 os.environ["SYMGRAD_CACHE_DIR"] = "off"  # every symgrad build is a cold compile
 
 import argparse
-import contextlib
 import gc
 import time
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ import numpy as np
 
 import symgrad as sg
 import symgrad.sparse as sg_sparse
-from benchmarks.common import best_of, report, software
+from benchmarks.common import best_of, report, software, timed_stages
 from benchmarks.common import elapsed as _elapsed
 from benchmarks.common import ms as _ms
 from benchmarks.common import progress as _progress
@@ -288,30 +287,6 @@ SPARSE_STAGES = {
 }
 
 
-@contextlib.contextmanager
-def sparse_stage_timer():
-    spent = {"sparsity": 0.0, "derivative": 0.0, "compile": 0.0}
-    originals = {k: getattr(sg_sparse, k) for k in SPARSE_STAGES if hasattr(sg_sparse, k)}
-
-    def timed(name, f):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return f(*args, **kwargs)
-            finally:
-                spent[SPARSE_STAGES[name]] += _elapsed(start)
-
-        return wrapper
-
-    for name, f in originals.items():
-        setattr(sg_sparse, name, timed(name, f))
-    try:
-        yield spent
-    finally:
-        for name, f in originals.items():
-            setattr(sg_sparse, name, f)
-
-
 def symgrad_dense(d: dict, select: str, mode: str = "forward") -> Built:
     """(a), (c): ``sg.jacobian`` (one entry, (3, N, 26)) compiled with ``sg.compile``."""
     theta0 = d["theta"]
@@ -330,7 +305,7 @@ def symgrad_dense(d: dict, select: str, mode: str = "forward") -> Built:
 def symgrad_sparse(d: dict, select: str) -> Built:
     """(b): ``sg.sparse_jacobian(mode="forward")``; the call is ``.values(theta)``."""
     theta0, n = d["theta"], len(d["correspondences"])
-    with sparse_stage_timer() as spent:
+    with timed_stages(sg_sparse, SPARSE_STAGES) as spent:
         start = time.perf_counter()
         theta, err = symgrad_model(d, select)
         graph = _elapsed(start)

@@ -36,7 +36,6 @@ import os
 os.environ["SYMGRAD_CACHE_DIR"] = "off"  # every symgrad build is a cold compile
 
 import argparse
-import contextlib
 import gc
 import platform
 import time
@@ -48,7 +47,7 @@ import scipy.sparse as sparse
 
 import symgrad as sg
 import symgrad.sparse as sg_sparse
-from benchmarks.common import best_of, report
+from benchmarks.common import best_of, report, timed_stages
 from benchmarks.common import cpu_name as _cpu
 from benchmarks.common import elapsed as _elapsed
 from benchmarks.common import ms as _ms
@@ -120,32 +119,8 @@ STAGES = {
 }
 
 
-@contextlib.contextmanager
 def stage_timer():
-    spent = dict.fromkeys(STAGES.values(), 0.0)
-    originals = {name: getattr(sg_sparse, name) for name in STAGES if hasattr(sg_sparse, name)}
-    depth = [0]
-
-    def timed(name, f):
-        def wrapper(*args, **kwargs):
-            depth[0] += 1
-            start = time.perf_counter()
-            try:
-                return f(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-                if depth[0] == 0:
-                    spent[STAGES[name]] += _elapsed(start)
-
-        return wrapper
-
-    for name, f in originals.items():
-        setattr(sg_sparse, name, timed(name, f))
-    try:
-        yield spent
-    finally:
-        for name, f in originals.items():
-            setattr(sg_sparse, name, f)
+    return timed_stages(sg_sparse, STAGES)
 
 
 def symgrad_hessian(n: int, x0: np.ndarray) -> Built:
