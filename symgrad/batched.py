@@ -21,6 +21,7 @@ import numpy as np
 from symgrad.arguments import as_array, as_tensor
 from symgrad.errors import ArgumentError
 from symgrad.optimize.scalarize import input_name, scalarize
+from symgrad.outputs import item_rows
 
 
 def batch_size(values: list, names: tuple[str, ...], shapes: list[tuple[int, ...]]) -> int | None:
@@ -67,13 +68,7 @@ class BatchedCall:
         # flat output a slice of it (no per-output bookkeeping in a call).
         everything = [e for items in elements for e in items]
         fn = self._build_function([everything], names)
-        bounds, lo = [], 0
-        for e in self._flat:
-            size, shape = int(np.prod(e.shape)), tuple(e.shape)
-            # (rows lo..hi, the output's shape, the order moving the batch axis to the front)
-            bounds.append((lo, lo + size, shape, (len(shape), *range(len(shape)))))
-            lo += size
-        self._bounds = bounds
+        self._bounds = item_rows(e.shape for e in self._flat)
         self._picks = [  # per argument: (its batched index tuples, its shared ones)
             ([(slice(None), *idx) for idx in np.ndindex(*shape)],
              [(*idx, ...) for idx in np.ndindex(*shape)])

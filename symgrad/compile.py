@@ -36,7 +36,7 @@ from symgrad.errors import ArgumentError, GraphError
 from symgrad.graph import Expr, Graph, paused_gc, reachable
 from symgrad.ops import OPS
 from symgrad.optimize import optimize as run_optimize
-from symgrad.outputs import flatten_outputs, item_shapes, unflatten
+from symgrad.outputs import flatten_outputs, item_rows, item_shapes, unflatten
 from symgrad.program import Program
 
 # Backend name -> the module implementing it: ``check_options(options) -> options`` and
@@ -139,7 +139,7 @@ class CompiledFunction:
         if self._fast_batch is not None:
             self._fast_batch_max = self._executor.fast_batch_max
             self._expand_rows = self._executor.outs.expand_rows
-            self._item_rows = _item_rows(self.layout)
+            self._item_rows = item_rows(self.layout)
 
     def __repr__(self) -> str:
         return f"<CompiledFunction {self.backend}: ({', '.join(self.inputs)}) -> {self.layout}>"
@@ -177,27 +177,29 @@ class CompiledFunction:
                     return done
         return self._call(args, kwargs)
 
-    def vmap_rows(self, values: list, n: int) -> np.ndarray | None:
-        """(An element function's) flat outputs over n points as one (outputs, n) array, from
-        the batched call's own arguments in one C call (sg_vmap_fast), or None where the entry
-        hands them back."""
-        if self._fast_vmap is None or not 0 < n <= self._fast_batch_max:
+    def _kernel_rows(self, entry, args, n: int) -> np.ndarray | None:
+        """The kernel's outputs over n points, one row each, from one C call of ``entry``
+        (sg_batch_fast or sg_vmap_fast); None where there is no such entry, the batch is one
+        for threads or too big (the general path raises the SizeError), or the entry hands the
+        arguments back."""
+        if entry is None or not 0 < n <= self._fast_batch_max:
             return None
         if n * self._per_point > max_elements(self.graph):
             return None
         out = np.empty((self._n_fast_out, n))
-        return out if self._fast_vmap(out, *values) is out else None
+        return out if entry(out, *args) is out else None
+
+    def vmap_rows(self, values: list, n: int) -> np.ndarray | None:
+        """(An element function's) flat outputs over n points as one (outputs, n) array, from
+        the batched call's own arguments in one C call (sg_vmap_fast), or None."""
+        return self._kernel_rows(self._fast_vmap, values, n)
 
     def _batch_fast(self, args, n: int | None = None):
         """The outputs over a batch of n points through sg_batch_fast, or None where it hands
         the arguments back (the caller then takes the general path)."""
         n = args[0].shape[0] if n is None else n
-        if self._fast_batch is None or not 0 < n <= self._fast_batch_max:
-            return None
-        if n * self._per_point > max_elements(self.graph):
-            return None  # the general path raises the SizeError
-        out = np.empty((self._n_fast_out, n))
-        if self._fast_batch(out, *args) is not out:
+        out = self._kernel_rows(self._fast_batch, args, n)
+        if out is None:
             return None
         rows = self._expand_rows(out)
         # Item axes first in memory, last in the result (as _finish, without its checks).
@@ -370,17 +372,6 @@ def _unpickled_call(state) -> tuple[list, list, str, dict]:
         raise GraphError(
             f"cannot unpickle a CompiledFunction: malformed state ({type(err).__name__}: {err})"
         ) from None
-
-
-def _item_rows(layout) -> list[tuple[int, int, tuple[int, ...], tuple[int, ...]]]:
-    """For each output item: its rows (lo, hi) among the flat outputs, its shape, and the axis
-    order that moves the batch axis from last in memory to first in the result."""
-    rows, lo = [], 0
-    for shape in layout:
-        hi = lo + math.prod(shape)
-        rows.append((lo, hi, shape, (len(shape), *range(len(shape)))))
-        lo = hi
-    return rows
 
 
 def _point_picker(layout):

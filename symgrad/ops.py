@@ -1172,14 +1172,15 @@ def _take(x, idx, axis):
     return out.reshape(x.shape[:axis] + np.shape(idx) + x.shape[axis + 1 :])
 
 
-def _scatter_add(g, idx, axis, size):
+def _scatter_add(g, idx, axis, size, zero=0.0):
     # The adjoint of take: g's slices along the index axes added where the indices point, in the
-    # indices' order (the compiled loop's order, so both round alike).
+    # indices' order (the compiled loop's order, so both round alike). ``zero`` starts each sum
+    # (the element graph of batched calls passes a constant node: g then holds Exprs).
     m, lead = math.prod(np.shape(idx)), g.shape[:axis]
     trail = g.shape[axis + np.ndim(idx) :]
     k, ok = valid_indices(idx, size)
     rows = np.moveaxis(np.reshape(g, lead + (m,) + trail), axis, 0)
-    out = np.zeros((size,) + lead + trail)
+    out = np.full((size,) + lead + trail, zero, dtype=object if g.dtype == object else None)
     np.add.at(out, k[ok], rows[ok])
     return np.moveaxis(out, 0, axis)
 
@@ -1224,13 +1225,17 @@ def _scatter_shape(op, shapes, attrs):
     return (*g[:axis], attrs["size"], *g[axis + len(idx) :])
 
 
+def _zeros(e, shape: tuple[int, ...]):
+    """Zeros of ``shape`` in ``e``'s graph: one constant 0.0, broadcast (a view, no array)."""
+    zero = e.graph.const(0.0)
+    return ap("broadcast_to", zero, shape=shape) if shape else zero
+
+
 def _linear_first(op: str):
     """The JVP of an op linear in operand 0 whose other operand has no derivative (indices)."""
 
     def jvp(ts, o, x, idx, **attrs):
-        if ts[0] is None:
-            return o.graph.const(np.zeros(o.shape) if o.shape else 0.0)
-        return ap(op, ts[0], idx, **attrs)
+        return _zeros(o, o.shape) if ts[0] is None else ap(op, ts[0], idx, **attrs)
 
     return jvp
 
@@ -1303,8 +1308,7 @@ def _concatenate_vjp(pos, g, o, *xs, axis):
 
 
 def _concatenate_jvp(ts, o, *xs, axis):
-    parts = [t if t is not None else ap("broadcast_to", o.graph.const(0.0), shape=x.shape)
-             for t, x in zip(ts, xs)]  # fmt: skip
+    parts = [t if t is not None else _zeros(o, x.shape) for t, x in zip(ts, xs)]
     return ap("concatenate", *parts, axis=axis)
 
 

@@ -100,3 +100,16 @@ def item_shapes(flat: list[Expr], layout) -> list[tuple[int, ...]]:
         shapes.append(found.pop())
         k += n
     return shapes
+
+
+def item_rows(shapes) -> list[tuple[int, int, tuple[int, ...], tuple[int, ...]]]:
+    """For items of ``shapes`` laid one after another as rows of a batch's (elements, n) array:
+    each item's rows (lo, hi), its shape, and the axis order that moves the batch axis from last
+    in memory to first in the result (``rows[lo:hi].reshape(shape + (n,)).transpose(order)``)."""
+    rows, lo = [], 0
+    for shape in shapes:
+        shape = tuple(shape)
+        hi = lo + math.prod(shape)
+        rows.append((lo, hi, shape, (len(shape), *range(len(shape)))))
+        lo = hi
+    return rows

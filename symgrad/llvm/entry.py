@@ -135,17 +135,8 @@ def fast_batch_entry(n_in: int, n_out: int, gather: bool = False) -> str:
         "  %step = load i64, ptr %st, align 8", *_step_check(gather),
         "  %s2 = and i1 %len.ok, %step.ok", "  br i1 %s2, label %dtype, label %fail",
         *_zero_d(gather),
-        "dtype:", *_element_stride(gather), *_field("%descr", "%a", 56, "ptr"),
-        "  %tn.p = getelementptr inbounds i8, ptr %descr, i64 28",
-        "  %tn = load i32, ptr %tn.p, align 4", f"  %tn.ok = icmp eq i32 %tn, {NPY_DOUBLE}",
-        "  %bo.p = getelementptr inbounds i8, ptr %descr, i64 26",
-        "  %bo = load i8, ptr %bo.p, align 1",
-        f"  %native = icmp eq i8 %bo, {ord('=')}", f"  %little = icmp eq i8 %bo, {ord('<')}",
-        "  %bo.ok = or i1 %native, %little",
-        "  %fl.p = getelementptr inbounds i8, ptr %a, i64 64",
-        "  %fl = load i32, ptr %fl.p, align 4", f"  %al = and i32 %fl, {NPY_ALIGNED}",
-        "  %al.ok = icmp ne i32 %al, 0", "  %d1 = and i1 %tn.ok, %bo.ok",
-        "  %d2 = and i1 %d1, %al.ok", "  br i1 %d2, label %keep, label %fail",
+        "dtype:", *_element_stride(gather), *_float64(
+            "%a", "true"), "  br i1 %a.f64, label %keep, label %fail",
         "keep:", *_field("%data", "%a", 16, "ptr"),
         f"  %in.s = getelementptr inbounds {ins}, ptr %ins, i64 0, i64 %k",
         "  store ptr %data, ptr %in.s, align 8",
@@ -235,19 +226,7 @@ def _vmap_argument(k: int, shape: tuple[int, ...], slot: int, n_in: int) -> list
         ]
         ok = f"{a}.ok{j}"
     lines += [
-        *_field(f"{a}.descr", a, 56, "ptr"),
-        f"  {a}.tnp = getelementptr inbounds i8, ptr {a}.descr, i64 28",
-        f"  {a}.tn = load i32, ptr {a}.tnp, align 4",
-        f"  {a}.tnok = icmp eq i32 {a}.tn, {NPY_DOUBLE}",
-        f"  {a}.bop = getelementptr inbounds i8, ptr {a}.descr, i64 26",
-        f"  {a}.bo = load i8, ptr {a}.bop, align 1",
-        f"  {a}.nat = icmp eq i8 {a}.bo, {ord('=')}", f"  {a}.lit = icmp eq i8 {a}.bo, {ord('<')}",
-        f"  {a}.bok = or i1 {a}.nat, {a}.lit",
-        f"  {a}.flp = getelementptr inbounds i8, ptr {a}, i64 64",
-        f"  {a}.fl = load i32, ptr {a}.flp, align 4", f"  {a}.al = and i32 {a}.fl, {NPY_ALIGNED}",
-        f"  {a}.alok = icmp ne i32 {a}.al, 0",
-        f"  {a}.c1 = and i1 {ok}, {a}.tnok", f"  {a}.c2 = and i1 {a}.c1, {a}.bok",
-        f"  {a}.c3 = and i1 {a}.c2, {a}.alok", f"  br i1 {a}.c3, label %keep{k}, label %fail",
+        *_float64(a, ok), f"  br i1 {a}.f64, label %keep{k}, label %fail",
         # Each element where it is: data + its index times the strides (bytes: aligned, so
         # multiples of 8), read every stride-of-the-batch apart (0 when shared).
         f"keep{k}:", *_field(f"{a}.data", a, 16, "ptr"), f"  {a}.el = ashr i64 {a}.by, 3",
@@ -341,6 +320,29 @@ def batch_run(n_in: int, n_out: int) -> str:
         "done:", "  ret void", "}",
         "declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)",
     ])  # fmt: skip
+
+
+def _float64(a: str, ok: str) -> list[str]:
+    """``{a}.f64``: ``ok`` and the array ``a`` holds float64 in native byte order, aligned
+    (its descr's type number and byte order, its flags)."""
+    return [
+        *_field(f"{a}.descr", a, 56, "ptr"),
+        f"  {a}.tnp = getelementptr inbounds i8, ptr {a}.descr, i64 28",
+        f"  {a}.tn = load i32, ptr {a}.tnp, align 4",
+        f"  {a}.tnok = icmp eq i32 {a}.tn, {NPY_DOUBLE}",
+        f"  {a}.bop = getelementptr inbounds i8, ptr {a}.descr, i64 26",
+        f"  {a}.bo = load i8, ptr {a}.bop, align 1",
+        f"  {a}.nat = icmp eq i8 {a}.bo, {ord('=')}",
+        f"  {a}.lit = icmp eq i8 {a}.bo, {ord('<')}",
+        f"  {a}.bok = or i1 {a}.nat, {a}.lit",
+        f"  {a}.flp = getelementptr inbounds i8, ptr {a}, i64 64",
+        f"  {a}.fl = load i32, ptr {a}.flp, align 4",
+        f"  {a}.al = and i32 {a}.fl, {NPY_ALIGNED}",
+        f"  {a}.alok = icmp ne i32 {a}.al, 0",
+        f"  {a}.c1 = and i1 {ok}, {a}.tnok",
+        f"  {a}.c2 = and i1 {a}.c1, {a}.bok",
+        f"  {a}.f64 = and i1 {a}.c2, {a}.alok",
+    ]
 
 
 def _step_check(gather: bool) -> list[str]:

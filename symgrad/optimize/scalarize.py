@@ -28,7 +28,7 @@ import numpy as np
 
 from symgrad.errors import LoweringError
 from symgrad.graph import Expr, Graph, paused_gc, reachable
-from symgrad.ops import MOVES, OPS, valid_indices
+from symgrad.ops import MOVES, OPS
 from symgrad.optimize.expand import expand
 
 # Elements of all the nodes together: past this the element graph is too big to be worth it.
@@ -125,13 +125,7 @@ def _summed(new: Graph, opdef, args: list[np.ndarray], attrs: dict, shape) -> np
     scatter_add by numpy's add.at into zeros."""
     if opdef.name == "scatter_add":
         idx = np.array([e.value for e in args[1].ravel()]).reshape(args[1].shape)
-        size, axis, g = attrs["size"], attrs["axis"], args[0]
-        k, ok = valid_indices(idx, size)
-        lead, trail = g.shape[:axis], g.shape[axis + idx.ndim :]
-        rows = np.moveaxis(g.reshape(lead + (k.size,) + trail), axis, 0)
-        out = _array([new.const(0.0)] * math.prod(shape), (size, *lead, *trail))
-        np.add.at(out, k[ok], rows[ok])
-        return np.moveaxis(out, 0, axis)
+        return opdef.numpy(args[0], idx, **attrs, zero=new.const(0.0))
     out = opdef.numpy(*args, **attrs)
     return _array([out], ()) if isinstance(out, Expr) else np.asarray(out, dtype=object)
 
