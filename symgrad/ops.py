@@ -1172,10 +1172,14 @@ def _take(x, idx, axis):
     return out.reshape(x.shape[:axis] + np.shape(idx) + x.shape[axis + 1 :])
 
 
-def _scatter_add(g, idx, axis, size, zero=0.0):
-    # The adjoint of take: g's slices along the index axes added where the indices point, in the
-    # indices' order (the compiled loop's order, so both round alike). ``zero`` starts each sum
-    # (the element graph of batched calls passes a constant node: g then holds Exprs).
+def _scatter_add(g, idx, axis, size):
+    return scatter_into(g, idx, axis, size, 0.0)
+
+
+def scatter_into(g, idx, axis, size, zero):
+    """scatter_add's numpy form from ``zero``: g's slices along the index axes added where the
+    indices point, in the indices' order (the compiled loop's order, so both round alike). The
+    element graph of batched calls passes a constant node as ``zero`` (g then holds Exprs)."""
     m, lead = math.prod(np.shape(idx)), g.shape[:axis]
     trail = g.shape[axis + np.ndim(idx) :]
     k, ok = valid_indices(idx, size)

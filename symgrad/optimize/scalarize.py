@@ -28,7 +28,7 @@ import numpy as np
 
 from symgrad.errors import LoweringError
 from symgrad.graph import Expr, Graph, paused_gc, reachable
-from symgrad.ops import MOVES, OPS
+from symgrad.ops import MOVES, OPS, scatter_into
 from symgrad.optimize.expand import expand
 
 # Elements of all the nodes together: past this the element graph is too big to be worth it.
@@ -125,7 +125,7 @@ def _summed(new: Graph, opdef, args: list[np.ndarray], attrs: dict, shape) -> np
     scatter_add by numpy's add.at into zeros."""
     if opdef.name == "scatter_add":
         idx = np.array([e.value for e in args[1].ravel()]).reshape(args[1].shape)
-        return opdef.numpy(args[0], idx, **attrs, zero=new.const(0.0))
+        return scatter_into(args[0], idx, attrs["axis"], attrs["size"], new.const(0.0))
     out = opdef.numpy(*args, **attrs)
     return _array([out], ()) if isinstance(out, Expr) else np.asarray(out, dtype=object)
 
